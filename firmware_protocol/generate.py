@@ -1,0 +1,493 @@
+"""Regenerate the golden vectors and PROTOCOL.md's message tables from the codec.
+
+    python firmware_protocol/generate.py          # rewrite vectors/*.json and the tables
+    python firmware_protocol/generate.py --check  # exit 1 if anything would change
+
+The vectors are golden: once committed, a codec change that alters a byte fails
+the tests until someone regenerates on purpose and reviews the diff. The tests
+also run ``--check`` logic, so the spec's tables always match the codec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+import sys
+from dataclasses import fields as dataclass_fields
+from pathlib import Path
+from typing import Any
+
+from estim.protocol import (
+    MAX_CHANNELS,
+    MAX_PAYLOAD,
+    MESSAGE_CLASSES,
+    ChannelStatus,
+    Kind,
+    Message,
+    MessageType,
+    build_frame,
+    cobs_encode,
+    encode,
+    message_to_dict,
+)
+from estim.protocol.fields import Codec, EnumU8, Records, Text, UInt
+from estim.protocol.frame import encode_payload
+
+HERE = Path(__file__).resolve().parent
+VECTORS = HERE / "vectors"
+SPEC = HERE / "PROTOCOL.md"
+
+
+def _markers(section: str) -> tuple[str, str]:
+    return (
+        f"<!-- BEGIN GENERATED: {section} (firmware_protocol/generate.py) -->",
+        f"<!-- END GENERATED: {section} -->",
+    )
+
+
+DIRECTION = {
+    Kind.REQUEST: "host_to_device",
+    Kind.RESPONSE: "device_to_host",
+    Kind.EVENT: "device_to_host",
+}
+
+
+def _fields(cls: type) -> list[tuple[str, Codec[Any], str, str]]:
+    return [
+        (f.name, f.metadata["codec"], f.metadata["unit"], f.metadata["doc"])
+        for f in dataclass_fields(cls)
+        if "codec" in f.metadata
+    ]
+
+
+# --- values for vectors ----------------------------------------------------
+
+_TYPICAL: dict[str, int] = {
+    "min_version": 1,
+    "max_version": 1,
+    "channel": 1,
+    "frequency_dhz": 20,
+    "pulse_width_us": 250,
+    "amplitude_ua": 12000,
+    "alt_frequency_dhz": 0,
+    "switch_ms": 0,
+    "session_id": 0x5E551011,
+    "dwell_ms": 480000,
+    "ramp_ms": 5000,
+    "watchdog_ms": 500,
+    "channel_mask": 1,
+    "reason": 1,
+    "request_type": 0x03,
+    "field": 0,
+    "error": 5,
+    "protocol_version": 1,
+    "channel_count": 2,
+    "flags": 1,
+    "waveforms": 0b111,
+    "modes": 0b111,
+    "amplitude_max_ua": 50000,
+    "amplitude_step_ua": 100,
+    "frequency_min_dhz": 10,
+    "frequency_max_dhz": 1500,
+    "pulse_width_min_us": 50,
+    "pulse_width_max_us": 500,
+    "slew_max_ua_per_s": 10000,
+    "watchdog_min_ms": 200,
+    "watchdog_max_ms": 2000,
+    "dwell_min_ms": 60000,
+    "dwell_max_ms": 600000,
+    "ramp_max_ms": 30000,
+    "lead_off_ohm": 20000,
+    "time_ms": 123456,
+    "elapsed_ms": 60000,
+    "remaining_ms": 420000,
+    "faults": 0,
+    "fault_channel": 0,
+    "delivered_ms": 480000,
+    "fault": 1,
+    "button": 1,
+    "cause": 1,
+}
+_TEXT = {"model": "estim-sim", "serial_number": "SIM-0001", "firmware": "1.0.0"}
+
+
+def _typical(cls: type) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, codec, _, _ in _fields(cls):
+        if isinstance(codec, UInt):
+            values[name] = _TYPICAL[name]
+        elif isinstance(codec, EnumU8):
+            values[name] = next(iter(codec.enum))
+        elif isinstance(codec, Text):
+            values[name] = _TEXT[name]
+        elif isinstance(codec, Records):
+            values[name] = (
+                ChannelStatus(amplitude_ua=12000, setpoint_ua=12000, impedance_ohm=2000),
+                ChannelStatus(amplitude_ua=0, setpoint_ua=0, impedance_ohm=0xFFFFFFFF),
+            )
+    return values
+
+
+def _variants(cls: type) -> list[tuple[str, dict[str, Any]]]:
+    """The typical message, then one change per boundary of every field."""
+    base = _typical(cls)
+    out: list[tuple[str, dict[str, Any]]] = [("typical", base)]
+    for name, codec, _, _ in _fields(cls):
+        if isinstance(codec, UInt):
+            for label, value in (("min", 0), ("max", codec.max)):
+                out.append((f"{name}={label}", {**base, name: value}))
+        elif isinstance(codec, EnumU8):
+            for member in list(codec.enum)[1:]:
+                out.append((f"{name}={member.name}", {**base, name: member}))
+        elif isinstance(codec, Text):
+            out.append((f"{name}=empty", {**base, name: ""}))
+            out.append((f"{name}=32 bytes", {**base, name: "é" * 16}))
+        elif isinstance(codec, Records):
+            out.append((f"{name}=none", {**base, name: ()}))
+            full = tuple(
+                ChannelStatus(amplitude_ua=50000 - i, setpoint_ua=0xFFFFFFFF, impedance_ohm=i)
+                for i in range(MAX_CHANNELS)
+            )
+            out.append((f"{name}={MAX_CHANNELS}", {**base, name: full}))
+    return out
+
+
+def valid_vectors() -> dict[str, list[dict[str, Any]]]:
+    files: dict[str, list[dict[str, Any]]] = {"requests": [], "responses": [], "events": []}
+    file_of = {Kind.REQUEST: "requests", Kind.RESPONSE: "responses", Kind.EVENT: "events"}
+    for msg_type in MessageType:
+        cls = MESSAGE_CLASSES[msg_type]
+        for i, (label, values) in enumerate(_variants(cls)):
+            seq = [0x0001, 0x0000, 0xFFFF, 0x1234][i % 4] if i else 0x002A
+            message: Message = cls(seq=seq, **values)
+            files[file_of[cls.KIND]].append(
+                {
+                    "name": f"{msg_type.name} {label}",
+                    "direction": DIRECTION[cls.KIND],
+                    "hex": encode(message).hex(),
+                    "message": message_to_dict(message),
+                }
+            )
+    return files
+
+
+# --- invalid vectors ---------------------------------------------------------
+
+
+def _wire(frame: bytes) -> str:
+    return (cobs_encode(frame) + b"\x00").hex()
+
+
+def _frame(msg_type: int, payload: bytes, **header: int) -> bytes:
+    kind = header.pop("kind", int(Kind.REQUEST))
+    return build_frame(
+        kind=kind, seq=header.pop("seq", 9), msg_type=msg_type, payload=payload, **header
+    )
+
+
+def invalid_vectors() -> list[dict[str, Any]]:
+    heartbeat = struct.pack("<I", 0)
+    good = _frame(MessageType.HEARTBEAT, heartbeat)
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, hex_: str, error: str) -> None:
+        out.append({"name": name, "hex": hex_, "error": error})
+
+    # COBS: a code byte that points past the end of the frame
+    stuffed = cobs_encode(good)
+    add(
+        "cobs: block runs past the end",
+        (bytes([len(stuffed) + 5]) + stuffed[1:] + b"\x00").hex(),
+        "cobs",
+    )
+    add("cobs: last block one byte short", (stuffed[:-1] + b"\x00").hex(), "cobs")
+    # CRC
+    flipped = bytearray(good)
+    flipped[-1] ^= 0x01
+    add("crc: last CRC byte flipped", _wire(bytes(flipped)), "crc")
+    flipped = bytearray(good)
+    flipped[9] ^= 0x80
+    add("crc: payload bit flipped", _wire(bytes(flipped)), "crc")
+    add("crc: CRC big-endian", _wire(good[:-4] + good[-4:][::-1]), "crc")
+    # length
+    add("length: shorter than header + CRC", _wire(good[:11]), "length")
+    add("length: empty header", _wire(b"\x01"), "length")
+    body = bytearray(good[:-4])
+    body[6] = 5  # header says 5, payload is 4; CRC recomputed so only the length is wrong
+    add("length: header says 5, payload 4", _wire(_recrc(bytes(body))), "length")
+    body = bytearray(good[:-4])
+    body[6] = 3
+    add("length: header says 3, payload 4", _wire(_recrc(bytes(body))), "length")
+    big = bytes(MAX_PAYLOAD + 1)
+    add("length: payload of 241 bytes", _wire(_frame(MessageType.HEARTBEAT, big)), "length")
+    add("length: 300 bytes without a delimiter", ("01" * 300) + "00", "length")
+    # version
+    add("version: 0", _wire(_frame(MessageType.HEARTBEAT, heartbeat, version=0)), "version")
+    add("version: 2", _wire(_frame(MessageType.HEARTBEAT, heartbeat, version=2)), "version")
+    add("version: 255", _wire(_frame(MessageType.HEARTBEAT, heartbeat, version=255)), "version")
+    # kind
+    for kind in (0, 4, 255):
+        add(f"kind: {kind}", _wire(_frame(MessageType.HEARTBEAT, heartbeat, kind=kind)), "kind")
+    add(
+        "kind: HEARTBEAT sent as a response",
+        _wire(_frame(MessageType.HEARTBEAT, heartbeat, kind=2)),
+        "kind",
+    )
+    add("kind: ACK sent as a request", _wire(_frame(MessageType.ACK, b"\x05\x02", kind=1)), "kind")
+    add(
+        "kind: COMPLETED sent as a response",
+        _wire(_frame(MessageType.COMPLETED, bytes(12), kind=2)),
+        "kind",
+    )
+    # flags
+    for flags in (0x01, 0x80):
+        add(
+            f"flags: 0x{flags:02x}",
+            _wire(_frame(MessageType.HEARTBEAT, heartbeat, flags=flags)),
+            "flags",
+        )
+    # type
+    for t in (0x00, 0x09, 0x3F, 0x44, 0x89, 0xFF):
+        add(f"type: 0x{t:02x}", _wire(_frame(t, b"")), "type")
+    # payload
+    add(
+        "payload: HEARTBEAT 3 bytes",
+        _wire(_frame(MessageType.HEARTBEAT, b"\x00\x00\x00")),
+        "payload",
+    )
+    add("payload: HEARTBEAT 5 bytes", _wire(_frame(MessageType.HEARTBEAT, bytes(5))), "payload")
+    add(
+        "payload: GET_STATUS with 1 byte", _wire(_frame(MessageType.GET_STATUS, b"\x00")), "payload"
+    )
+    add("payload: START 16 bytes", _wire(_frame(MessageType.START, bytes(16))), "payload")
+    configure = bytearray(b"\x01\x00\x00\x00" + struct.pack("<HHIHH", 20, 250, 12000, 0, 0))
+    ok = bytes(configure)
+    configure[1] = 3
+    add(
+        "payload: waveform 3",
+        _wire(_frame(MessageType.CONFIGURE_CHANNEL, bytes(configure))),
+        "payload",
+    )
+    configure = bytearray(ok)
+    configure[2] = 7
+    add(
+        "payload: mode 7", _wire(_frame(MessageType.CONFIGURE_CHANNEL, bytes(configure))), "payload"
+    )
+    add("payload: ACK state 5", _wire(_frame(MessageType.ACK, b"\x05\x05", kind=2)), "payload")
+    fixed = bytes(44)
+    add(
+        "payload: DEVICE_INFO string runs past the end",
+        _wire(_frame(MessageType.DEVICE_INFO, fixed + b"\x05ab\x00\x00", kind=2)),
+        "payload",
+    )
+    add(
+        "payload: DEVICE_INFO string of 33 bytes",
+        _wire(_frame(MessageType.DEVICE_INFO, fixed + b"\x21" + b"a" * 33 + b"\x00\x00", kind=2)),
+        "payload",
+    )
+    add(
+        "payload: DEVICE_INFO string not UTF-8",
+        _wire(_frame(MessageType.DEVICE_INFO, fixed + b"\x01\xff\x00\x00", kind=2)),
+        "payload",
+    )
+    status = b"\x00" + bytes(18)
+    add(
+        "payload: STATUS with 9 channels",
+        _wire(_frame(MessageType.STATUS, status + b"\x09" + bytes(12 * 9), kind=2)),
+        "payload",
+    )
+    add(
+        "payload: STATUS channel list short",
+        _wire(_frame(MessageType.STATUS, status + b"\x02" + bytes(12), kind=2)),
+        "payload",
+    )
+    return out
+
+
+def _recrc(body: bytes) -> bytes:
+    import zlib
+
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+# --- PROTOCOL.md tables ------------------------------------------------------
+
+
+def _range(codec: Codec[Any]) -> str:
+    if isinstance(codec, UInt):
+        return f"0..{codec.max}"
+    if isinstance(codec, EnumU8):
+        return ", ".join(f"{m.value} {m.name}" for m in codec.enum)
+    return ""
+
+
+def message_tables() -> str:
+    lines: list[str] = []
+    for msg_type in MessageType:
+        cls = MESSAGE_CLASSES[msg_type]
+        size = _payload_size(cls)
+        lines.append(f"#### 0x{msg_type.value:02X} {msg_type.name} ({Kind(cls.KIND).name.lower()})")
+        lines.append("")
+        lines.append((cls.__doc__ or "").strip().splitlines()[0])
+        lines.append("")
+        lines.append(f"Payload: {size}.")
+        lines.append("")
+        fields = _fields(cls)
+        if not fields:
+            lines.append("No fields.")
+            lines.append("")
+            continue
+        lines.append("| offset | field | type | unit | wire range | meaning |")
+        lines.append("|---|---|---|---|---|---|")
+        offset: int | None = 0
+        for name, codec, unit, doc in fields:
+            where = "follows" if offset is None else str(offset)
+            lines.append(
+                f"| {where} | `{name}` | {codec.wire_name} | {unit} | {_range(codec)} | {doc} |"
+            )
+            offset = None if offset is None or codec.size is None else offset + codec.size
+        lines.append("")
+    lines.append("#### ChannelStatus (the repeated record in STATUS)")
+    lines.append("")
+    lines.append("| offset | field | type | unit | wire range | meaning |")
+    lines.append("|---|---|---|---|---|---|")
+    offset = 0
+    for name, codec, unit, doc in _fields(ChannelStatus):
+        lines.append(
+            f"| {offset} | `{name}` | {codec.wire_name} | {unit} | {_range(codec)} | {doc} |"
+        )
+        offset += codec.size or 0
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _payload_size(cls: type) -> str:
+    sizes = [codec.size for _, codec, _, _ in _fields(cls)]
+    fixed = sum(size for size in sizes if size is not None)
+    variable = None in sizes
+    if not fixed and not variable:
+        return "0 bytes"
+    return f"{fixed} bytes" + (" + the variable-length fields" if variable else "")
+
+
+def worked_examples() -> str:
+    from estim.protocol import (
+        Ack,
+        Completed,
+        DeviceInfo,
+        ErrorCode,
+        Field,
+        Hello,
+        Nack,
+        Start,
+        State,
+    )
+
+    info_values = _typical(DeviceInfo)
+    examples: list[tuple[str, Message]] = [
+        (
+            "The host says HELLO (seq 0), speaking versions 1..1",
+            Hello(seq=0, min_version=1, max_version=1),
+        ),
+        ("The unit answers DEVICE_INFO (seq 0)", DeviceInfo(seq=0, **info_values)),
+        (
+            "START session 0x5E551011, dwell 8 min, ramp 5 s, watchdog 500 ms, channel 1",
+            Start(
+                seq=3,
+                session_id=0x5E551011,
+                dwell_ms=480000,
+                ramp_ms=5000,
+                watchdog_ms=500,
+                channel_mask=1,
+            ),
+        ),
+        (
+            "The unit accepts it: ACK, state RAMPING_UP",
+            Ack(seq=3, request_type=0x03, state=State.RAMPING_UP),
+        ),
+        (
+            "A START with a dwell of 601 s is refused: NACK OUT_OF_RANGE, field DWELL",
+            Nack(
+                seq=4,
+                request_type=0x03,
+                error=ErrorCode.OUT_OF_RANGE,
+                field=Field.DWELL,
+                channel=0,
+                state=State.IDLE,
+            ),
+        ),
+        (
+            "Event 7: the session completed at device time 603,000 ms after 480,000 ms of output",
+            Completed(seq=7, session_id=0x5E551011, time_ms=603000, delivered_ms=480000),
+        ),
+    ]
+    lines: list[str] = []
+    for title, message in examples:
+        payload = encode_payload(message)
+        frame = build_frame(
+            kind=message.KIND, seq=message.seq, msg_type=message.TYPE, payload=payload
+        )
+        wire = encode(message)
+        lines += [
+            f"**{title}.**",
+            "",
+            "```",
+            f"header  {frame[:8].hex(' ')}",
+            f"        version 1, kind {int(message.KIND)}, seq {message.seq}, "
+            f"type 0x{int(message.TYPE):02x}, flags 0, length {len(payload)}",
+            f"payload {payload.hex(' ') or '(none)'}",
+            f"crc32   {frame[-4:].hex(' ')}  (0x{int.from_bytes(frame[-4:], 'little'):08x}, little-endian)",
+            f"wire    {wire.hex(' ')}",
+            "```",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def render_spec(text: str) -> str:
+    for section, body in (("message tables", message_tables), ("worked examples", worked_examples)):
+        begin, end = _markers(section)
+        head, found, rest = text.partition(begin)
+        if not found or end not in rest:
+            raise SystemExit(f"{SPEC} lacks the markers for {section!r}")
+        _, _, tail = rest.partition(end)
+        text = f"{head}{begin}\n\n{body()}\n{end}{tail}"
+    return text
+
+
+def expected_files() -> dict[Path, str]:
+    files = {VECTORS / f"{name}.json": _dump(vectors) for name, vectors in valid_vectors().items()}
+    files[VECTORS / "invalid.json"] = _dump(invalid_vectors())
+    files[SPEC] = render_spec(SPEC.read_text(encoding="utf-8"))
+    return files
+
+
+def _dump(data: Any) -> str:
+    return json.dumps(data, indent=1, ensure_ascii=False) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--check", action="store_true", help="report differences, change nothing")
+    args = parser.parse_args()
+    stale = [
+        p
+        for p, text in expected_files().items()
+        if not p.exists() or p.read_text(encoding="utf-8") != text
+    ]
+    if args.check:
+        for p in stale:
+            print(f"out of date: {p.relative_to(HERE.parent)}")
+        return 1 if stale else 0
+    VECTORS.mkdir(exist_ok=True)
+    for p, text in expected_files().items():
+        p.write_text(text, encoding="utf-8")
+    print(f"wrote {len(stale)} file(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
