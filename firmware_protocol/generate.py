@@ -31,7 +31,7 @@ from estim.protocol import (
     encode,
     message_to_dict,
 )
-from estim.protocol.fields import Codec, EnumU8, Records, Text, UInt
+from estim.protocol.fields import Codec, CodeU8, EnumU8, Records, Text, UInt
 from estim.protocol.frame import encode_payload
 
 HERE = Path(__file__).resolve().parent
@@ -153,6 +153,103 @@ def _variants(cls: type) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
+# --- the reply PROTOCOL.md prescribes for each request -------------------------
+#
+# The reference unit (section 13): its limits are the typical DEVICE_INFO vector,
+# it is IDLE with no session, channel 1 is configured as the typical
+# CONFIGURE_CHANNEL vector (12 mA), channel 2 is not, and both electrodes measure
+# 2 kOhm. Written from the spec's tables, separately from the simulator, so that
+# the simulator's conformance test compares two readings of the spec.
+
+REF = {**_TYPICAL}
+REF_TARGETS = {1: 12000}  # configured channels and their target amplitude
+
+
+def _nack(error: str, field: str = "NONE", channel: int = 0) -> dict[str, Any]:
+    return {"type": "NACK", "error": error, "field": field, "channel": channel, "state": "IDLE"}
+
+
+def _ack() -> dict[str, Any]:
+    return {"type": "ACK", "state": "IDLE"}
+
+
+def reference_reply(m: dict[str, Any]) -> dict[str, Any]:
+    kind = m["type"]
+    if kind == "HELLO":
+        lo, hi = m["min_version"], m["max_version"]
+        if lo < 1 or lo > hi:
+            return _nack("OUT_OF_RANGE", "VERSION")
+        if not lo <= 1 <= hi:
+            return _nack("UNSUPPORTED_VERSION", "VERSION")
+        return {"type": "DEVICE_INFO", "protocol_version": 1}
+    if kind == "CONFIGURE_CHANNEL":
+        ch = m["channel"]
+
+        def oor(field: str) -> dict[str, Any]:
+            return _nack("OUT_OF_RANGE", field, ch if 1 <= ch <= REF["channel_count"] else 0)
+
+        f, alt, sw = m["frequency_dhz"], m["alt_frequency_dhz"], m["switch_ms"]
+        if not 1 <= ch <= REF["channel_count"]:
+            return oor("CHANNEL")
+        if not REF["frequency_min_dhz"] <= f <= REF["frequency_max_dhz"]:
+            return oor("FREQUENCY")
+        if not REF["pulse_width_min_us"] <= m["pulse_width_us"] <= REF["pulse_width_max_us"]:
+            return oor("PULSE_WIDTH")
+        if 2 * m["pulse_width_us"] * max(f, alt) >= 10_000_000:
+            return oor("PULSE_WIDTH")
+        a = m["amplitude_ua"]
+        if (
+            not REF["amplitude_step_ua"] <= a <= REF["amplitude_max_ua"]
+            or a % REF["amplitude_step_ua"]
+        ):
+            return oor("AMPLITUDE")
+        if m["mode"] == "CONTINUOUS":
+            if alt:
+                return oor("ALT_FREQUENCY")
+            if sw:
+                return oor("SWITCH_PERIOD")
+        elif m["mode"] == "DENSE_DISPERSE":
+            if not REF["frequency_min_dhz"] <= alt <= REF["frequency_max_dhz"] or alt == f:
+                return oor("ALT_FREQUENCY")
+            if not 100 <= sw <= 60_000:
+                return oor("SWITCH_PERIOD")
+        else:
+            if not REF["frequency_min_dhz"] <= alt < f:
+                return oor("ALT_FREQUENCY")
+            if not 1 <= sw <= 60_000 or sw * alt >= 10_000 or sw * f < 10_000:
+                return oor("SWITCH_PERIOD")
+        return _ack()
+    if kind == "START":
+        mask = m["channel_mask"]
+        if m["session_id"] == 0:
+            return _nack("OUT_OF_RANGE", "SESSION_ID")
+        if mask == 0 or mask >> REF["channel_count"]:
+            return _nack("OUT_OF_RANGE", "CHANNEL_MASK")
+        channels = [n for n in (1, 2) if mask & (1 << (n - 1))]
+        for n in channels:
+            if n not in REF_TARGETS:
+                return _nack("NOT_CONFIGURED", "CHANNEL", n)
+        if not REF["dwell_min_ms"] <= m["dwell_ms"] <= REF["dwell_max_ms"]:
+            return _nack("OUT_OF_RANGE", "DWELL")
+        if not REF["watchdog_min_ms"] <= m["watchdog_ms"] <= REF["watchdog_max_ms"]:
+            return _nack("OUT_OF_RANGE", "WATCHDOG")
+        if m["ramp_ms"] > REF["ramp_max_ms"] or 2 * m["ramp_ms"] > m["dwell_ms"]:
+            return _nack("OUT_OF_RANGE", "RAMP")
+        for n in channels:
+            if REF_TARGETS[n] * 1000 > REF["slew_max_ua_per_s"] * m["ramp_ms"]:
+                return _nack("OUT_OF_RANGE", "RAMP", n)
+        return {"type": "ACK", "state": "RAMPING_UP"}
+    if kind == "SET_AMPLITUDE":
+        return _nack("NO_SESSION", "SESSION_ID")
+    if kind == "HEARTBEAT":
+        return _ack() if m["session_id"] == 0 else _nack("NO_SESSION", "SESSION_ID")
+    if kind in ("STOP", "CLEAR_FAULT"):
+        return _ack()
+    if kind == "GET_STATUS":
+        return {"type": "STATUS", "state": "IDLE"}
+    raise ValueError(f"no reference reply for {kind}")
+
+
 def valid_vectors() -> dict[str, list[dict[str, Any]]]:
     files: dict[str, list[dict[str, Any]]] = {"requests": [], "responses": [], "events": []}
     file_of = {Kind.REQUEST: "requests", Kind.RESPONSE: "responses", Kind.EVENT: "events"}
@@ -161,14 +258,15 @@ def valid_vectors() -> dict[str, list[dict[str, Any]]]:
         for i, (label, values) in enumerate(_variants(cls)):
             seq = [0x0001, 0x0000, 0xFFFF, 0x1234][i % 4] if i else 0x002A
             message: Message = cls(seq=seq, **values)
-            files[file_of[cls.KIND]].append(
-                {
-                    "name": f"{msg_type.name} {label}",
-                    "direction": DIRECTION[cls.KIND],
-                    "hex": encode(message).hex(),
-                    "message": message_to_dict(message),
-                }
-            )
+            vector: dict[str, Any] = {
+                "name": f"{msg_type.name} {label}",
+                "direction": DIRECTION[cls.KIND],
+                "hex": encode(message).hex(),
+                "message": message_to_dict(message),
+            }
+            if cls.KIND == Kind.REQUEST:
+                vector["reply"] = reference_reply(vector["message"])
+            files[file_of[cls.KIND]].append(vector)
     return files
 
 
@@ -315,6 +413,8 @@ def _recrc(body: bytes) -> bytes:
 
 
 def _range(codec: Codec[Any]) -> str:
+    if isinstance(codec, CodeU8):
+        return "0..255, see section 8"
     if isinstance(codec, UInt):
         return f"0..{codec.max}"
     if isinstance(codec, EnumU8):

@@ -102,6 +102,25 @@ class EnumU8(Codec[E]):
         return self.enum[value] if isinstance(value, str) else self.enum(value)
 
 
+class CodeU8(UInt):
+    """A u8 code from an enum, not checked on decode: a receiver must act on codes it
+    does not know (a STOP with an unknown reason still stops). JSON uses the name."""
+
+    def __init__(self, enum: type[IntEnum]) -> None:
+        super().__init__(1)
+        self.enum = enum
+        self.wire_name = f"u8 ({enum.__name__})"
+
+    def to_json(self, value: int) -> Any:
+        try:
+            return self.enum(value).name
+        except ValueError:
+            return value
+
+    def from_json(self, value: Any) -> int:
+        return int(self.enum[value]) if isinstance(value, str) else int(value)
+
+
 class Text(Codec[str]):
     """u8 byte count, then that many bytes of UTF-8 (at most MAX_STRING)."""
 

@@ -13,13 +13,22 @@ from typing import ClassVar
 
 from .constants import (
     MAX_CHANNELS,
+    BootCause,
+    Button,
+    ErrorCode,
+    Fault,
+    Field,
     Kind,
     MessageType,
     Mode,
     State,
+    StopReason,
     Waveform,
 )
-from .fields import U8, U16, U32, EnumU8, Records, Text, wire
+from .fields import U8, U16, U32, CodeU8, EnumU8, Records, Text, wire
+
+_REQUEST_TYPE = CodeU8(MessageType)
+_STOP_REASON = CodeU8(StopReason)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,7 +115,7 @@ class Stop(Message):
 
     TYPE = MessageType.STOP
     KIND = Kind.REQUEST
-    reason: int = wire(U8, "", "a StopReason; unknown values still stop")
+    reason: int = wire(_STOP_REASON, "", "why; any value stops, unknown ones too")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,7 +143,7 @@ class Ack(Message):
 
     TYPE = MessageType.ACK
     KIND = Kind.RESPONSE
-    request_type: int = wire(U8, "", "type of the request acknowledged")
+    request_type: int = wire(_REQUEST_TYPE, "", "type of the request acknowledged")
     state: State = wire(EnumU8(State), "", "device state after the request")
 
 
@@ -144,9 +153,9 @@ class Nack(Message):
 
     TYPE = MessageType.NACK
     KIND = Kind.RESPONSE
-    request_type: int = wire(U8, "", "type of the request refused (may be unknown)")
-    error: int = wire(U8, "", "an ErrorCode; a host treats unknown codes as a refusal too")
-    field: int = wire(U8, "", "a Field: which request field, or 0 (NONE)")
+    request_type: int = wire(_REQUEST_TYPE, "", "type of the request refused (may be unknown)")
+    error: int = wire(CodeU8(ErrorCode), "", "why; a host treats unknown codes as a refusal too")
+    field: int = wire(CodeU8(Field), "", "which request field, or NONE")
     channel: int = wire(U8, "", "which channel, or 0")
     state: State = wire(EnumU8(State), "", "device state (unchanged by the request)")
 
@@ -268,7 +277,7 @@ class Stopped(Event):
     """Output stopped before the deadline (STOP, or a fault)."""
 
     TYPE = MessageType.STOPPED
-    reason: int = wire(U8, "", "the STOP's reason byte, or StopReason.FAULT")
+    reason: int = wire(_STOP_REASON, "", "the STOP's reason byte, or FAULT")
     delivered_ms: int = wire(U32, "ms", "time from output start to output off")
 
 
@@ -277,7 +286,7 @@ class FaultRaised(Event):
     """A fault latched; all output is off."""
 
     TYPE = MessageType.FAULT
-    fault: int = wire(U8, "", "a Fault code")
+    fault: int = wire(CodeU8(Fault), "", "what; a host treats unknown codes as a fault too")
     channel: int = wire(U8, "", "channel concerned, or 0 for the whole unit")
 
 
@@ -286,7 +295,7 @@ class ButtonPressed(Event):
     """A button on the unit was pressed."""
 
     TYPE = MessageType.BUTTON_PRESSED
-    button: int = wire(U8, "", "a Button code")
+    button: int = wire(CodeU8(Button), "", "which button")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -294,7 +303,7 @@ class Booted(Event):
     """The unit (re)started: idle, output zero, nothing resumed."""
 
     TYPE = MessageType.BOOTED
-    cause: int = wire(U8, "", "a BootCause code")
+    cause: int = wire(CodeU8(BootCause), "", "why the unit started")
 
 
 MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
