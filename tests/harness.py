@@ -28,7 +28,9 @@ from estim.protocol import (
 from estim.sim import SimulatedUnit, UnitConfig
 
 
-def configure(channel: int = 1, amplitude_ua: int = 12_000, **changes: Any) -> ConfigureChannel:
+def configure(
+    channel: int = 1, amplitude_ua: int = 12_000, seq: int = 0, **changes: Any
+) -> ConfigureChannel:
     fields: dict[str, Any] = {
         "channel": channel,
         "waveform": Waveform.BIPHASIC_SYMMETRIC,
@@ -40,11 +42,15 @@ def configure(channel: int = 1, amplitude_ua: int = 12_000, **changes: Any) -> C
         "switch_ms": 0,
     }
     fields.update(changes)
-    return ConfigureChannel(**fields)
+    return ConfigureChannel(seq=seq, **fields)
 
 
 def start(
-    session_id: int = 0x5E55, dwell_ms: int = 600_000, ramp_ms: int = 5_000, **changes: Any
+    session_id: int = 0x5E55,
+    dwell_ms: int = 600_000,
+    ramp_ms: int = 5_000,
+    seq: int = 0,
+    **changes: Any,
 ) -> Start:
     fields: dict[str, Any] = {
         "session_id": session_id,
@@ -54,7 +60,7 @@ def start(
         "channel_mask": 1,
     }
     fields.update(changes)
-    return Start(**fields)
+    return Start(seq=seq, **fields)
 
 
 class Harness:

@@ -152,6 +152,7 @@ class UnitServer:
         self.unit: SimulatedUnit = spec.build_unit(clock)
         if on_log is not None:
             self.follow(on_log)
+        self.unit.read_output()  # BOOTED went out before anyone was listening
         self.h2d, self.d2h = self._lines()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
