@@ -57,5 +57,5 @@ def test_a_window_cuts_the_line_at_a_given_time() -> None:
 
 
 def test_bad_probabilities_are_refused() -> None:
-    with pytest.raises(ValueError, match="drop=1.5"):
+    with pytest.raises(ValueError, match=r"drop=1\.5"):
         LinkFaults(drop=1.5)
