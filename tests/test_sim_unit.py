@@ -650,3 +650,18 @@ def test_invalid_configs_are_refused() -> None:
 
 def test_open_circuit_constant_is_above_every_lead_off_threshold() -> None:
     assert UnitConfig().lead_off_ohm < OPEN_CIRCUIT_OHM
+
+
+def test_a_stop_identical_to_a_remembered_one_still_stops() -> None:
+    # A second host (after a crash) may reuse a sequence number: its STOP must
+    # never be taken for a retransmission of an old one and answered without effect.
+    h = Harness()
+    h.start_session(session_id=1)
+    first = h.request(Stop(reason=StopReason.OPERATOR), seq=40)
+    h.start_session(session_id=2, watchdog_ms=2000)
+    h.advance(1.0)  # no other request meanwhile: seq 40 is still remembered
+    assert h.unit.output_on
+    again = h.request(Stop(reason=StopReason.OPERATOR), seq=40)
+    assert not h.unit.output_on
+    assert isinstance(again, Ack)
+    assert isinstance(first, Ack)

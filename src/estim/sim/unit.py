@@ -660,6 +660,8 @@ class SimulatedUnit:
     def _request(self, message: Message, now: int) -> None:
         cached = self._replies.get(message.seq)
         if cached is not None and cached[0] == message:
+            if isinstance(message, Stop):
+                self._stop(message.reason, now)  # a STOP always acts (PROTOCOL.md 10)
             self._outbox += cached[1]  # a retransmission: same answer, no second effect
             return
         try:
