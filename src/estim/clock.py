@@ -24,8 +24,10 @@ in-process transports (``sim://``).
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Protocol
 
@@ -85,12 +87,15 @@ REAL_CLOCK = RealClock()
 
 
 class _Participant:
-    __slots__ = ("deadline_ns", "name", "waiting_on")
+    __slots__ = ("cond", "deadline_ns", "ident", "name", "waiting_on")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, lock: threading.RLock) -> None:
         self.name = name
+        self.ident: int | None = None
         self.waiting_on: _ManualSignal | None = None
         self.deadline_ns: int | None = None
+        #: shares the clock's lock; only this participant waits on it
+        self.cond = threading.Condition(lock)
 
 
 class _ManualSignal:
@@ -102,12 +107,13 @@ class _ManualSignal:
         return self._flag
 
     def set(self) -> None:
-        with self._clock._cond:
+        with self._clock._lock:
             self._flag = True
             self._clock._release(lambda p: p.waiting_on is self)
+            self._clock._others.notify_all()
 
     def clear(self) -> None:
-        with self._clock._cond:
+        with self._clock._lock:
             self._flag = False
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -118,7 +124,11 @@ class ManualClock:
     """Virtual time that moves only when a test drives it. See the module docstring."""
 
     def __init__(self, start: float = 0.0, *, stall_timeout: float = 10.0) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()
+        #: the driver waits here for participants to go idle
+        self._quiet = threading.Condition(self._lock)
+        #: non-participants that are not driving wait here for their signal
+        self._others = threading.Condition(self._lock)
         self._now_ns = round(start * _NS)
         self._stall_timeout = stall_timeout
         self._participants: set[_Participant] = set()
@@ -140,18 +150,19 @@ class ManualClock:
         self.signal().wait(max(0.0, seconds))
 
     def start_thread(self, target: Callable[[], None], name: str) -> threading.Thread:
-        participant = _Participant(name)
-        with self._cond:
+        participant = _Participant(name, self._lock)
+        with self._lock:
             self._participants.add(participant)  # counted busy from this moment
 
         def run() -> None:
             self._local.participant = participant
+            participant.ident = threading.get_ident()
             try:
                 target()
             finally:
-                with self._cond:
+                with self._lock:
                     self._participants.discard(participant)
-                    self._cond.notify_all()
+                    self._quiet.notify_all()
 
         thread = threading.Thread(target=run, name=name, daemon=True)
         thread.start()
@@ -166,7 +177,7 @@ class ManualClock:
             raise ValueError(f"cannot move a clock backwards ({seconds} s)")
         if self._is_participant():
             raise ClockStalled("a participant thread cannot drive the clock it waits on")
-        with self._driver, self._cond:
+        with self._driver, self._lock:
             self._run_until(lambda: False, self._now_ns + round(seconds * _NS))
 
     def settle(self) -> None:
@@ -182,20 +193,24 @@ class ManualClock:
         return [p for p in self._participants if p.waiting_on is None]
 
     def _release(self, which: Callable[[_Participant], bool]) -> None:
-        """Mark blocked participants runnable (caller holds the lock)."""
+        """Mark blocked participants runnable and wake them (caller holds the lock)."""
         for p in self._participants:
             if p.waiting_on is not None and which(p):
                 p.waiting_on = None
                 p.deadline_ns = None
-        self._cond.notify_all()
+                p.cond.notify()
 
     def _is_due(self, p: _Participant) -> bool:
         return p.deadline_ns is not None and p.deadline_ns <= self._now_ns
 
     def _wait(self, signal: _ManualSignal, timeout: float | None) -> bool:
-        deadline = None if timeout is None else self._now_ns + max(0, round(timeout * _NS))
+        deadline = None
+        if timeout is not None:
+            # a positive timeout always lets time move, even one that rounds to 0 ns
+            step = round(timeout * _NS)
+            deadline = self._now_ns + (max(1, step) if timeout > 0 else 0)
         participant: _Participant | None = getattr(self._local, "participant", None)
-        with self._cond:
+        with self._lock:
             if signal._flag:
                 return True
             if deadline is not None and deadline <= self._now_ns:
@@ -203,20 +218,20 @@ class ManualClock:
             if participant is not None:
                 participant.waiting_on = signal
                 participant.deadline_ns = deadline
-                self._cond.notify_all()
+                self._quiet.notify_all()
                 while participant.waiting_on is not None:
-                    self._cond.wait()
+                    participant.cond.wait()
                 return signal._flag
         # a non-participant: drive time ourselves, unless another thread already is
         if self._driver.acquire(blocking=False):
             try:
-                with self._cond:
+                with self._lock:
                     return self._run_until(lambda: signal._flag, deadline)
             finally:
                 self._driver.release()
-        with self._cond:
+        with self._lock:
             while not signal._flag and (deadline is None or self._now_ns < deadline):
-                self._cond.wait()
+                self._others.wait()
             return signal._flag
 
     def _wait_quiet(self) -> None:
@@ -225,10 +240,16 @@ class ManualClock:
             left = limit - time.monotonic()
             if left <= 0:
                 names = ", ".join(sorted(p.name for p in busy))
-                raise ClockStalled(
-                    f"threads never went idle on the manual clock at t={self.now():.3f} s: {names}"
+                frames = sys._current_frames()
+                stacks = "".join(
+                    f"\n--- {p.name}:\n" + "".join(traceback.format_stack(frames[p.ident]))
+                    for p in busy
+                    if p.ident in frames
                 )
-            self._cond.wait(left)
+                raise ClockStalled(
+                    f"threads never went idle on the manual clock at t={self.now():.3f} s: {names}{stacks}"
+                )
+            self._quiet.wait(left)
 
     def _run_until(self, done: Callable[[], bool], deadline_ns: int | None) -> bool:
         """Step virtual time until ``done()`` or ``deadline_ns`` (lock held)."""
@@ -244,6 +265,7 @@ class ManualClock:
             step = min(deadlines, default=None)
             if deadline_ns is not None and (step is None or step > deadline_ns):
                 self._now_ns = max(self._now_ns, deadline_ns)
+                self._others.notify_all()
                 self._wait_quiet()
                 return done()
             if step is None:
@@ -252,3 +274,4 @@ class ManualClock:
                 )
             self._now_ns = max(self._now_ns, step)
             self._release(self._is_due)
+            self._others.notify_all()

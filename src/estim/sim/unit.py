@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial, wraps
@@ -230,6 +230,8 @@ class SimulatedUnit:
         self.wakeup: Callable[[], None] | None = None
         self._lock = threading.RLock()
         self._done_until = 0
+        #: every valid request received since power-on, by type (resets do not clear it)
+        self.requests_seen: Counter[MessageType] = Counter()
         self.impedance_ohm = [self.config.impedance_ohm] * self.config.channels
         #: actions scripted at clock times: (t_us, action, args)
         self._scheduled: list[tuple[int, str, tuple[int, ...]]] = []
@@ -256,6 +258,7 @@ class SimulatedUnit:
                 break
             if message.KIND == Kind.REQUEST:
                 self._last_rx = now
+                self.requests_seen[message.TYPE] += 1
                 self._request(message, now)
         self._flush_events()
         self._log_levels(now)

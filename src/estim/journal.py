@@ -1,0 +1,437 @@
+"""The session journal: durable records in one SQLite file (stdlib sqlite3).
+
+Every event is one transaction (WAL, ``synchronous=FULL``): once ``append``
+returns, the event survives a crash or a power cut. "Start requested" is committed
+before START is sent, so every period of output has a start record.
+
+While a session runs, its process holds an exclusive lock on a small lock file
+(``<db>.locks/<id>``); the operating system drops it when the process dies, even
+on ``kill -9``. Opening the journal marks a session ``interrupted`` only if it is
+unfinished *and* nobody holds its lock, so a session running in another terminal
+is never mistaken for a crashed one.
+
+The file and its directory are created private (0600, 0700): the records concern
+patients. No patient name is stored unless someone types one into a free field.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import sqlite3
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from estim.errors import JournalError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
+
+SCHEMA_VERSION = 1
+
+#: migrations[n] takes a database from version n to n + 1
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE sessions (
+        id            TEXT PRIMARY KEY,
+        created_utc   TEXT NOT NULL,
+        port          TEXT NOT NULL,
+        unit_model    TEXT NOT NULL,
+        unit_serial   TEXT NOT NULL,
+        unit_firmware TEXT NOT NULL,
+        unit_simulated INTEGER NOT NULL,
+        plan          TEXT NOT NULL,
+        patient_ref   TEXT,
+        planned_ms    INTEGER NOT NULL,
+        state         TEXT NOT NULL,
+        outcome       TEXT,
+        stop_reason   TEXT,
+        ended_by      TEXT,
+        started_utc   TEXT,
+        ended_utc     TEXT,
+        delivered_ms  INTEGER,
+        last_event    TEXT
+    );
+    CREATE INDEX sessions_created ON sessions (created_utc);
+    CREATE INDEX sessions_patient ON sessions (patient_ref);
+    CREATE TABLE events (
+        session_id TEXT NOT NULL REFERENCES sessions (id),
+        n          INTEGER NOT NULL,
+        utc        TEXT NOT NULL,
+        t          REAL NOT NULL,
+        unit_ms    INTEGER,
+        kind       TEXT NOT NULL,
+        data       TEXT NOT NULL,
+        PRIMARY KEY (session_id, n)
+    );
+    """,
+]
+
+
+def default_path() -> Path:
+    """``$ESTIM_DB``, else ``estim.db`` in the user's application directory."""
+    env = os.environ.get("ESTIM_DB")
+    if env:
+        return Path(env).expanduser()
+    import click
+
+    return Path(click.get_app_dir("estim")) / "estim.db"
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def format_id(session_id: int) -> str:
+    return f"{session_id:08x}"
+
+
+class Journal:
+    """An open journal. Thread-safe; one connection, one lock."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path).expanduser() if path is not None else default_path()
+        self._lock = threading.RLock()
+        self._locks: dict[str, int] = {}
+        self._counters: dict[str, int] = {}
+        try:
+            self._create_private()
+            self._db = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=10.0
+            )
+        except (OSError, sqlite3.Error) as err:
+            raise JournalError(f"cannot open the journal {self.path}: {err}") from None
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+            self.interrupted = self._recover()
+        except sqlite3.Error as err:
+            self._db.close()
+            raise JournalError(f"the journal {self.path} is unreadable: {err}") from None
+        except BaseException:
+            self._db.close()
+            raise
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def _create_private(self) -> None:
+        directory = self.path.parent
+        if not directory.exists():
+            directory.mkdir(mode=0o700, parents=True)
+        if not self.path.exists():
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            os.close(fd)
+        self._lock_dir.mkdir(mode=0o700, exist_ok=True)
+
+    @property
+    def _lock_dir(self) -> Path:
+        return self.path.with_name(self.path.name + ".locks")
+
+    def _migrate(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise JournalError(
+                f"the journal {self.path} has schema version {version}, newer than this estim "
+                f"({SCHEMA_VERSION}); update estim"
+            )
+        for step in range(version, SCHEMA_VERSION):
+            # one transaction per step: a failed migration leaves the previous version intact
+            with self._lock:
+                try:
+                    self._db.executescript(
+                        f"BEGIN IMMEDIATE; {MIGRATIONS[step]}; PRAGMA user_version = {step + 1}; COMMIT;"
+                    )
+                except sqlite3.Error:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _recover(self) -> list[str]:
+        """Mark unfinished sessions whose process is gone as interrupted."""
+        rows = self._db.execute(
+            "SELECT id, last_event FROM sessions WHERE outcome IS NULL"
+        ).fetchall()
+        interrupted = []
+        for session_id, last_event in rows:
+            if self._held_elsewhere(session_id):
+                continue
+            with self._transaction():
+                n = self._next_n(session_id)
+                reason = f"the host stopped unexpectedly; last event: {last_event or 'none'}"
+                self._db.execute(
+                    "INSERT INTO events (session_id, n, utc, t, unit_ms, kind, data) VALUES (?,?,?,?,?,?,?)",
+                    (
+                        session_id,
+                        n,
+                        utc_now(),
+                        0.0,
+                        None,
+                        "interrupted",
+                        json.dumps({"reason": reason}),
+                    ),
+                )
+                self._db.execute(
+                    "UPDATE sessions SET state='interrupted', outcome='interrupted', stop_reason=?, "
+                    "last_event='interrupted' WHERE id=?",
+                    (reason, session_id),
+                )
+            with contextlib.suppress(OSError):
+                (self._lock_dir / session_id).unlink()
+            interrupted.append(session_id)
+        return interrupted
+
+    def _held_elsewhere(self, session_id: str) -> bool:
+        path = self._lock_dir / session_id
+        if fcntl is None or not path.exists() or session_id in self._locks:
+            return session_id in self._locks
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def _next_n(self, session_id: str) -> int:
+        (n,) = self._db.execute(
+            "SELECT COALESCE(MAX(n), -1) + 1 FROM events WHERE session_id=?", (session_id,)
+        ).fetchone()
+        return int(n)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def new_session_id(self) -> int:
+        """A random non-zero u32 not used by any session in this journal."""
+        rng = random.SystemRandom()
+        while True:
+            candidate = rng.randrange(1, 2**32)
+            row = self._query("SELECT 1 FROM sessions WHERE id=?", (format_id(candidate),))
+            if not row:
+                return candidate
+
+    def begin(
+        self,
+        session_id: int,
+        *,
+        plan: dict[str, Any],
+        unit: dict[str, Any],
+        port: str,
+        planned_ms: int,
+    ) -> str:
+        """Commit "start requested". Raises JournalError: then the session must not start."""
+        sid = format_id(session_id)
+        now = utc_now()
+        try:
+            self._hold_lock(sid)
+            with self._transaction():
+                self._db.execute(
+                    "INSERT INTO sessions (id, created_utc, port, unit_model, unit_serial, unit_firmware, "
+                    "unit_simulated, plan, patient_ref, planned_ms, state, last_event) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        sid,
+                        now,
+                        port,
+                        unit["model"],
+                        unit["serial_number"],
+                        unit["firmware"],
+                        int(bool(unit["simulated"])),
+                        json.dumps(plan),
+                        plan.get("patient_ref"),
+                        planned_ms,
+                        "starting",
+                        "start_requested",
+                    ),
+                )
+                self._db.execute(
+                    "INSERT INTO events (session_id, n, utc, t, unit_ms, kind, data) VALUES (?,?,?,?,?,?,?)",
+                    (
+                        sid,
+                        0,
+                        now,
+                        0.0,
+                        None,
+                        "start_requested",
+                        json.dumps({"plan": plan, "unit": unit, "port": port}),
+                    ),
+                )
+            self._counters[sid] = 1
+        except (OSError, sqlite3.Error) as err:
+            self._release_lock(sid)
+            raise JournalError(f"cannot write the journal {self.path}: {err}") from None
+        return sid
+
+    def append(
+        self,
+        session_id: str,
+        kind: str,
+        data: dict[str, Any] | None = None,
+        *,
+        t: float = 0.0,
+        unit_ms: int | None = None,
+        state: str | None = None,
+        utc: str | None = None,
+    ) -> None:
+        """One event, one transaction. Raises JournalError."""
+        try:
+            with self._transaction():
+                n = self._counters.get(session_id)
+                if n is None:
+                    n = self._next_n(session_id)
+                self._db.execute(
+                    "INSERT INTO events (session_id, n, utc, t, unit_ms, kind, data) VALUES (?,?,?,?,?,?,?)",
+                    (session_id, n, utc or utc_now(), t, unit_ms, kind, json.dumps(data or {})),
+                )
+                if state is None:
+                    self._db.execute(
+                        "UPDATE sessions SET last_event=? WHERE id=?", (kind, session_id)
+                    )
+                else:
+                    self._db.execute(
+                        "UPDATE sessions SET last_event=?, state=? WHERE id=?",
+                        (kind, state, session_id),
+                    )
+                self._counters[session_id] = n + 1
+        except sqlite3.Error as err:
+            raise JournalError(f"cannot write the journal {self.path}: {err}") from None
+
+    def finish(
+        self,
+        session_id: str,
+        *,
+        outcome: str,
+        stop_reason: str,
+        ended_by: str | None,
+        delivered_ms: int | None,
+        started_utc: str | None,
+        ended_utc: str,
+    ) -> None:
+        try:
+            with self._transaction():
+                self._db.execute(
+                    "UPDATE sessions SET state=?, outcome=?, stop_reason=?, ended_by=?, delivered_ms=?, "
+                    "started_utc=?, ended_utc=? WHERE id=?",
+                    (
+                        outcome,
+                        outcome,
+                        stop_reason,
+                        ended_by,
+                        delivered_ms,
+                        started_utc,
+                        ended_utc,
+                        session_id,
+                    ),
+                )
+        except sqlite3.Error as err:
+            raise JournalError(f"cannot write the journal {self.path}: {err}") from None
+        finally:
+            self._release_lock(session_id)
+
+    def _hold_lock(self, sid: str) -> None:
+        if fcntl is None:
+            return
+        path = self._lock_dir / sid
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise
+        self._locks[sid] = fd
+
+    def _release_lock(self, sid: str) -> None:
+        fd = self._locks.pop(sid, None)
+        if fd is None:
+            return
+        with contextlib.suppress(OSError):
+            (self._lock_dir / sid).unlink()
+        os.close(fd)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        try:
+            with self._lock:
+                cursor = self._db.execute(sql, args)
+                cursor.row_factory = sqlite3.Row
+                return list(cursor.fetchall())
+        except sqlite3.Error as err:
+            raise JournalError(f"cannot read the journal {self.path}: {err}") from None
+
+    def session_row(self, session_id: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM sessions WHERE id=?", (session_id,))
+        return dict(rows[0]) if rows else None
+
+    def event_rows(self, session_id: str) -> list[dict[str, Any]]:
+        rows = self._query("SELECT * FROM events WHERE session_id=? ORDER BY n", (session_id,))
+        out = []
+        for row in rows:
+            item = dict(row)
+            item["data"] = json.loads(item["data"])
+            out.append(item)
+        return out
+
+    def session_rows(
+        self,
+        *,
+        since: str | None = None,
+        patient_ref: str | None = None,
+        unit_serial: str | None = None,
+        outcome: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        clauses, args = [], []
+        for column, value in (
+            ("created_utc >= ?", since),
+            ("patient_ref = ?", patient_ref),
+            ("unit_serial = ?", unit_serial),
+        ):
+            if value is not None:
+                clauses.append(column)
+                args.append(value)
+        if outcome is not None:
+            if outcome == "live":
+                clauses.append("outcome IS NULL")
+            else:
+                clauses.append("outcome = ?")
+                args.append(outcome)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = f"SELECT * FROM sessions {where} ORDER BY created_utc DESC, rowid DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [dict(r) for r in self._query(sql, tuple(args))]
+
+    # -- closing -----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            for sid in list(self._locks):
+                self._release_lock(sid)
+            self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,539 @@
+"""Sessions against sim:// on a manual clock shared by host and unit.
+
+Each test is a rule of SAFETY.md sections 1-5 and 7: the output in the
+simulator's own log, and the reason in the journal.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from estim.clock import ManualClock
+from estim.device import Device, connect
+from estim.errors import DeviceError, DwellLimitError, JournalError, OutputLimitError
+from estim.journal import Journal
+from estim.plan import ChannelPlan, SessionPlan
+from estim.protocol import Fault, StopReason
+from estim.record import EventRecord, SessionRecord
+from estim.session import Session
+from estim.session_state import SessionState
+from estim.sim import SimulatedUnit, UnitConfig, serve
+
+CH1 = ChannelPlan(channel=1, frequency_hz=2, pulse_width_us=250, amplitude_ma=12)
+
+
+def plan(dwell: Any = 600, **changes: Any) -> SessionPlan:
+    fields: dict[str, Any] = {
+        "dwell": dwell,
+        "ramp": 5,
+        "channels": [CH1],
+        "patient_ref": "P-0042",
+        "site": "left vastus lateralis",
+    }
+    fields.update(changes)
+    return SessionPlan(**fields)
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    with Journal(tmp_path / "estim.db") as j:
+        yield j
+
+
+@pytest.fixture
+def device(estim_url: str) -> Iterator[Device]:
+    with connect(estim_url) as d:
+        yield d
+
+
+def output_seconds(unit: SimulatedUnit) -> float:
+    on = unit.events("output_on")[-1].t
+    off = unit.events("output_off")[-1].t
+    return off - on
+
+
+def journal_record(journal: Journal, session: Session) -> SessionRecord:
+    row = journal.session_row(session.id)
+    assert row is not None
+    return SessionRecord.from_journal(row, journal.event_rows(session.id))
+
+
+# --- SAFETY.md 1: dwell --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dwell", [59, 601, 0, -5, float("nan"), float("inf"), "abc", "11m", "59s", "10m1s", True, None]
+)
+def test_the_model_refuses_dwell_outside_60_to_600_s(dwell: Any) -> None:
+    with pytest.raises(ValidationError, match="dwell"):
+        plan(dwell)
+
+
+@pytest.mark.parametrize(
+    ("dwell", "seconds"),
+    [
+        (60, 60),
+        (600, 600),
+        ("8m", 480),
+        ("90s", 90),
+        ("1m30s", 90),
+        ("8:00", 480),
+        ("10:00", 600),
+        (" 1m ", 60),
+        ("600", 600),
+    ],
+)
+def test_the_model_accepts_people_s_durations(dwell: Any, seconds: float) -> None:
+    assert plan(dwell).dwell == seconds
+
+
+def test_the_session_refuses_a_dwell_the_model_was_bypassed_for(
+    device: Device, journal: Journal, estim_unit: SimulatedUnit
+) -> None:
+    for dwell in (59.0, 601.0):
+        forged = SessionPlan.model_construct(dwell=dwell, ramp=5.0, channels=[CH1], watchdog=0.5)
+        with pytest.raises(DwellLimitError, match="outside 60-600 s"):
+            device.start(forged, journal=journal)
+    assert (
+        estim_unit.requests_seen == {}
+        or sum(estim_unit.requests_seen.values()) == estim_unit.requests_seen[1]
+    )
+
+
+@pytest.mark.estim_unit(dwell_min_ms=30_000, dwell_max_ms=1_200_000)
+def test_a_unit_that_allows_longer_dwell_does_not_widen_the_limit(
+    device: Device, journal: Journal, estim_unit: SimulatedUnit
+) -> None:
+    forged = SessionPlan.model_construct(dwell=601.0, ramp=5.0, channels=[CH1], watchdog=0.5)
+    with pytest.raises(DwellLimitError):
+        device.start(forged, journal=journal)
+    from estim.protocol import MessageType
+
+    assert estim_unit.requests_seen[MessageType.START] == 0
+
+
+@pytest.mark.estim_unit(dwell_max_ms=300_000)
+def test_a_unit_with_a_narrower_range_refuses_before_anything_is_sent(
+    device: Device, journal: Journal, estim_unit: SimulatedUnit
+) -> None:
+    from estim.protocol import MessageType
+
+    with pytest.raises(DwellLimitError, match="outside the unit's 1m-5m"):
+        device.start(plan(600), journal=journal)
+    assert estim_unit.requests_seen[MessageType.CONFIGURE_CHANNEL] == 0
+    assert journal.session_rows() == []
+
+
+def test_600_s_completes_with_exactly_600_s_delivered(
+    device: Device, journal: Journal, estim_unit: SimulatedUnit
+) -> None:
+    session = device.start(plan(600), journal=journal)
+    record = session.wait(timeout=700)
+    assert record.outcome == "completed"
+    assert record.delivered_s == 600.0
+    assert record.ended_by in ("unit", "host")
+    assert output_seconds(estim_unit) == 600.0
+    assert estim_unit.output_ua(1) == 0
+    assert session.state == SessionState.COMPLETED
+    stored = journal_record(journal, session)
+    assert (stored.outcome, stored.delivered_s, stored.ended_by) == (
+        "completed",
+        600.0,
+        record.ended_by,
+    )
+    kinds = [e.kind for e in stored.events]
+    assert kinds[0] == "start_requested"
+    assert kinds[-1] == "ended"
+    assert {"start_accepted", "output_started", "ramp_done", "ramp_down"} <= set(kinds)
+
+
+def test_60_s_is_the_shortest_session(
+    device: Device, journal: Journal, estim_unit: SimulatedUnit
+) -> None:
+    record = device.start(plan(60), journal=journal).wait(timeout=100)
+    assert (record.outcome, record.delivered_s) == ("completed", 60.0)
+    assert output_seconds(estim_unit) == 60.0
+
+
+def test_the_unit_deadline_is_the_backstop_when_the_host_timer_is_late(
+    device: Device, journal: Journal, estim_unit: SimulatedUnit
+) -> None:
+    session = device.start(plan(60), journal=journal)
+    session._host_deadline = session.clock.now() + 3600  # a host whose own timer failed
+    record = session.wait(timeout=100)
+    assert (record.outcome, record.ended_by, record.delivered_s) == ("completed", "unit", 60.0)
+    assert "unit deadline" in (record.stop_reason or "")
+
+
+# --- SAFETY.md 2: heartbeats come from the loop; a hung loop is stopped by the unit ----------
+
+
+def test_a_hung_loop_is_stopped_by_the_unit_watchdog(
+    device: Device, journal: Journal, estim_unit: SimulatedUnit, estim_clock: ManualClock
+) -> None:
+    def hang(event: EventRecord) -> None:
+        if event.kind == "ramp_done":
+            estim_clock.sleep(30)  # the loop is stuck in its callback for 30 s
+
+    session = device.start(plan(600, watchdog=0.5), journal=journal, on_event=hang)
+    record = session.wait(timeout=100)
+    assert estim_unit.faults == {Fault.WATCHDOG}
+    watchdog = estim_unit.events("watchdog")[-1]
+    off = estim_unit.events("output_off")[-1]
+    assert off.t - watchdog.data["last_frame"] == pytest.approx(0.5)
+    assert off.t - estim_unit.events("output_on")[-1].t == pytest.approx(5.0 + 0.5, abs=0.11)
+    assert record.outcome == "faulted"
+    assert "WATCHDOG" in (record.stop_reason or "")
+
+
+def test_heartbeats_are_at_most_100_ms_apart(
+    device: Device, journal: Journal, estim_unit: SimulatedUnit
+) -> None:
+    device.start(plan(60), journal=journal).wait(timeout=100)
+    assert estim_unit.faults == set()
+    from estim.protocol import MessageType
+
+    assert estim_unit.requests_seen[MessageType.HEARTBEAT] >= 599
+
+
+# --- SAFETY.md 3: limits -----------------------------------------------------------------------
+
+
+def test_plausibility_rms_into_500_ohm_is_refused() -> None:
+    with pytest.raises(ValidationError, match=r"r\.m\.s\. into 500 ohm exceeds 50 mA"):
+        ChannelPlan(channel=1, frequency_hz=150, pulse_width_us=500, amplitude_ma=250)
+
+
+def test_a_ramp_faster_than_the_unit_slews_is_refused_before_sending(
+    device: Device, journal: Journal, estim_unit: SimulatedUnit
+) -> None:
+    with pytest.raises(OutputLimitError, match=r"use a ramp of at least 1\.2 s"):
+        device.start(plan(60, ramp=1), journal=journal)
+    assert sum(estim_unit.requests_seen.values()) == 1  # HELLO only
+
+
+# --- SAFETY.md 4 and 5: every stop path ends with output off and a reason ----------------------
+
+
+def advance_until_running(session: Session, clock: ManualClock) -> None:
+    clock.advance(10)
+    assert session.state == SessionState.RUNNING
+
+
+def test_operator_stop(
+    device: Device, journal: Journal, estim_unit: SimulatedUnit, estim_clock: ManualClock
+) -> None:
+    session = device.start(plan(), journal=journal)
+    advance_until_running(session, estim_clock)
+    session.stop()
+    assert not estim_unit.output_on  # off before stop() returned
+    record = session.wait(timeout=5)
+    assert (record.outcome, record.stop_reason) == ("stopped", "operator")
+    assert record.delivered_s == pytest.approx(10.0)
+    assert journal_record(journal, session).outcome == "stopped"
+
+
+def test_signal_style_stop_request(
+    device: Device, journal: Journal, estim_unit: SimulatedUnit, estim_clock: ManualClock
+) -> None:
+    session = device.start(plan(), journal=journal)
+    advance_until_running(session, estim_clock)
+    session.request_stop(StopReason.HOST_SHUTDOWN, "SIGTERM: the program was asked to end")
+    record = session.wait(timeout=5)
+    assert not estim_unit.output_on
+    assert (record.outcome, record.stop_reason) == (
+        "stopped",
+        "SIGTERM: the program was asked to end",
+    )
+
+
+def test_leaving_the_with_block(
+    device: Device, journal: Journal, estim_unit: SimulatedUnit, estim_clock: ManualClock
+) -> None:
+    with device.start(plan(), journal=journal) as session:
+        advance_until_running(session, estim_clock)
+    assert not estim_unit.output_on
+    assert session.record().outcome == "stopped"
+    assert "with block" in (session.record().stop_reason or "")
+
+
+def test_closing_the_device_ends_its_session(
+    estim_url: str, journal: Journal, estim_unit: SimulatedUnit, estim_clock: ManualClock
+) -> None:
+    with connect(estim_url) as device:
+        session = device.start(plan(), journal=journal)
+        advance_until_running(session, estim_clock)
+    assert not estim_unit.output_on
+    assert session.record().outcome == "stopped"
+
+
+def test_an_exception_in_the_event_callback(
+    device: Device, journal: Journal, estim_unit: SimulatedUnit
+) -> None:
+    def boom(event: EventRecord) -> None:
+        if event.kind == "ramp_done":
+            raise RuntimeError("chart widget crashed")
+
+    record = device.start(plan(), journal=journal, on_event=boom).wait(timeout=60)
+    assert not estim_unit.output_on
+    assert record.outcome == "aborted"
+    assert "chart widget crashed" in (record.stop_reason or "")
+    assert estim_unit.events("output_off")[-1].t - estim_unit.events("output_on")[
+        -1
+    ].t == pytest.approx(5.0)
+
+
+def test_link_loss(
+    device: Device, journal: Journal, estim_unit: SimulatedUnit, estim_clock: ManualClock
+) -> None:
+    session = device.start(plan(), journal=journal)
+    advance_until_running(session, estim_clock)
+    device.link.port.sim_connection.unplug()
+    record = session.wait(timeout=5)
+    assert record.outcome == "link_lost"
+    estim_clock.advance(1)
+    assert not estim_unit.output_on
+    assert estim_unit.faults == {Fault.WATCHDOG}
+    assert journal_record(journal, session).outcome == "link_lost"
+
+
+@pytest.mark.parametrize("failure", ["PRAGMA query_only = ON", "full"])
+def test_a_journal_write_failure_stops_output(
+    device: Device,
+    journal: Journal,
+    estim_unit: SimulatedUnit,
+    estim_clock: ManualClock,
+    failure: str,
+) -> None:
+    session = device.start(plan(), journal=journal)
+    advance_until_running(session, estim_clock)
+    written = len(journal.event_rows(session.id))
+    if failure == "full":  # the disk is full: no new page can be allocated
+        (pages,) = journal._db.execute("PRAGMA page_count").fetchone()
+        journal._db.execute(f"PRAGMA max_page_count = {pages}")
+        journal._db.execute("PRAGMA cache_size = 0")
+    else:  # the file became read-only
+        journal._db.execute(failure)
+    for i in range(500):  # amplitude changes until the journal needs a page it cannot have
+        try:
+            session.set_amplitude(1, 12.5 if i % 2 else 12.0)
+        except JournalError:
+            break
+    else:
+        pytest.fail("the journal never failed")
+    record = session.wait(timeout=5)
+    assert not estim_unit.output_on
+    assert record.outcome == "aborted"
+    assert (record.stop_reason or "").startswith("journal:")
+    assert record.journal_error
+    journal._db.execute("PRAGMA query_only = OFF")
+    journal._db.execute("PRAGMA max_page_count = 1073741823")
+    assert len(journal.event_rows(session.id)) >= written  # nothing already recorded is lost
+
+
+@pytest.mark.parametrize(
+    ("inject", "fault"), [("pull_electrode", Fault.LEAD_OFF), ("over_current", Fault.OVER_CURRENT)]
+)
+def test_unit_faults(
+    device: Device,
+    journal: Journal,
+    estim_unit: SimulatedUnit,
+    estim_clock: ManualClock,
+    inject: str,
+    fault: Fault,
+) -> None:
+    session = device.start(plan(), journal=journal)
+    advance_until_running(session, estim_clock)
+    getattr(estim_unit, inject)(1)
+    record = session.wait(timeout=5)
+    assert not estim_unit.output_on
+    assert record.outcome == "faulted"
+    assert record.faults[0].name == fault.name
+    assert fault.name in (record.stop_reason or "")
+    assert record.delivered_s == pytest.approx(10.0)
+
+
+def test_estop_on_the_unit(
+    device: Device, journal: Journal, estim_unit: SimulatedUnit, estim_clock: ManualClock
+) -> None:
+    from estim.protocol import Button
+
+    session = device.start(plan(), journal=journal)
+    advance_until_running(session, estim_clock)
+    estim_unit.press(Button.ESTOP)
+    record = session.wait(timeout=5)
+    assert (record.outcome, record.faults[0].name) == ("faulted", "ESTOP")
+
+
+def test_unit_reset_mid_session(
+    device: Device, journal: Journal, estim_unit: SimulatedUnit, estim_clock: ManualClock
+) -> None:
+    session = device.start(plan(), journal=journal)
+    advance_until_running(session, estim_clock)
+    estim_unit.reset()
+    record = session.wait(timeout=5)
+    assert not estim_unit.output_on
+    assert record.outcome == "faulted"
+    assert "restarted" in (record.stop_reason or "")
+
+
+def test_a_refused_start_is_recorded_and_raised(
+    device: Device, journal: Journal, estim_unit: SimulatedUnit
+) -> None:
+    estim_unit.pull_electrode(1)
+    with pytest.raises(DeviceError, match="electrode not connected"):
+        device.start(plan(), journal=journal)
+    (row,) = journal.session_rows()
+    assert row["outcome"] == "refused"
+    assert not estim_unit.output_on
+
+
+def test_a_journal_that_cannot_be_written_means_no_start(
+    device: Device, tmp_path: Path, estim_unit: SimulatedUnit
+) -> None:
+    journal = Journal(tmp_path / "j.db")
+    journal._db.execute("PRAGMA query_only = ON")
+    try:
+        with pytest.raises(JournalError):
+            device.start(plan(), journal=journal)
+    finally:
+        journal.close()
+    from estim.protocol import MessageType
+
+    assert estim_unit.requests_seen[MessageType.START] == 0
+
+
+def test_amplitude_changes_are_recorded(
+    device: Device, journal: Journal, estim_unit: SimulatedUnit, estim_clock: ManualClock
+) -> None:
+    session = device.start(plan(), journal=journal)
+    advance_until_running(session, estim_clock)
+    session.set_amplitude(1, 14.0)
+    estim_clock.advance(2)
+    assert estim_unit.output_ua(1) == 14_000
+    with pytest.raises(OutputLimitError):
+        session.set_amplitude(2, 5.0)
+    with pytest.raises(OutputLimitError):
+        session.set_amplitude(1, 60.0)
+    session.stop()
+    record = session.wait(timeout=5)
+    points = [(p.kind, p.ma) for p in record.amplitude]
+    assert (
+        points == [("planned", 12.0), ("set", 14.0), ("refused", 60.0)] or ("set", 14.0) in points
+    )
+    assert ("reached", 14.0) in points
+
+
+# --- SAFETY.md 7: the journal ------------------------------------------------------------------
+
+
+def test_the_database_is_created_private(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "estim.db"
+    with Journal(path):
+        pass
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+
+
+def test_wal_and_synchronous_full(journal: Journal) -> None:
+    assert journal._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_an_unfinished_session_is_interrupted_on_the_next_open(tmp_path: Path) -> None:
+    path = tmp_path / "estim.db"
+    crashed = Journal(path)
+    sid = crashed.begin(
+        0x1234,
+        plan=plan().model_dump(mode="json"),
+        unit={"model": "m", "serial_number": "s", "firmware": "f", "simulated": True},
+        port="sim://",
+        planned_ms=600_000,
+    )
+    crashed.append(sid, "output_started", {}, unit_ms=10)
+    # the host dies here; its lock goes with it (closing the fd is what the OS does)
+    os.close(crashed._locks.pop(sid))
+    crashed._db.close()
+    with Journal(path) as reopened:
+        assert reopened.interrupted == [sid]
+        row = reopened.session_row(sid)
+        assert row is not None
+        assert (row["outcome"], row["last_event"]) == ("interrupted", "interrupted")
+        assert "last event: output_started" in row["stop_reason"]
+
+
+def test_a_session_live_in_another_process_is_not_interrupted(tmp_path: Path) -> None:
+    path = tmp_path / "estim.db"
+    with Journal(path) as live:
+        sid = live.begin(
+            0x99,
+            plan=plan().model_dump(mode="json"),
+            unit={"model": "m", "serial_number": "s", "firmware": "f", "simulated": True},
+            port="sim://",
+            planned_ms=600_000,
+        )
+        with Journal(path) as other:
+            assert other.interrupted == []
+            assert other.session_row(sid)["outcome"] is None  # type: ignore[index]
+        live.finish(
+            sid,
+            outcome="completed",
+            stop_reason="x",
+            ended_by="unit",
+            delivered_ms=1,
+            started_utc=None,
+            ended_utc="now",
+        )
+
+
+def test_records_can_be_listed_and_filtered(
+    device: Device, journal: Journal, estim_clock: ManualClock
+) -> None:
+    a = device.start(plan(60, patient_ref="P-1"), journal=journal)
+    a.wait(timeout=100)
+    b = device.start(plan(60, patient_ref="P-2"), journal=journal)
+    estim_clock.advance(10)
+    b.stop()
+    b.wait(timeout=5)
+    assert [r["id"] for r in journal.session_rows(patient_ref="P-1")] == [a.id]
+    assert [r["id"] for r in journal.session_rows(outcome="stopped")] == [b.id]
+    assert len(journal.session_rows(unit_serial="SIM-0001")) == 2
+    assert journal_record(journal, a).plan.patient_ref == "P-1"
+
+
+def test_models_export_json_schema() -> None:
+    schema = SessionPlan.model_json_schema()
+    assert schema["properties"]["dwell"]
+    assert "ChannelPlan" in schema["$defs"]
+    assert SessionRecord.model_json_schema()["properties"]["delivered_s"]
+
+
+def test_a_newer_journal_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "estim.db"
+    with Journal(path) as j:
+        j._db.execute("PRAGMA user_version = 99")
+    with pytest.raises(JournalError, match="schema version 99, newer than this estim"):
+        Journal(path)
+
+
+def test_two_units_two_sessions_one_journal(tmp_path: Path) -> None:
+    clock = ManualClock()
+    units = [SimulatedUnit(UnitConfig(serial_number=f"SIM-{i}"), clock=clock) for i in range(2)]
+    with (
+        Journal(tmp_path / "estim.db") as journal,
+        serve(units[0]) as url0,
+        serve(units[1]) as url1,
+        connect(url0) as d0,
+        connect(url1) as d1,
+    ):
+        s0 = d0.start(plan(60), journal=journal)
+        s1 = d1.start(plan(90), journal=journal)
+        assert s1.wait(timeout=200).delivered_s == 90.0
+        assert s0.wait(timeout=1).delivered_s == 60.0
