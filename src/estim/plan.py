@@ -101,9 +101,9 @@ def format_duration(seconds: float) -> str:
 def _dwell(value: Any) -> float:
     seconds = parse_duration(value, "dwell")
     if not DWELL_MIN_S <= seconds <= DWELL_MAX_S:
+        shown = f"{value!r}" if isinstance(value, str) else f"{seconds:g} s"
         raise ValueError(
-            f"dwell {format_duration(seconds) if seconds > 0 else value!r} is outside "
-            f"60-600 s (1 to 10 minutes); choose a dwell in that range"
+            f"dwell {shown} is outside 60-600 s (1 to 10 minutes); choose a dwell in that range"
         )
     return seconds
 

@@ -112,6 +112,7 @@ class Session:
         owns_journal: bool,
         on_event: EventCallback | None,
         heartbeat: float,
+        status_every: float = STATUS_EVERY_S,
     ) -> None:
         self.device = device
         self.plan = plan
@@ -120,6 +121,7 @@ class Session:
         self.id = format_id(session_id)
         self.journal = journal
         self.heartbeat_period = heartbeat
+        self.status_every = status_every
         #: the last STATUS the loop read from the unit (about once a second)
         self.last_status: UnitStatus | None = None
         self._owns_journal = owns_journal
@@ -164,6 +166,7 @@ class Session:
         on_event: EventCallback | None = None,
         journal: Journal | None = None,
         heartbeat: float = HEARTBEAT_S,
+        status_every: float = STATUS_EVERY_S,
     ) -> Session:
         if not DWELL_MIN_S <= plan.dwell <= DWELL_MAX_S:  # again, whatever built the plan
             raise DwellLimitError(f"dwell {plan.dwell!r} s is outside 60-600 s (1 to 10 minutes)")
@@ -401,7 +404,7 @@ class Session:
                 next_beat = now + self.heartbeat_period
                 self._heartbeat()
             if now >= next_status and not self.state.is_end:
-                next_status = now + STATUS_EVERY_S
+                next_status = now + self.status_every
                 self.last_status = self.device.status()
 
     def _heartbeat(self) -> None:

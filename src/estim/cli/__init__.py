@@ -7,8 +7,19 @@ from typing import Any
 
 import click
 
+from estim.cli.common import EXIT_CODES_HELP, Failure, error_line
+
 # name -> (module, function, one-line help shown by ``estim --help``)
 COMMANDS: dict[str, tuple[str, str, str]] = {
+    "run": ("estim.cli.run", "run", "Run a timed session on a unit."),
+    "stop": ("estim.cli.units", "stop", "Stop any output on a unit now."),
+    "info": ("estim.cli.units", "info", "Show a unit's identity and limits."),
+    "ports": ("estim.cli.units", "ports", "List serial ports, marking estim units."),
+    "clear-fault": ("estim.cli.units", "clear_fault", "Clear a fault latched on a unit."),
+    "presets": ("estim.cli.units", "presets", "List session presets."),
+    "history": ("estim.cli.records", "history", "List recorded sessions."),
+    "show": ("estim.cli.records", "show", "Show one recorded session."),
+    "export": ("estim.cli.records", "export", "Export one session as JSON or CSV."),
     "simulate": ("estim.cli.simulate", "simulate", "Serve a simulated unit on a pty or TCP."),
 }
 
@@ -31,7 +42,14 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=EXIT_CODES_HELP
+    + "\nEnvironment: ESTIM_PORT (the unit), ESTIM_DB (the journal), ESTIM_CONFIG (the "
+    "clinic config file), ESTIM_HOME (where estim keeps its files).\n\nShell completion: "
+    'eval "$(_ESTIM_COMPLETE=bash_source estim)" in ~/.bashrc (zsh_source, fish_source likewise).',
+)
 @click.version_option(package_name="estim")
 def cli() -> None:
     """estim: timed electrical-stimulation sessions (electrical dry needling, PENS).
@@ -41,4 +59,35 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    return cli.main(args=argv, prog_name="estim", auto_envvar_prefix="ESTIM")
+    """Run the CLI; every error is one line on stderr and a documented exit code."""
+    import sys
+
+    if argv is None:
+        argv = sys.argv[1:]
+    if not argv:
+        click.echo(cli.get_help(click.Context(cli, info_name="estim")))
+        sys.exit(0)
+    try:
+        result = cli.main(
+            args=argv, prog_name="estim", auto_envvar_prefix="ESTIM", standalone_mode=False
+        )
+    except Failure as err:
+        error_line(err.format_message())
+        sys.exit(err.code)
+    except click.UsageError as err:
+        hint = (
+            f" (see: estim {err.ctx.command.name} --help)"
+            if err.ctx and err.ctx.command.name != "cli"
+            else ""
+        )
+        error_line(f"{err.format_message()}{hint}")
+        sys.exit(2)
+    except click.ClickException as err:
+        error_line(err.format_message())
+        sys.exit(err.exit_code)
+    except click.exceptions.Abort:
+        error_line("aborted; nothing was started")
+        sys.exit(1)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -1,0 +1,443 @@
+"""``estim run``: one timed session, with a summary, a confirmation and a live view."""
+
+from __future__ import annotations
+
+import queue
+import sys
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from estim.cli.common import (
+    DECLINED,
+    EXIT_CODES_HELP,
+    JOURNAL,
+    OK,
+    STOPPED,
+    UNIT_FAULT,
+    UNREACHABLE,
+    USAGE,
+    Failure,
+    echo_json,
+    error_line,
+    fail,
+    need_port,
+    port_option,
+)
+
+if TYPE_CHECKING:
+    from estim.config import ClinicConfig, Preset
+    from estim.device import Device
+    from estim.plan import SessionPlan
+    from estim.record import EventRecord, SessionRecord
+
+CHANNEL_HELP = (
+    "A channel, CH:FREQ_HZ:PW_US:MA (1:2:250:12 is channel 1 at 2 Hz, 250 us, 12 mA), or CH:MA "
+    "with --preset. Repeat for more channels."
+)
+
+OUTCOME_EXIT = {
+    "completed": OK,
+    "stopped": STOPPED,
+    "faulted": UNIT_FAULT,
+    "link_lost": UNREACHABLE,
+    "refused": USAGE,
+}
+
+
+def load_clinic_config() -> ClinicConfig:
+    from estim.config import ConfigError, load_config
+
+    try:
+        return load_config()
+    except ConfigError as err:
+        fail(str(err))
+
+
+def _number(text: str, what: str, spec: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        fail(f"-c {spec}: {what} {text!r} is not a number")
+    if not math.isfinite(value):
+        fail(f"-c {spec}: {what} {text!r} is not a finite number")
+    return value
+
+
+def parse_channel(spec: str, preset: Preset | None, waveform: str | None) -> dict[str, Any]:
+    """``CH:FREQ_HZ:PW_US:MA`` or, with a preset, ``CH:MA``."""
+    parts = spec.split(":")
+    if len(parts) == 4:
+        ch, freq, pw, ma = parts
+        fields: dict[str, Any] = dict(preset.channel_fields()) if preset else {}
+        fields["frequency_hz"] = _number(freq, "frequency", spec)
+        pw_value = _number(pw, "pulse width", spec)
+        if pw_value != int(pw_value):
+            fail(f"-c {spec}: pulse width {pw!r} must be whole microseconds")
+        fields["pulse_width_us"] = int(pw_value)
+    elif len(parts) == 2:
+        if preset is None:
+            fail(f"-c {spec}: CH:MA needs --preset; or give CH:FREQ_HZ:PW_US:MA (e.g. 1:2:250:12)")
+        ch, ma = parts
+        fields = dict(preset.channel_fields())
+    else:
+        fail(f"-c {spec!r} is not CH:FREQ_HZ:PW_US:MA (e.g. 1:2:250:12) or CH:MA with --preset")
+    channel = _number(ch, "channel", spec)
+    if channel != int(channel) or not 1 <= channel <= 8:
+        fail(f"-c {spec}: channel {ch!r} must be a whole number 1-8")
+    fields["channel"] = int(channel)
+    fields["amplitude_ma"] = _number(ma, "amplitude", spec)
+    if waveform:
+        fields["waveform"] = waveform
+    return fields
+
+
+def plan_error(err: Exception) -> str:
+    """The first problem pydantic found, as one line."""
+    from pydantic import ValidationError
+
+    if isinstance(err, ValidationError):
+        first = err.errors()[0]
+        message = str(first.get("msg", err)).removeprefix("Value error, ")
+        where = ".".join(str(p) for p in first.get("loc", ()) if not isinstance(p, int))
+        if where and where not in message:
+            message = f"{where}: {message}"
+        return message
+    return str(err)
+
+
+def build_plan(
+    *,
+    dwell: str,
+    ramp: str | None,
+    channels: tuple[str, ...],
+    preset_name: str | None,
+    waveform: str | None,
+    watchdog: float,
+    context: dict[str, str | None],
+    config: ClinicConfig,
+) -> SessionPlan:
+    from estim.plan import SessionPlan
+
+    preset = None
+    if preset_name is not None:
+        preset = config.presets.get(preset_name)
+        if preset is None:
+            fail(
+                f"unknown preset {preset_name!r}; known: {', '.join(config.presets)} (see: estim presets)"
+            )
+    if not channels:
+        fail(
+            "no channel given: add -c CH:FREQ_HZ:PW_US:MA (e.g. -c 1:2:250:12), or --preset NAME -c CH:MA"
+        )
+    fields = [parse_channel(spec, preset, waveform) for spec in channels]
+    raw: dict[str, Any] = {"dwell": dwell, "channels": fields, "watchdog": watchdog}
+    if ramp is not None:
+        raw["ramp"] = ramp
+    raw.update({k: v for k, v in context.items() if v is not None})
+    try:
+        plan = SessionPlan.model_validate(raw)
+    except ValueError as err:
+        fail(plan_error(err))
+    problems = config.limits.problems(plan)
+    if problems:
+        fail(f"{problems[0]} (clinic config {config.path})")
+    return plan
+
+
+def summary(plan: SessionPlan, device: Device) -> list[str]:
+    from estim.plan import format_duration
+
+    unit = device.info
+    lines = [
+        f"Unit     {unit.model} serial {unit.serial_number} on {device.url}"
+        + ("  (SIMULATED)" if unit.simulated else ""),
+        f"Dwell    {format_duration(plan.dwell)}   ramp {format_duration(plan.ramp)} up and down"
+        f"   watchdog {plan.watchdog:g} s",
+    ]
+    for ch in plan.channels:
+        extra = ""
+        if ch.mode == "dense_disperse":
+            extra = f", alternating with {ch.alt_frequency_hz:g} Hz every {ch.switch_s:g} s"
+        elif ch.mode == "burst":
+            extra = f", bursts of {ch.switch_s:g} s at {ch.alt_frequency_hz:g} Hz"
+        lines.append(
+            f"Channel {ch.channel}  {ch.amplitude_ma:g} mA  {ch.frequency_hz:g} Hz  {ch.pulse_width_us} us  "
+            f"{ch.waveform.replace('_', ' ')}{extra}"
+        )
+    context = [
+        f"{k} {v}"
+        for k, v in (
+            ("patient", plan.patient_ref),
+            ("site", plan.site),
+            ("condition", plan.condition),
+        )
+        if v
+    ]
+    if context:
+        lines.append("For      " + ", ".join(context))
+    return lines
+
+
+def describe(event: EventRecord, session_id: str) -> str | None:
+    """One plain line for an event (None for events not worth a line)."""
+    d = event.data
+    texts = {
+        "start_accepted": f"started session {session_id}",
+        "output_started": "output on",
+        "ramp_done": "ramp done: full amplitude",
+        "ramp_down": f"ramping down: {d.get('remaining_ms', 0) / 1000:g} s left",
+        "amplitude_set": f"channel {d.get('channel')}: amplitude to {d.get('ma')} mA",
+        "amplitude_reached": f"channel {d.get('channel')}: at {d.get('ma')} mA",
+        "amplitude_refused": f"channel {d.get('channel')}: {d.get('error')}",
+        "fault": f"UNIT FAULT {d.get('name')}"
+        + (f" on channel {d['channel']}" if d.get("channel") else ""),
+        "stop_requested": f"stopping: {d.get('detail')}",
+        "unit_stopped": f"output off after {d.get('delivered_ms', 0) / 1000:g} s",
+        "unit_completed": f"output off after {d.get('delivered_ms', 0) / 1000:g} s (dwell complete)",
+        "button": f"unit button {d.get('button')}",
+        "events_missed": "some unit events were lost on the link",
+        "unit_restarted": "THE UNIT RESTARTED",
+        "ended": f"session {d.get('outcome')}: {d.get('reason')}",
+    }
+    return texts.get(event.kind)
+
+
+def exit_code(record: SessionRecord) -> int:
+    if record.journal_error:
+        return JOURNAL
+    if record.outcome == "aborted":
+        return JOURNAL if (record.stop_reason or "").startswith("journal") else STOPPED
+    return OUTCOME_EXIT.get(record.outcome or "", UNREACHABLE)
+
+
+def final_line(record: SessionRecord) -> str:
+    from estim.plan import format_duration
+
+    delivered = "unknown" if record.delivered_s is None else format_duration(record.delivered_s)
+    text = {
+        "completed": "COMPLETED",
+        "stopped": "STOPPED EARLY",
+        "faulted": "UNIT FAULT",
+        "link_lost": "LINK LOST",
+        "aborted": "ABORTED",
+    }.get(record.outcome or "", str(record.outcome).upper())
+    line = f"{text}: delivered {delivered} of {format_duration(record.planned_s)}. {record.stop_reason}."
+    if record.journal_error:
+        line += f" The journal could not be written: {record.journal_error}"
+    return line + f" Session {record.id}."
+
+
+@click.command(epilog=EXIT_CODES_HELP)
+@port_option
+@click.option(
+    "--dwell",
+    "-d",
+    required=True,
+    metavar="DURATION",
+    help="How long: 60-600 s, as 480, 8m, 90s, 1m30s or 8:00.",
+)
+@click.option("--channel", "-c", "channels", multiple=True, metavar="SPEC", help=CHANNEL_HELP)
+@click.option(
+    "--preset",
+    metavar="NAME",
+    help="Frequency, pulse width, waveform and mode from a preset (see estim presets).",
+)
+@click.option(
+    "--ramp", metavar="DURATION", help="Ramp up at the start and down at the end (default 5s)."
+)
+@click.option(
+    "--waveform",
+    type=click.Choice(["biphasic_symmetric", "biphasic_asymmetric", "monophasic"]),
+    help="Pulse shape for every channel (default biphasic_symmetric).",
+)
+@click.option(
+    "--watchdog",
+    type=click.FloatRange(0.2, 2.0),
+    default=0.5,
+    show_default=True,
+    help="Seconds of silence after which the unit turns output off.",
+)
+@click.option("--patient", metavar="REF", help="An opaque patient reference (not a name).")
+@click.option("--site", metavar="TEXT", help="Target site, e.g. 'left vastus lateralis'.")
+@click.option("--condition", metavar="TEXT", help="The condition treated.")
+@click.option("--clinician", metavar="TEXT", help="Who runs the session.")
+@click.option("--notes", metavar="TEXT", help="Free notes for the record.")
+@click.option("--yes", "-y", is_flag=True, help="Start without asking for confirmation.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object per event on stdout, the record last."
+)
+@click.option(
+    "--db",
+    envvar="ESTIM_DB",
+    metavar="PATH",
+    help="The journal (default: $ESTIM_DB, else estim.db in the app directory).",
+)
+def run(
+    port: str | None,
+    dwell: str,
+    channels: tuple[str, ...],
+    preset: str | None,
+    ramp: str | None,
+    waveform: str | None,
+    watchdog: float,
+    patient: str | None,
+    site: str | None,
+    condition: str | None,
+    clinician: str | None,
+    notes: str | None,
+    yes: bool,
+    as_json: bool,
+    db: str | None,
+) -> int:
+    """Run one timed session: check the plan, show it, confirm, then stimulate.
+
+    On a terminal: a live countdown; up/down or +/- change the selected channel's
+    amplitude by one step, a digit selects a channel, space, q or Ctrl-C stop at
+    once. Elsewhere: one line per event (or one JSON object with --json).
+    """
+    config = load_clinic_config()
+    plan = build_plan(
+        dwell=dwell,
+        ramp=ramp,
+        channels=channels,
+        preset_name=preset,
+        waveform=waveform,
+        watchdog=watchdog,
+        context={
+            "patient_ref": patient,
+            "site": site,
+            "condition": condition,
+            "clinician": clinician,
+            "notes": notes,
+        },
+        config=config,
+    )
+    url = need_port(port)
+    from estim.cli.owner import own
+    from estim.device import connect
+    from estim.errors import (
+        DeviceError,
+        JournalError,
+        LinkError,
+        PlanError,
+        PortNotFound,
+        RemoteProtocolError,
+    )
+    from estim.journal import Journal
+
+    with own(url):
+        try:
+            device = connect(url)
+        except PortNotFound as err:
+            fail(str(err), USAGE)
+        except (LinkError, RemoteProtocolError) as err:
+            fail(str(err), UNREACHABLE)
+        with device:
+            problems = plan.limit_problems(device.info)
+            if problems:
+                fail(problems[0])
+            out = sys.stderr if as_json else sys.stdout
+            for line in summary(plan, device):
+                click.echo(line, file=out)
+            if not yes and not click.confirm("Start stimulation?", default=False, err=as_json):
+                error_line("not started: the operator declined")
+                return DECLINED
+            try:
+                journal = Journal(db) if db else Journal()
+            except JournalError as err:
+                fail(str(err), JOURNAL)
+            with journal:
+                events = EventQueue(device.clock)
+                try:
+                    session = device.start(
+                        plan, on_event=events.put, journal=journal, status_every=0.25
+                    )
+                except DeviceError as err:
+                    from estim.protocol import ErrorCode
+
+                    unit_side = (ErrorCode.FAULT_LATCHED, ErrorCode.LEAD_OFF, ErrorCode.INTERNAL)
+                    fail(str(err), UNIT_FAULT if err.code in unit_side else USAGE)
+                except PlanError as err:
+                    fail(str(err), USAGE)
+                except JournalError as err:
+                    fail(str(err), JOURNAL)
+                except LinkError as err:
+                    fail(str(err), UNREACHABLE)
+                record = _follow(session, events, as_json=as_json)
+    if as_json:
+        echo_json({"record": record.model_dump(mode="json")})
+    else:
+        _safe_echo(final_line(record))
+    return exit_code(record)
+
+
+def _safe_echo(line: str) -> None:
+    try:
+        click.echo(line)
+    except (OSError, ValueError):
+        pass  # the terminal closed (SIGHUP); the record is in the journal
+
+
+class EventQueue:
+    """Events from the session loop to the terminal, waited for on the session's
+    clock (so a test on a manual clock moves virtual time by waiting)."""
+
+    def __init__(self, clock: Any) -> None:
+        self._items: queue.SimpleQueue[EventRecord] = queue.SimpleQueue()
+        self._ready = clock.signal()
+
+    def put(self, event: EventRecord) -> None:
+        self._items.put(event)
+        self._ready.set()
+
+    def get(self, timeout: float) -> EventRecord | None:
+        if self._items.empty():
+            self._ready.clear()
+            if self._items.empty():
+                self._ready.wait(timeout)
+        try:
+            return self._items.get_nowait()
+        except queue.Empty:
+            return None
+
+    def get_nowait(self) -> EventRecord:
+        return self._items.get_nowait()
+
+    def empty(self) -> bool:
+        return self._items.empty()
+
+
+def _follow(session: Any, events: EventQueue, *, as_json: bool) -> SessionRecord:
+    """Show the session until it ends; signals stop it."""
+    from estim.signals import stop_on_signals
+
+    live = not as_json and sys.stdin.isatty() and sys.stdout.isatty()
+    with stop_on_signals(session):
+        if live:
+            from estim.cli.live import LiveView
+
+            LiveView(session, events).run()
+        else:
+            while True:
+                event = events.get(timeout=0.2)
+                if event is None:
+                    if session.state.is_end and events.empty():
+                        break
+                    continue
+                if as_json:
+                    try:
+                        echo_json(event.model_dump(mode="json"))
+                    except (OSError, ValueError):
+                        pass
+                else:
+                    text = describe(event, session.id)
+                    if text:
+                        _safe_echo(f"{event.utc[11:19]}  {text}")
+    record: SessionRecord = session.wait()
+    return record
+
+
+__all__ = ["Failure", "run"]

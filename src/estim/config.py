@@ -1,0 +1,296 @@
+"""Where estim keeps its files, the clinic's config file, and session presets.
+
+The app directory is ``$ESTIM_HOME``, else click's per-user application directory.
+In it: ``estim.db`` (the journal, unless ``$ESTIM_DB``), ``config.toml`` (unless
+``$ESTIM_CONFIG``) and ``run/`` (which process holds which port).
+
+The config file can only *narrow* limits: a value wider than SAFETY.md's or the
+unit's own is refused, never silently clipped. It can also define presets::
+
+    [limits]
+    amplitude_max_ma = 30
+    dwell_max = "8m"
+
+    [presets.knee-low]
+    frequency_hz = 4
+    pulse_width_us = 200
+
+Every error names the file, the line and the key.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from estim.errors import EstimError
+from estim.plan import DWELL_MAX_S, DWELL_MIN_S, RMS_MAX_MA, parse_duration
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
+
+
+class ConfigError(EstimError, ValueError):
+    """The clinic config file is wrong (file, line and key are in the message)."""
+
+
+def app_dir() -> Path:
+    env = os.environ.get("ESTIM_HOME")
+    if env:
+        return Path(env).expanduser()
+    import click
+
+    return Path(click.get_app_dir("estim"))
+
+
+def config_path() -> Path:
+    env = os.environ.get("ESTIM_CONFIG")
+    return Path(env).expanduser() if env else app_dir() / "config.toml"
+
+
+def db_path() -> Path:
+    env = os.environ.get("ESTIM_DB")
+    return Path(env).expanduser() if env else app_dir() / "estim.db"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    frequency_hz: float
+    pulse_width_us: int
+    waveform: str = "biphasic_symmetric"
+    mode: str = "continuous"
+    alt_frequency_hz: float | None = None
+    switch_s: float | None = None
+    amplitude_ma: float | None = None
+
+    def channel_fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "frequency_hz": self.frequency_hz,
+            "pulse_width_us": self.pulse_width_us,
+            "waveform": self.waveform,
+            "mode": self.mode,
+        }
+        if self.mode != "continuous":
+            out["alt_frequency_hz"] = self.alt_frequency_hz
+            out["switch_s"] = self.switch_s
+        return out
+
+
+BUILTIN_PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("edn-low", "electrical dry needling, low rate: 2 Hz, 250 us", 2.0, 250),
+        Preset("edn-high", "electrical dry needling, high rate: 100 Hz, 150 us", 100.0, 150),
+        Preset(
+            "dense-disperse",
+            "alternating 2 Hz and 100 Hz every 3 s, 200 us",
+            2.0,
+            200,
+            mode="dense_disperse",
+            alt_frequency_hz=100.0,
+            switch_s=3.0,
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Limits the clinic narrows; None means "as the unit and SAFETY.md allow"."""
+
+    amplitude_max_ma: float | None = None
+    frequency_min_hz: float | None = None
+    frequency_max_hz: float | None = None
+    pulse_width_max_us: int | None = None
+    dwell_min: float | None = None
+    dwell_max: float | None = None
+    ramp_min: float | None = None
+
+    def problems(self, plan: Any) -> list[str]:
+        """Why ``plan`` (a SessionPlan) is outside the clinic's limits."""
+        out = []
+        if self.dwell_min is not None and plan.dwell < self.dwell_min:
+            out.append(f"dwell {plan.dwell:g} s is below the clinic's minimum {self.dwell_min:g} s")
+        if self.dwell_max is not None and plan.dwell > self.dwell_max:
+            out.append(f"dwell {plan.dwell:g} s is above the clinic's maximum {self.dwell_max:g} s")
+        if self.ramp_min is not None and plan.ramp < self.ramp_min:
+            out.append(f"ramp {plan.ramp:g} s is below the clinic's minimum {self.ramp_min:g} s")
+        for ch in plan.channels:
+            name = f"channel {ch.channel}"
+            if self.amplitude_max_ma is not None and ch.amplitude_ma > self.amplitude_max_ma:
+                out.append(
+                    f"{name}: amplitude {ch.amplitude_ma:g} mA is above the clinic's maximum {self.amplitude_max_ma:g} mA"
+                )
+            for hz in (ch.frequency_hz, ch.alt_frequency_hz):
+                if hz is None:
+                    continue
+                if self.frequency_min_hz is not None and hz < self.frequency_min_hz:
+                    out.append(
+                        f"{name}: {hz:g} Hz is below the clinic's minimum {self.frequency_min_hz:g} Hz"
+                    )
+                if self.frequency_max_hz is not None and hz > self.frequency_max_hz:
+                    out.append(
+                        f"{name}: {hz:g} Hz is above the clinic's maximum {self.frequency_max_hz:g} Hz"
+                    )
+            if self.pulse_width_max_us is not None and ch.pulse_width_us > self.pulse_width_max_us:
+                out.append(
+                    f"{name}: {ch.pulse_width_us} us is above the clinic's maximum {self.pulse_width_max_us} us"
+                )
+        return out
+
+
+@dataclass(frozen=True)
+class ClinicConfig:
+    path: Path | None = None
+    limits: Limits = field(default_factory=Limits)
+    presets: dict[str, Preset] = field(default_factory=lambda: dict(BUILTIN_PRESETS))
+
+
+def _line_of(text: str, section: str | None, key: str) -> int:
+    """The line of ``key`` (inside ``[section]`` if given), for error messages."""
+    lines = text.splitlines()
+    in_section = section is None
+    for number, line in enumerate(lines, 1):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            header = stripped.strip("[]").strip().strip('"')
+            in_section = section is not None and header == section
+            if in_section and key == "":
+                return number
+            continue
+        if in_section and re.match(rf"""^["']?{re.escape(key)}["']?\s*=""", stripped):
+            return number
+    return 0
+
+
+_LIMIT_KEYS: dict[str, tuple[str, float, float]] = {
+    # key: (kind, lowest allowed, highest allowed) -- the widest SAFETY.md allows
+    "amplitude_max_ma": ("number", 0.001, 1000.0),
+    "frequency_min_hz": ("number", 0.1, 10_000.0),
+    "frequency_max_hz": ("number", 0.1, 10_000.0),
+    "pulse_width_max_us": ("integer", 1, 65535),
+    "dwell_min": ("duration", DWELL_MIN_S, DWELL_MAX_S),
+    "dwell_max": ("duration", DWELL_MIN_S, DWELL_MAX_S),
+    "ramp_min": ("duration", 0.0, DWELL_MAX_S / 2),
+}
+_PRESET_KEYS = {
+    "description",
+    "frequency_hz",
+    "pulse_width_us",
+    "waveform",
+    "mode",
+    "alt_frequency_hz",
+    "switch_s",
+    "amplitude_ma",
+}
+
+
+def load_config(path: Path | None = None) -> ClinicConfig:
+    """The clinic config (built-in presets and no narrowing if the file is absent)."""
+    path = path or config_path()
+    if not path.exists():
+        return ClinicConfig()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read the config file: {err}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+    def fail(section: str | None, key: str, message: str) -> ConfigError:
+        line = _line_of(text, section, key)
+        where = f"{path}:{line}" if line else str(path)
+        full = f"{section}.{key}" if section else key
+        return ConfigError(f"{where}: {full}: {message}")
+
+    unknown = set(data) - {"limits", "presets"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise fail(None, key, "unknown section or key; expected [limits] and [presets.NAME]")
+    limits = _read_limits(data.get("limits", {}), fail)
+    presets = dict(BUILTIN_PRESETS)
+    raw_presets = data.get("presets", {})
+    if not isinstance(raw_presets, dict):
+        raise fail(None, "presets", "must be a table of [presets.NAME] sections")
+    for name, body in raw_presets.items():
+        presets[name] = _read_preset(name, body, fail)
+    return ClinicConfig(path=path, limits=limits, presets=presets)
+
+
+def _read_limits(raw: Any, fail: Any) -> Limits:
+    if not isinstance(raw, dict):
+        raise fail(None, "limits", "must be a table")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in _LIMIT_KEYS:
+            raise fail("limits", key, f"unknown limit; known: {', '.join(sorted(_LIMIT_KEYS))}")
+        kind, low, high = _LIMIT_KEYS[key]
+        try:
+            number = parse_duration(value, key) if kind == "duration" else value
+        except ValueError as err:
+            raise fail("limits", key, str(err)) from None
+        if (
+            isinstance(number, bool)
+            or not isinstance(number, int | float)
+            or not math.isfinite(number)
+        ):
+            raise fail("limits", key, f"{value!r} is not a number")
+        if kind == "integer" and number != int(number):
+            raise fail("limits", key, f"{value!r} must be a whole number")
+        if not low <= number <= high:
+            raise fail(
+                "limits",
+                key,
+                f"{value!r} is outside {low:g}..{high:g}; a clinic can only narrow the limits",
+            )
+        values[key] = int(number) if kind == "integer" else float(number)
+    if (
+        "dwell_min" in values
+        and "dwell_max" in values
+        and values["dwell_min"] > values["dwell_max"]
+    ):
+        raise fail("limits", "dwell_min", "is above dwell_max")
+    if values.get("amplitude_max_ma", 0) > RMS_MAX_MA * 20:
+        raise fail("limits", "amplitude_max_ma", "is implausibly high")
+    return Limits(**values)
+
+
+def _read_preset(name: str, body: Any, fail: Any) -> Preset:
+    section = f"presets.{name}"
+    if not isinstance(body, dict):
+        raise fail("presets", name, "must be a table")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,30}", name):
+        raise fail(section, "", "a preset name is lowercase letters, digits and dashes")
+    for key in body:
+        if key not in _PRESET_KEYS:
+            raise fail(
+                section, key, f"unknown preset key; known: {', '.join(sorted(_PRESET_KEYS))}"
+            )
+    for key in ("frequency_hz", "pulse_width_us"):
+        if key not in body:
+            raise fail(section, "", f"missing {key}")
+    try:
+        preset = Preset(
+            name=name,
+            description=str(body.get("description", f"clinic preset {name}")),
+            **{k: body[k] for k in _PRESET_KEYS - {"description"} if k in body},
+        )
+        from estim.plan import ChannelPlan
+
+        ChannelPlan(channel=1, amplitude_ma=preset.amplitude_ma or 1.0, **preset.channel_fields())
+    except (TypeError, ValueError) as err:
+        first = str(err).splitlines()
+        message = first[-2].strip() if len(first) > 2 else str(err)
+        raise fail(section, "", message) from None
+    return preset
