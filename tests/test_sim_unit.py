@@ -665,3 +665,13 @@ def test_a_stop_identical_to_a_remembered_one_still_stops() -> None:
     assert not h.unit.output_on
     assert isinstance(again, Ack)
     assert isinstance(first, Ack)
+
+
+def test_the_log_reports_the_worst_gap_between_frames_during_output() -> None:
+    h = Harness()
+    h.start_session(dwell_ms=60_000)
+    h.advance(5.0, heartbeat=0.1, session_id=SID)
+    h.advance(0.3)  # a 400 ms silence, under the watchdog
+    h.advance(54.7, heartbeat=0.1, session_id=SID)
+    off = h.unit.events("output_off")[-1]
+    assert off.data["max_frame_gap_ms"] == pytest.approx(400.0)

@@ -175,6 +175,8 @@ class _Session:
         self.channels = channels
         self.ramp_done = False
         self.ramping_down = False
+        #: the longest silence between valid requests while output was on
+        self.max_gap_us = 0
         #: bumped whenever a setpoint changes; keys the cached crossing times below
         self.version = 0
         self.cache: dict[tuple[Any, ...], int | None] = {}
@@ -257,6 +259,8 @@ class SimulatedUnit:
             if message is None:
                 break
             if message.KIND == Kind.REQUEST:
+                if self._session is not None and self._last_rx is not None:
+                    self._session.max_gap_us = max(self._session.max_gap_us, now - self._last_rx)
                 self._last_rx = now
                 self.requests_seen[message.TYPE] += 1
                 self._request(message, now)
@@ -608,8 +612,15 @@ class SimulatedUnit:
         self._session = None
         self._session_actions = []
         self._ended.append(s.id)
+        if self._last_rx is not None:
+            s.max_gap_us = max(s.max_gap_us, t - max(self._last_rx, s.start_us))
         self._log(
-            t, "output_off", session_id=s.id, reason=why, delivered_ms=(t - s.start_us) // 1000
+            t,
+            "output_off",
+            session_id=s.id,
+            reason=why,
+            delivered_ms=(t - s.start_us) // 1000,
+            max_frame_gap_ms=s.max_gap_us / 1000,
         )
         self._log_levels(t)
 
