@@ -1,8 +1,6 @@
-"""Where estim keeps its files, the clinic's config file, and session presets.
+"""The clinic's config file, and session presets.
 
-The app directory is ``$ESTIM_HOME``, else click's per-user application directory.
-In it: ``estim.db`` (the journal, unless ``$ESTIM_DB``), ``config.toml`` (unless
-``$ESTIM_CONFIG``) and ``run/`` (which process holds which port).
+Paths are in ``estim.paths``.
 
 The config file can only *narrow* limits: a value wider than SAFETY.md's or the
 unit's own is refused, never silently clipped. It can also define presets::
@@ -21,7 +19,6 @@ Every error names the file, the line and the key.
 from __future__ import annotations
 
 import math
-import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -29,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from estim.errors import EstimError
+from estim.paths import app_dir, config_path, db_path
 from estim.plan import DWELL_MAX_S, DWELL_MIN_S, RMS_MAX_MA, parse_duration
 
 if sys.version_info >= (3, 11):
@@ -39,25 +37,6 @@ else:  # pragma: no cover
 
 class ConfigError(EstimError, ValueError):
     """The clinic config file is wrong (file, line and key are in the message)."""
-
-
-def app_dir() -> Path:
-    env = os.environ.get("ESTIM_HOME")
-    if env:
-        return Path(env).expanduser()
-    import click
-
-    return Path(click.get_app_dir("estim"))
-
-
-def config_path() -> Path:
-    env = os.environ.get("ESTIM_CONFIG")
-    return Path(env).expanduser() if env else app_dir() / "config.toml"
-
-
-def db_path() -> Path:
-    env = os.environ.get("ESTIM_DB")
-    return Path(env).expanduser() if env else app_dir() / "estim.db"
 
 
 @dataclass(frozen=True)
@@ -163,6 +142,8 @@ def _line_of(text: str, section: str | None, key: str) -> int:
         stripped = line.strip()
         if stripped.startswith("["):
             header = stripped.strip("[]").strip().strip('"')
+            if section is None and (header == key or header.startswith(f"{key}.")):
+                return number  # a top-level table
             in_section = section is not None and header == section
             if in_section and key == "":
                 return number
@@ -211,7 +192,7 @@ def load_config(path: Path | None = None) -> ClinicConfig:
     def fail(section: str | None, key: str, message: str) -> ConfigError:
         line = _line_of(text, section, key)
         where = f"{path}:{line}" if line else str(path)
-        full = f"{section}.{key}" if section else key
+        full = ".".join(part for part in (section, key) if part)
         return ConfigError(f"{where}: {full}: {message}")
 
     unknown = set(data) - {"limits", "presets"}
@@ -294,3 +275,16 @@ def _read_preset(name: str, body: Any, fail: Any) -> Preset:
         message = first[-2].strip() if len(first) > 2 else str(err)
         raise fail(section, "", message) from None
     return preset
+
+
+__all__ = [
+    "BUILTIN_PRESETS",
+    "ClinicConfig",
+    "ConfigError",
+    "Limits",
+    "Preset",
+    "app_dir",
+    "config_path",
+    "db_path",
+    "load_config",
+]

@@ -76,13 +76,10 @@ MIGRATIONS: list[str] = [
 
 
 def default_path() -> Path:
-    """``$ESTIM_DB``, else ``estim.db`` in the user's application directory."""
-    env = os.environ.get("ESTIM_DB")
-    if env:
-        return Path(env).expanduser()
-    import click
+    """``$ESTIM_DB``, else ``estim.db`` in estim's application directory."""
+    from estim.paths import db_path
 
-    return Path(click.get_app_dir("estim")) / "estim.db"
+    return db_path()
 
 
 def utc_now() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -25,6 +26,53 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 
 class LazyGroup(click.Group):
+    """Loads subcommands on first use, and turns every error into one line on stderr
+    and a documented exit code (also under click's CliRunner)."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        import sys
+
+        extra.setdefault("auto_envvar_prefix", "ESTIM")
+        import os
+
+        argv = list(sys.argv[1:] if args is None else args)
+        completing = os.environ.get(complete_var or "_ESTIM_COMPLETE")
+        if not argv and not completing:
+            click.echo(self.get_help(click.Context(self, info_name=prog_name or "estim")))
+            sys.exit(0)
+        try:
+            result = super().main(
+                args=argv,
+                prog_name=prog_name,
+                complete_var=complete_var,
+                standalone_mode=False,
+                **extra,
+            )
+        except Failure as err:
+            error_line(err.format_message())
+            sys.exit(err.code)
+        except click.UsageError as err:
+            name = err.ctx.command.name if err.ctx is not None else None
+            hint = f" (see: estim {name} --help)" if name and err.ctx and err.ctx.parent else ""
+            error_line(f"{err.format_message()}{hint}")
+            sys.exit(2)
+        except click.ClickException as err:
+            error_line(err.format_message())
+            sys.exit(err.exit_code)
+        except click.exceptions.Abort:
+            error_line("aborted; nothing was started")
+            sys.exit(1)
+        except click.exceptions.Exit as err:
+            sys.exit(err.exit_code)
+        sys.exit(result if isinstance(result, int) else 0)
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 
@@ -59,35 +107,5 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    """Run the CLI; every error is one line on stderr and a documented exit code."""
-    import sys
-
-    if argv is None:
-        argv = sys.argv[1:]
-    if not argv:
-        click.echo(cli.get_help(click.Context(cli, info_name="estim")))
-        sys.exit(0)
-    try:
-        result = cli.main(
-            args=argv, prog_name="estim", auto_envvar_prefix="ESTIM", standalone_mode=False
-        )
-    except Failure as err:
-        error_line(err.format_message())
-        sys.exit(err.code)
-    except click.UsageError as err:
-        hint = (
-            f" (see: estim {err.ctx.command.name} --help)"
-            if err.ctx and err.ctx.command.name != "cli"
-            else ""
-        )
-        error_line(f"{err.format_message()}{hint}")
-        sys.exit(2)
-    except click.ClickException as err:
-        error_line(err.format_message())
-        sys.exit(err.exit_code)
-    except click.exceptions.Abort:
-        error_line("aborted; nothing was started")
-        sys.exit(1)
-    except click.exceptions.Exit as err:
-        sys.exit(err.exit_code)
-    sys.exit(result if isinstance(result, int) else 0)
+    """The ``estim`` command (console script entry point)."""
+    return cli.main(args=argv, prog_name="estim")

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from estim.config import app_dir
+from estim.paths import app_dir
 
 
 def _path(port: str) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -184,25 +185,34 @@ def summary(plan: SessionPlan, device: Device) -> list[str]:
 def describe(event: EventRecord, session_id: str) -> str | None:
     """One plain line for an event (None for events not worth a line)."""
     d = event.data
-    texts = {
-        "start_accepted": f"started session {session_id}",
-        "output_started": "output on",
-        "ramp_done": "ramp done: full amplitude",
-        "ramp_down": f"ramping down: {d.get('remaining_ms', 0) / 1000:g} s left",
-        "amplitude_set": f"channel {d.get('channel')}: amplitude to {d.get('ma')} mA",
-        "amplitude_reached": f"channel {d.get('channel')}: at {d.get('ma')} mA",
-        "amplitude_refused": f"channel {d.get('channel')}: {d.get('error')}",
-        "fault": f"UNIT FAULT {d.get('name')}"
-        + (f" on channel {d['channel']}" if d.get("channel") else ""),
-        "stop_requested": f"stopping: {d.get('detail')}",
-        "unit_stopped": f"output off after {d.get('delivered_ms', 0) / 1000:g} s",
-        "unit_completed": f"output off after {d.get('delivered_ms', 0) / 1000:g} s (dwell complete)",
-        "button": f"unit button {d.get('button')}",
-        "events_missed": "some unit events were lost on the link",
-        "unit_restarted": "THE UNIT RESTARTED",
-        "ended": f"session {d.get('outcome')}: {d.get('reason')}",
+
+    def seconds(key: str) -> str:
+        value = d.get(key)
+        return "an unknown time" if value is None else f"{value / 1000:g} s"
+
+    kind = event.kind
+    if kind == "fault":
+        return f"UNIT FAULT {d.get('name')}" + (
+            f" on channel {d['channel']}" if d.get("channel") else ""
+        )
+    texts: dict[str, Callable[[], str]] = {
+        "start_accepted": lambda: f"started session {session_id}",
+        "output_started": lambda: "output on",
+        "ramp_done": lambda: "ramp done: full amplitude",
+        "ramp_down": lambda: f"ramping down: {seconds('remaining_ms')} left",
+        "amplitude_set": lambda: f"channel {d.get('channel')}: amplitude to {d.get('ma')} mA",
+        "amplitude_reached": lambda: f"channel {d.get('channel')}: at {d.get('ma')} mA",
+        "amplitude_refused": lambda: f"channel {d.get('channel')}: {d.get('error')}",
+        "stop_requested": lambda: f"stopping: {d.get('detail')}",
+        "unit_stopped": lambda: f"output off after {seconds('delivered_ms')}",
+        "unit_completed": lambda: f"output off after {seconds('delivered_ms')} (dwell complete)",
+        "button": lambda: f"unit button {d.get('button')}",
+        "events_missed": lambda: "some unit events were lost on the link",
+        "unit_restarted": lambda: "THE UNIT RESTARTED",
+        "ended": lambda: f"session {d.get('outcome')}: {d.get('reason')}",
     }
-    return texts.get(event.kind)
+    text = texts.get(kind)
+    return text() if text else None
 
 
 def exit_code(record: SessionRecord) -> int:

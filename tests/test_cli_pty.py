@@ -1,0 +1,263 @@
+"""``estim run`` in a real terminal (a pseudo-terminal it controls), against
+``estim simulate --pty`` in another process. What the unit did is read from the
+simulator's own JSON log; waits are for events, with generous real-time limits."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .procs import SimProcess
+
+
+class Terminal:
+    """A child process whose controlling terminal is a pty we hold the master of."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+
+        def take_terminal() -> None:
+            os.setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "estim", *args],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            preexec_fn=take_terminal,
+            env=env,
+            close_fds=True,
+        )
+        os.close(slave)
+        self.output = b""
+        self.closed = False
+
+    def read_until(self, needle: bytes, timeout: float = 15.0) -> None:
+        end = time.monotonic() + timeout
+        while needle not in self.output:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise AssertionError(
+                    f"{needle!r} never appeared; the terminal shows: {self.output[-600:]!r}"
+                )
+            ready, _, _ = select.select([self.master], [], [], left)
+            if ready:
+                try:
+                    chunk = os.read(self.master, 65536)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    raise AssertionError(
+                        f"terminal closed before {needle!r}; it showed: {self.output[-600:]!r}"
+                    )
+                self.output += chunk
+
+    def send(self, keys: bytes) -> None:
+        os.write(self.master, keys)
+
+    def hang_up(self) -> None:
+        os.close(self.master)
+        self.closed = True
+
+    def wait(self, timeout: float = 20.0) -> int:
+        if not self.closed:  # keep draining so the child never blocks on a full terminal
+            end = time.monotonic() + timeout
+            while self.proc.poll() is None and time.monotonic() < end:
+                ready, _, _ = select.select([self.master], [], [], 0.1)
+                if ready:
+                    try:
+                        self.output += os.read(self.master, 65536)
+                    except OSError:
+                        break
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        if not self.closed:
+            os.close(self.master)
+            self.closed = True
+
+
+@pytest.fixture
+def sim() -> Iterator[SimProcess]:
+    with SimProcess("--pty", "--json") as process:
+        yield process
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    out = dict(os.environ)
+    out["ESTIM_HOME"] = str(tmp_path / "home")
+    out["ESTIM_DB"] = str(tmp_path / "estim.db")
+    out.pop("ESTIM_PORT", None)
+    out.pop("ESTIM_CONFIG", None)
+    return out
+
+
+@pytest.fixture
+def terminal(sim: SimProcess, env: dict[str, str]) -> Iterator[Any]:
+    opened: list[Terminal] = []
+
+    def start(*channels: str) -> Terminal:
+        args = ["run", "--port", sim.port, "--dwell", "1m", "--yes"]
+        for spec in channels or ("1:2:250:5",):
+            args += ["-c", spec]
+        term = Terminal(args, env)
+        opened.append(term)
+        sim.wait_for(lambda e: e["kind"] == "output_on")
+        term.read_until(b"left of 1m")
+        return term
+
+    yield start
+    for term in opened:
+        term.close()
+
+
+def setpoint(sim: SimProcess, channel: int, ua: int) -> dict[str, Any]:
+    return sim.wait_for(
+        lambda e: e["kind"] == "setpoint" and e["channel"] == channel and e["ua"] == ua
+    )
+
+
+def stored_reason(env: dict[str, str]) -> str:
+    from estim.journal import Journal
+
+    with Journal(env["ESTIM_DB"]) as journal:
+        (row,) = journal.session_rows()
+    return str(row["stop_reason"])
+
+
+def test_the_live_view_shows_countdown_state_and_channels(terminal: Any, sim: SimProcess) -> None:
+    term = terminal("1:2:250:5", "2:2:250:4")
+    term.read_until(b"RUNNING")
+    term.read_until(b"[#")  # the progress bar fills
+    for text in (
+        b"estim  session ",
+        b"estim-sim SIM-0001",
+        b"(SIMULATED)",
+        b">ch1",
+        b"ch2",
+        b"2.0 kohm",
+        b"space or q: STOP",
+    ):
+        assert text in term.output
+    term.send(b"q")
+    assert term.wait() == 3
+
+
+@pytest.mark.parametrize(
+    ("key", "ua"),
+    [(b"+", 5100), (b"=", 5100), (b"\x1b[A", 5100), (b"-", 4900), (b"_", 4900), (b"\x1b[B", 4900)],
+)
+def test_each_amplitude_key(terminal: Any, sim: SimProcess, key: bytes, ua: int) -> None:
+    term = terminal()
+    term.send(key)
+    setpoint(sim, 1, ua)
+    term.read_until(f"amplitude to {ua / 1000:g} mA".encode())
+    term.send(b" ")
+    assert term.wait() == 3
+
+
+def test_repeated_keys_step_one_unit_step_each(terminal: Any, sim: SimProcess) -> None:
+    term = terminal()
+    for ua in (5100, 5200, 5300):
+        term.send(b"+")
+        setpoint(sim, 1, ua)
+    term.send(b"\x1b[B")
+    setpoint(sim, 1, 5200)
+    term.send(b"q")
+    assert term.wait() == 3
+
+
+def test_a_digit_selects_a_channel(terminal: Any, sim: SimProcess) -> None:
+    term = terminal("1:2:250:5", "2:2:250:4")
+    term.send(b"2")
+    term.read_until(b"channel 2 selected")
+    term.send(b"+")
+    setpoint(sim, 2, 4100)
+    term.send(b"7")
+    term.read_until(b"channel 7 is not in this session")
+    term.send(b"q")
+    assert term.wait() == 3
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [(b" ", "stopped at the keyboard"), (b"q", "stopped at the keyboard"), (b"\x03", "Ctrl-C")],
+)
+def test_space_q_and_ctrl_c_stop_at_once(
+    terminal: Any, sim: SimProcess, env: dict[str, str], key: bytes, reason: str
+) -> None:
+    term = terminal()
+    term.send(key)
+    off = sim.wait_for(lambda e: e["kind"] == "output_off")
+    assert off["reason"] == "stop"
+    assert term.wait() == 3
+    assert stored_reason(env) == reason
+
+
+def test_a_closed_terminal_stops_output(
+    terminal: Any, sim: SimProcess, env: dict[str, str]
+) -> None:
+    term = terminal()
+    term.hang_up()  # the clinician closed the terminal window: SIGHUP
+    off = sim.wait_for(lambda e: e["kind"] == "output_off")
+    assert off["reason"] == "stop"
+    assert term.wait() == 3
+    assert stored_reason(env) == "SIGHUP: the terminal closed"
+
+
+def test_sigterm_stops_output(terminal: Any, sim: SimProcess, env: dict[str, str]) -> None:
+    term = terminal()
+    term.proc.send_signal(signal.SIGTERM)
+    assert sim.wait_for(lambda e: e["kind"] == "output_off")["reason"] == "stop"
+    assert term.wait() == 3
+    assert stored_reason(env) == "SIGTERM: the program was asked to end"
+
+
+def test_estim_stop_from_a_second_terminal(
+    terminal: Any, sim: SimProcess, env: dict[str, str]
+) -> None:
+    term = terminal()
+    done = subprocess.run(
+        [sys.executable, "-m", "estim", "stop", "--port", sim.port],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Output stopped" in done.stdout
+    assert sim.wait_for(lambda e: e["kind"] == "output_off")["reason"] == "stop"
+    assert term.wait() == 3
+    assert stored_reason(env) == "stopped with estim stop"
+
+
+def test_estim_stop_reaches_the_unit_directly_when_no_estim_holds_it(
+    sim: SimProcess, env: dict[str, str]
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "estim", "stop", "--port", sim.port],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Output stopped on estim-sim SIM-0001" in done.stdout
