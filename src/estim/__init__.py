@@ -12,6 +12,23 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0.dev0"
 
 _EXPORTS: dict[str, str] = {
+    # the library API a charting app uses
+    "connect": "estim.device",
+    "list_ports": "estim.device",
+    "Device": "estim.device",
+    "UnitInfo": "estim.device",
+    "UnitStatus": "estim.device",
+    "SessionPlan": "estim.plan",
+    "ChannelPlan": "estim.plan",
+    "Session": "estim.session",
+    "run_session": "estim.session",
+    "SessionState": "estim.session_state",
+    "SessionRecord": "estim.record",
+    "EventRecord": "estim.record",
+    "Journal": "estim.journal",
+    "StopReason": "estim.protocol",
+    "RealClock": "estim.clock",
+    "ManualClock": "estim.clock",
     # errors
     "EstimError": "estim.errors",
     "ProtocolError": "estim.errors",
@@ -36,6 +53,14 @@ _EXPORTS: dict[str, str] = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
+    from estim.clock import ManualClock as ManualClock, RealClock as RealClock
+    from estim.device import (
+        Device as Device,
+        UnitInfo as UnitInfo,
+        UnitStatus as UnitStatus,
+        connect as connect,
+        list_ports as list_ports,
+    )
     from estim.errors import (
         DeviceError as DeviceError,
         DeviceFault as DeviceFault,
@@ -56,6 +81,12 @@ if TYPE_CHECKING:
         RemoteProtocolError as RemoteProtocolError,
         VersionMismatch as VersionMismatch,
     )
+    from estim.journal import Journal as Journal
+    from estim.plan import ChannelPlan as ChannelPlan, SessionPlan as SessionPlan
+    from estim.protocol import StopReason as StopReason
+    from estim.record import EventRecord as EventRecord, SessionRecord as SessionRecord
+    from estim.session import Session as Session, run_session as run_session
+    from estim.session_state import SessionState as SessionState
 
 
 def __getattr__(name: str) -> Any:

@@ -455,10 +455,10 @@ class Session:
         """Send STOP unless the caller already did; then end with the unit's figures."""
         request = self._stop
         assert request is not None
-        self._record("stop_requested", {"reason": request.reason.name, "detail": request.detail})
-        if not request.sent:
+        if not request.sent:  # output off first, the record after
             self.device.stop(request.reason, give_up_after=self.plan.watchdog)
             request.sent = True
+        self._record("stop_requested", {"reason": request.reason.name, "detail": request.detail})
         self._await_end_event()
         if not self.state.is_end:
             outcome = _OUTCOME_OF_STOP.get(request.reason, "stopped")
