@@ -26,6 +26,26 @@ class Stoppable(Protocol):
     def request_stop(self, reason: StopReason = ..., detail: str = ...) -> None: ...
 
 
+class SignalLatch:
+    """Stands in for a session that does not exist yet: a stop requested before
+    ``attach`` is held, and passed on the moment the session is attached."""
+
+    def __init__(self) -> None:
+        self.session: Stoppable | None = None
+        self.pending: tuple[StopReason, str] | None = None
+
+    def request_stop(self, reason: StopReason = StopReason.OPERATOR, detail: str = "") -> None:
+        if self.session is None:
+            self.pending = (reason, detail)
+        else:
+            self.session.request_stop(reason, detail)
+
+    def attach(self, session: Stoppable) -> None:
+        self.session = session
+        if self.pending is not None:
+            session.request_stop(*self.pending)
+
+
 @contextlib.contextmanager
 def stop_on_signals(session: Stoppable, *, enabled: bool = True) -> Iterator[list[int]]:
     """While inside, SIGINT/SIGTERM/SIGHUP call ``session.request_stop``. Yields the

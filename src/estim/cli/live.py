@@ -87,6 +87,7 @@ class LiveView:
                         self.session.request_stop(StopReason.HOST_SHUTDOWN, "the terminal closed")
                         continue
                     pending = self._keys(pending + chunk)
+                    self._draw()  # show what the key did before the next event replaces it
             self._drain()
             self._draw()
         finally:

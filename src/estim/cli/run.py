@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from estim.device import Device
     from estim.plan import SessionPlan
     from estim.record import EventRecord, SessionRecord
+    from estim.signals import SignalLatch
 
 CHANNEL_HELP = (
     "A channel, CH:FREQ_HZ:PW_US:MA (1:2:250:12 is channel 1 at 2 Hz, 250 us, 12 mA), or CH:MA "
@@ -328,15 +329,8 @@ def run(
     url = need_port(port)
     from estim.cli.owner import own
     from estim.device import connect
-    from estim.errors import (
-        DeviceError,
-        JournalError,
-        LinkError,
-        PlanError,
-        PortNotFound,
-        RemoteProtocolError,
-    )
-    from estim.journal import Journal
+    from estim.errors import LinkError, PortNotFound, RemoteProtocolError
+    from estim.signals import SignalLatch, stop_on_signals
 
     with own(url):
         try:
@@ -355,33 +349,46 @@ def run(
             if not yes and not click.confirm("Start stimulation?", default=False, err=as_json):
                 error_line("not started: the operator declined")
                 return DECLINED
-            try:
-                journal = Journal(db) if db else Journal()
-            except JournalError as err:
-                fail(str(err), JOURNAL)
-            with journal:
-                events = EventQueue(device.clock)
-                try:
-                    session = device.start(
-                        plan, on_event=events.put, journal=journal, status_every=0.25
-                    )
-                except DeviceError as err:
-                    from estim.protocol import ErrorCode
-
-                    unit_side = (ErrorCode.FAULT_LATCHED, ErrorCode.LEAD_OFF, ErrorCode.INTERNAL)
-                    fail(str(err), UNIT_FAULT if err.code in unit_side else USAGE)
-                except PlanError as err:
-                    fail(str(err), USAGE)
-                except JournalError as err:
-                    fail(str(err), JOURNAL)
-                except LinkError as err:
-                    fail(str(err), UNREACHABLE)
-                record = _follow(session, events, as_json=as_json)
+            latch = SignalLatch()
+            with stop_on_signals(
+                latch
+            ):  # from here on a signal stops the session, even a starting one
+                record = _start_and_follow(device, plan, latch, db=db, as_json=as_json)
     if as_json:
         echo_json({"record": record.model_dump(mode="json")})
     else:
         _safe_echo(final_line(record))
     return exit_code(record)
+
+
+def _start_and_follow(
+    device: Device, plan: SessionPlan, latch: SignalLatch, *, db: str | None, as_json: bool
+) -> SessionRecord:
+    from estim.errors import DeviceError, JournalError, LinkError, PlanError
+    from estim.journal import Journal
+    from estim.protocol import ErrorCode
+
+    try:
+        journal = Journal(db) if db else Journal()
+    except JournalError as err:
+        fail(str(err), JOURNAL)
+    with journal:
+        if latch.pending is not None:
+            fail(f"not started: {latch.pending[1]}", STOPPED)
+        events = EventQueue(device.clock)
+        try:
+            session = device.start(plan, on_event=events.put, journal=journal, status_every=0.25)
+        except DeviceError as err:
+            unit_side = (ErrorCode.FAULT_LATCHED, ErrorCode.LEAD_OFF, ErrorCode.INTERNAL)
+            fail(str(err), UNIT_FAULT if err.code in unit_side else USAGE)
+        except PlanError as err:
+            fail(str(err), USAGE)
+        except JournalError as err:
+            fail(str(err), JOURNAL)
+        except LinkError as err:
+            fail(str(err), UNREACHABLE)
+        latch.attach(session)
+        return _follow(session, events, as_json=as_json)
 
 
 def _safe_echo(line: str) -> None:
@@ -421,31 +428,27 @@ class EventQueue:
 
 
 def _follow(session: Any, events: EventQueue, *, as_json: bool) -> SessionRecord:
-    """Show the session until it ends; signals stop it."""
-    from estim.signals import stop_on_signals
+    """Show the session until it ends."""
+    if not as_json and sys.stdin.isatty() and sys.stdout.isatty():
+        from estim.cli.live import LiveView
 
-    live = not as_json and sys.stdin.isatty() and sys.stdout.isatty()
-    with stop_on_signals(session):
-        if live:
-            from estim.cli.live import LiveView
-
-            LiveView(session, events).run()
-        else:
-            while True:
-                event = events.get(timeout=0.2)
-                if event is None:
-                    if session.state.is_end and events.empty():
-                        break
-                    continue
-                if as_json:
-                    try:
-                        echo_json(event.model_dump(mode="json"))
-                    except (OSError, ValueError):
-                        pass
-                else:
-                    text = describe(event, session.id)
-                    if text:
-                        _safe_echo(f"{event.utc[11:19]}  {text}")
+        LiveView(session, events).run()
+    else:
+        while True:
+            event = events.get(timeout=0.2)
+            if event is None:
+                if session.state.is_end and events.empty():
+                    break
+                continue
+            if as_json:
+                try:
+                    echo_json(event.model_dump(mode="json"))
+                except (OSError, ValueError):
+                    pass
+            else:
+                text = describe(event, session.id)
+                if text:
+                    _safe_echo(f"{event.utc[11:19]}  {text}")
     record: SessionRecord = session.wait()
     return record
 

@@ -92,10 +92,10 @@ def simulate(
             server = pty_server(spec)
     except OSError as err:
         raise click.ClickException(f"cannot serve the simulated unit: {err}") from None
-    click.echo(f"PORT {server.name}")
-    sys.stdout.flush()
-    if not quiet and not as_json:
-        click.echo(f"simulated unit on {server.name}; Ctrl-C to stop", err=True)
-    server.follow(on_log)
-    with stop_on_signals(server):
+    with stop_on_signals(server):  # before PORT: a caller may signal as soon as it reads it
+        click.echo(f"PORT {server.name}")
+        sys.stdout.flush()
+        if not quiet and not as_json:
+            click.echo(f"simulated unit on {server.name}; Ctrl-C to stop", err=True)
+        server.follow(on_log)
         server.run()
