@@ -29,6 +29,7 @@ from estim.protocol import (
     ErrorCode,
     Fault,
     Field,
+    Heartbeat,
     MessageType,
     Nack,
     OutputStarted,
@@ -548,3 +549,64 @@ def test_device_info_round_trips_through_unit_info() -> None:
     info = UnitInfo.from_message(UnitConfig().device_info())
     assert info.as_dict()["amplitude_max_ma"] == 50
     assert isinstance(UnitConfig().device_info(), DeviceInfo)
+
+
+class _StarvedClock:
+    """Real signals and threads, but ``now`` jumps 60 ms each time the port is read:
+    a reader thread starved of CPU between two reads of bytes that were already there."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def now(self) -> float:
+        return self.t
+
+    def signal(self) -> Any:
+        return REAL_CLOCK.signal()
+
+    def start_thread(self, target: Any, name: str) -> threading.Thread:
+        return REAL_CLOCK.start_thread(target, name)
+
+    def sleep(self, seconds: float) -> None:
+        REAL_CLOCK.sleep(seconds)
+
+
+class _OneByteThenRest(ScriptedPort):
+    """Hands out each answer one byte first and the rest on the next read, as a
+    reader asking for ``max(1, in_waiting)`` sees it; the reader is starved for
+    60 ms between the two reads."""
+
+    def __init__(self, clock: _StarvedClock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.split = True
+
+    @property
+    def in_waiting(self) -> int:
+        if self.split:
+            return 0
+        self.clock.t += 0.060  # starved after the first byte; the rest was already there
+        return super().in_waiting
+
+    def read(self, size: int = 1) -> bytes:
+        data = super().read(1 if self.split else size)
+        if data:
+            self.split = not self.split
+        return data
+
+
+def test_time_a_starved_reader_spends_between_reads_is_not_a_silence_on_the_line() -> None:
+    clock = _StarvedClock()
+    port = _OneByteThenRest(clock)
+    link = Link(port, clock, name="starved", first_seq=7)  # type: ignore[arg-type]
+    try:
+        result: list[Any] = []
+        thread = threading.Thread(target=lambda: result.append(link.request(Heartbeat(session_id=0), timeout=5.0)))
+        thread.start()
+        request = port.next_request()
+        port.answer(encode(Ack(seq=request.seq, request_type=MessageType.HEARTBEAT, state=State.IDLE)))
+        thread.join(10)
+        assert isinstance(result[0], Ack)
+        assert link.stats.rejected_frames == 0
+    finally:
+        link.close()

@@ -537,3 +537,14 @@ def test_two_units_two_sessions_one_journal(tmp_path: Path) -> None:
         s1 = d1.start(plan(90), journal=journal)
         assert s1.wait(timeout=200).delivered_s == 90.0
         assert s0.wait(timeout=1).delivered_s == 60.0
+
+
+def test_status_is_polled_as_often_as_asked(device: Device, journal: Journal, estim_unit: SimulatedUnit, estim_clock: ManualClock) -> None:
+    from estim.protocol import MessageType
+
+    session = device.start(plan(), journal=journal, status_every=0.25)
+    estim_clock.advance(10)
+    session.stop()
+    session.wait(timeout=5)
+    assert 40 <= estim_unit.requests_seen[MessageType.GET_STATUS] <= 42
+    assert session.last_status is not None

@@ -334,6 +334,12 @@ class Device:
         assert isinstance(answer, Ack)
         return answer.state
 
+    def send_heartbeat(self, session_id: int, on_answer: Callable[[Message], None]) -> None:
+        """HEARTBEAT without waiting for its answer (which ``on_answer`` gets, on the
+        reader thread). For a loop that beats every 100 ms and watches
+        ``link.last_rx``: it need not wake for each ACK."""
+        self.link.send(Heartbeat(session_id=session_id), on_answer)
+
     def stop(
         self, reason: StopReason | int = StopReason.OPERATOR, *, give_up_after: float = 0.5
     ) -> State:
@@ -438,6 +444,8 @@ def connect(
         )
     except (serial.SerialException, OSError, ValueError) as err:
         raise _open_error(url, err) from None
+    if not is_sim and callable(getattr(port, "cancel_read", None)):
+        port.timeout = None  # the reader blocks until a byte; close() cancels the read
     port_clock: Clock | None = getattr(port, "sim_clock", None)
     if isinstance(clock, ManualClock) and port_clock is not clock:
         port.close()

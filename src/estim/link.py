@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
+import select
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -63,11 +65,19 @@ Subscriber = Callable[[Notification], None]
 
 
 class _Pending:
-    __slots__ = ("answer", "done", "request")
+    __slots__ = ("answer", "done", "on_answer", "request", "sent_at")
 
-    def __init__(self, request: Message, done: Signal) -> None:
+    def __init__(
+        self,
+        request: Message,
+        done: Signal | None,
+        on_answer: Callable[[Message], None] | None = None,
+        sent_at: float = 0.0,
+    ) -> None:
         self.request = request
         self.done = done
+        self.on_answer = on_answer
+        self.sent_at = sent_at
         self.answer: Message | None = None
 
 
@@ -132,7 +142,7 @@ class Link:
                 if attempt:
                     self.stats.retries += 1
                 self._write(encode(pending.request))
-                if pending.done.wait(wait):
+                if self._signal(pending).wait(wait):
                     return self._answer(pending)
             error = LinkLost(
                 f"no answer from the unit on {self.name} to {message.TYPE.name} after "
@@ -156,7 +166,7 @@ class Link:
         try:
             while True:
                 self._write(wire)
-                if pending.done.wait(self.response_timeout):
+                if self._signal(pending).wait(self.response_timeout):
                     return self._answer(pending)
                 self.stats.retries += 1
                 heard = max(self.last_rx or started, started)
@@ -171,20 +181,47 @@ class Link:
             with self._lock:
                 self._pending.pop(pending.request.seq, None)
 
-    def _register(self, message: Message) -> _Pending:
+    def send(self, message: Message, on_answer: Callable[[Message], None]) -> None:
+        """Send ``message`` once without waiting; ``on_answer`` gets its answer on the
+        reader thread (it must not block). For a stream of requests where the next
+        one follows anyway, heartbeats: the sender's loop need not wake for each answer.
+        The caller watches ``last_rx`` to know the unit is still there."""
+        pending = self._register(message, on_answer=on_answer)
+        self._write(encode(pending.request))
+
+    def fail(self, error: LinkLost) -> None:
+        """Declare the link lost (a caller that watches ``last_rx`` saw it go silent)."""
+        self._fail(error)
+
+    def _register(
+        self, message: Message, on_answer: Callable[[Message], None] | None = None
+    ) -> _Pending:
         with self._lock:
             if self._lost is not None:
                 raise self._lost
             if self._closing:
                 raise LinkLost(f"the link to {self.name} is closed")
+            now = self.clock.now()
+            if on_answer is not None:  # answers to fire-and-forget requests that never came
+                stale = [
+                    s for s, p in self._pending.items() if p.done is None and now - p.sent_at > 2.0
+                ]
+                for seq in stale:
+                    del self._pending[seq]
             while self._seq in self._pending:
                 self._seq = (self._seq + 1) & 0xFFFF
             seq = self._seq
             self._seq = (self._seq + 1) & 0xFFFF
-            pending = _Pending(replace(message, seq=seq), self.clock.signal())
+            done = None if on_answer is not None else self.clock.signal()
+            pending = _Pending(replace(message, seq=seq), done, on_answer, now)
             self._pending[seq] = pending
             self.stats.requests += 1
             return pending
+
+    @staticmethod
+    def _signal(pending: _Pending) -> Signal:
+        assert pending.done is not None
+        return pending.done
 
     def _answer(self, pending: _Pending) -> Message:
         if pending.answer is None:  # woken by a failure
@@ -227,20 +264,63 @@ class Link:
         return unsubscribe
 
     def _read_loop(self) -> None:
+        # The inter-byte gap rule needs the time the *line* was silent, not the time
+        # between two reads: a reader starved of CPU finds bytes that arrived long
+        # ago and were never apart. So only time spent blocked on an empty port
+        # counts: ``line_time`` advances while we wait, and stands still otherwise.
+        line_time = 0.0
+        read = self._chunk_reader()
         while not self._closing:
             try:
-                waiting = int(getattr(self.port, "in_waiting", 0))
-                data = self.port.read(min(max(1, waiting), 4096))
+                before = self.clock.now()
+                data, waited = read()
+                if waited:
+                    line_time += self.clock.now() - before
             except (serial.SerialException, OSError, TypeError, AttributeError) as err:
                 if not self._closing:
                     self._fail(LinkLost(f"lost the port {self.name}: {err}"))
                 return
             if data:
                 now = self.clock.now()
-                for message in self._decoder.feed(data, now):
+                for message in self._decoder.feed(data, line_time):
                     self.last_rx = now
                     self._dispatch(message)
                 self.stats.rejected_frames = self._decoder.rejected
+
+    def _chunk_reader(self) -> Callable[[], tuple[bytes, bool]]:
+        """A function returning (bytes, whether it had to wait for them).
+
+        On a POSIX serial port or pty, one ``select`` and one ``os.read`` of whatever
+        has arrived: a whole answer per wake-up (pyserial's ``read`` would take it in
+        two, one byte and then the rest). Other ports go through pyserial."""
+        port: Any = self.port
+        fd = getattr(port, "fd", None)
+        abort = getattr(port, "pipe_abort_read_r", None)
+        if isinstance(fd, int) and isinstance(abort, int):
+
+            def posix() -> tuple[bytes, bool]:
+                waited = False
+                ready, _, _ = select.select([fd, abort], [], [], 0)
+                if not ready:
+                    waited = True
+                    ready, _, _ = select.select([fd, abort], [], [])
+                if abort in ready:
+                    os.read(abort, 1000)
+                    return b"", waited
+                data = os.read(fd, 4096)
+                if not data:
+                    raise serial.SerialException(
+                        "device reports readiness to read but returned no data (device disconnected?)"
+                    )
+                return data, waited
+
+            return posix
+
+        def generic() -> tuple[bytes, bool]:
+            waiting = int(getattr(port, "in_waiting", 0))
+            return port.read(min(max(1, waiting), 4096)), not waiting
+
+        return generic
 
     def _dispatch(self, message: Message) -> None:
         if message.KIND == Kind.RESPONSE:
@@ -250,7 +330,15 @@ class Link:
                     self.stats.stale_answers += 1
                     return
                 pending.answer = message
-            pending.done.set()
+                if pending.on_answer is not None:
+                    del self._pending[message.seq]
+            if pending.on_answer is not None:
+                try:
+                    pending.on_answer(message)
+                except Exception:
+                    log.exception("an answer callback raised; the link goes on")
+            else:
+                self._signal(pending).set()
         elif isinstance(message, Event):
             self.stats.events += 1
             if self._next_event is not None and message.seq != self._next_event:
@@ -276,7 +364,8 @@ class Link:
             waiters = list(self._pending.values())
         log.warning("%s", error)
         for pending in waiters:
-            pending.done.set()
+            if pending.done is not None:
+                pending.done.set()
         self._notify(LinkDown(error))
 
     # -- closing ---------------------------------------------------------------------------

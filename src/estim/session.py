@@ -53,6 +53,8 @@ from estim.protocol import (
     Event,
     Fault,
     FaultRaised,
+    Message,
+    Nack,
     OutputStarted,
     RampDone,
     RampDownStarted,
@@ -91,6 +93,11 @@ class _StopRequest:
     sent: bool
 
 
+@dataclass(frozen=True)
+class _HeartbeatRefused:
+    nack: Nack
+
+
 @dataclass
 class _Command:
     channel: int
@@ -122,6 +129,9 @@ class Session:
         self.journal = journal
         self.heartbeat_period = heartbeat
         self.status_every = status_every
+        #: silence from the unit after which the link is declared lost: as long as
+        #: one request and its retries would wait, plus one heartbeat period
+        self.liveness = device.link.response_timeout * (device.link.retries + 1) + heartbeat
         #: the last STATUS the loop read from the unit (about once a second)
         self.last_status: UnitStatus | None = None
         self._owns_journal = owns_journal
@@ -131,7 +141,7 @@ class Session:
         self._lock = threading.Lock()
         self._wake = self.clock.signal()
         self._done = self.clock.signal()
-        self._inbox: deque[Notification] = deque()
+        self._inbox: deque[Notification | _HeartbeatRefused] = deque()
         self._commands: deque[_Command] = deque()
         self._stop: _StopRequest | None = None
         self._t0 = self.clock.now()
@@ -199,6 +209,7 @@ class Session:
             owns_journal=owns,
             on_event=on_event,
             heartbeat=heartbeat,
+            status_every=status_every,
         )
         session._start()
         device._sessions.add(session)
@@ -408,27 +419,42 @@ class Session:
                 self.last_status = self.device.status()
 
     def _heartbeat(self) -> None:
-        try:
-            self.device.heartbeat(self.session_id)
-        except DeviceError as err:
-            self._drain()  # the event that explains it arrived before the answer
-            if self.state.is_end:
-                return
-            if err.code == ErrorCode.FAULT_LATCHED:
-                self._end("fault", self._pending_fault or "the unit latched a fault", ended_by=None)
-            else:
-                status = self.device.status()
-                self.last_status = status
-                if status.state == State.FAULT:
-                    self._end(
-                        "fault", "the unit latched a fault (its event was lost)", ended_by=None
-                    )
-                else:
-                    self._end(
-                        "stopped",
-                        "the session ended at the unit (its event was lost)",
-                        ended_by=None,
-                    )
+        """Beat without waiting for the ACK; a NACK comes back through the inbox. The
+        unit is alive as long as something valid arrives: after ``liveness`` seconds of
+        silence (three unanswered beats) the link is lost."""
+        link = self.device.link
+        silent = self.clock.now() - (link.last_rx if link.last_rx is not None else self._t0)
+        if silent > self.liveness:
+            error = LinkLost(
+                f"the unit on {self.device.url} has been silent for {silent * 1000:.0f} ms "
+                "(heartbeats unanswered); its watchdog turns output off"
+            )
+            link.fail(error)
+            raise error
+        self.device.send_heartbeat(self.session_id, self._heartbeat_answer)
+
+    def _heartbeat_answer(self, answer: Message) -> None:
+        """On the reader thread: only a refusal needs the loop."""
+        if isinstance(answer, Nack):
+            with self._lock:
+                self._inbox.append(_HeartbeatRefused(answer))
+            self._wake.set()
+
+    def _heartbeat_refused(self, nack: Nack) -> None:
+        self._drain()  # the event that explains it arrived before the answer
+        if self.state.is_end:
+            return
+        if nack.error == ErrorCode.FAULT_LATCHED:
+            self._end("fault", self._pending_fault or "the unit latched a fault", ended_by=None)
+            return
+        status = self.device.status()
+        self.last_status = status
+        if status.state == State.FAULT:
+            self._end("fault", "the unit latched a fault (its event was lost)", ended_by=None)
+        else:
+            self._end(
+                "stopped", "the session ended at the unit (its event was lost)", ended_by=None
+            )
 
     def _run_commands(self) -> None:
         while True:
@@ -498,7 +524,10 @@ class Session:
                 item = self._inbox.popleft()
             self._handle(item)
 
-    def _handle(self, item: Notification) -> None:
+    def _handle(self, item: Notification | _HeartbeatRefused) -> None:
+        if isinstance(item, _HeartbeatRefused):
+            self._heartbeat_refused(item.nack)
+            return
         if isinstance(item, LinkDown):
             if not self.state.is_end:
                 self._end("link_lost", str(item.error), ended_by=None)

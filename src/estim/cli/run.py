@@ -377,7 +377,7 @@ def _start_and_follow(
             fail(f"not started: {latch.pending[1]}", STOPPED)
         events = EventQueue(device.clock)
         try:
-            session = device.start(plan, on_event=events.put, journal=journal, status_every=0.25)
+            session = device.start(plan, on_event=events.put, journal=journal)
         except DeviceError as err:
             unit_side = (ErrorCode.FAULT_LATCHED, ErrorCode.LEAD_OFF, ErrorCode.INTERNAL)
             fail(str(err), UNIT_FAULT if err.code in unit_side else USAGE)
@@ -435,7 +435,7 @@ def _follow(session: Any, events: EventQueue, *, as_json: bool) -> SessionRecord
         LiveView(session, events).run()
     else:
         while True:
-            event = events.get(timeout=0.2)
+            event = events.get(timeout=1.0)  # events wake us; the timeout is a backstop
             if event is None:
                 if session.state.is_end and events.empty():
                     break
@@ -449,6 +449,8 @@ def _follow(session: Any, events: EventQueue, *, as_json: bool) -> SessionRecord
                 text = describe(event, session.id)
                 if text:
                     _safe_echo(f"{event.utc[11:19]}  {text}")
+            if event.kind == "ended" and events.empty():
+                break
     record: SessionRecord = session.wait()
     return record
 
