@@ -35,7 +35,9 @@ from estim.protocol import (
     OutputStarted,
     RampDone,
     State,
+    Stop,
     StopReason,
+    decode,
     encode,
 )
 from estim.sim import FaultWindow, LinkFaults, SimulatedUnit, UnitConfig, serve
@@ -126,9 +128,9 @@ def test_events_arrive_in_order_as_typed_objects(estim_url: str, estim_clock: Ma
     with connect(estim_url) as device:
         device.subscribe(events.append)
         start_one(device, dwell_s=60, ramp_s=5)
-        for _ in range(610):
+        for i in range(610):
             estim_clock.advance(0.1)
-            device.heartbeat(0)
+            device.heartbeat(7 if i < 599 else 0)  # the session ends at 60 s
     assert [type(e) for e in events][:2] == [OutputStarted, RampDone]
     completed = [e for e in events if isinstance(e, Completed)]
     assert completed[0].delivered_ms == 60_000
@@ -198,7 +200,10 @@ def test_out_of_limit_values_are_refused_before_anything_is_sent(
 def test_retries_through_a_lossy_link_never_start_twice() -> None:
     clock = ManualClock()
     unit = SimulatedUnit(clock=clock)
-    with serve(unit) as url, connect(f"{url}?drop=0.01&corrupt=0.01&seed=11", retries=8) as device:
+    with (
+        serve(unit) as url,
+        connect(f"{url}?drop=0.005&corrupt=0.005&seed=11", retries=8) as device,
+    ):
         for session in range(1, 31):
             device.configure(CH1)
             device.start_output(
@@ -313,8 +318,13 @@ def test_stop_is_resent_until_acknowledged_and_then_gives_up() -> None:
         sent = []
         while not port.writes.empty():
             sent.append(port.writes.get())
-        assert len(sent) >= 3
-        assert len(set(sent)) == 1  # the same bytes, the same seq, every time
+        assert len(sent) >= 4
+        assert len(set(sent[:-1])) == 1  # the same bytes, the same seq, every time
+        # giving up on the link: one last, blind STOP with a new sequence number
+        last = decode(sent[-1])
+        assert isinstance(last, Stop)
+        assert last.reason == StopReason.HOST_ERROR
+        assert last.seq != decode(sent[0]).seq
     finally:
         link.close()
 
@@ -601,12 +611,35 @@ def test_time_a_starved_reader_spends_between_reads_is_not_a_silence_on_the_line
     link = Link(port, clock, name="starved", first_seq=7)  # type: ignore[arg-type]
     try:
         result: list[Any] = []
-        thread = threading.Thread(target=lambda: result.append(link.request(Heartbeat(session_id=0), timeout=5.0)))
+        thread = threading.Thread(
+            target=lambda: result.append(link.request(Heartbeat(session_id=0), timeout=5.0))
+        )
         thread.start()
         request = port.next_request()
-        port.answer(encode(Ack(seq=request.seq, request_type=MessageType.HEARTBEAT, state=State.IDLE)))
+        port.answer(
+            encode(Ack(seq=request.seq, request_type=MessageType.HEARTBEAT, state=State.IDLE))
+        )
         thread.join(10)
         assert isinstance(result[0], Ack)
         assert link.stats.rejected_frames == 0
     finally:
         link.close()
+
+
+def test_connecting_to_a_unit_with_orphaned_output_stops_it(
+    estim_url: str, estim_unit: SimulatedUnit, estim_clock: ManualClock
+) -> None:
+    # A host died or gave up mid-session; whoever opens the port now cannot be the
+    # one running that session: a reconnect means output zero (SAFETY.md 4).
+    with connect(estim_url) as first:
+        start_one(first, session_id=41)
+        estim_clock.advance(0.3)
+        first.heartbeat(41)
+        first.link.port.sim_connection.unplug()  # the old host is gone without a STOP
+        with pytest.raises(LinkLost):
+            first.heartbeat(41)
+    assert estim_unit.output_on
+    with connect(estim_url) as second:
+        assert not estim_unit.output_on
+        assert second.stopped_orphan == 41
+        assert estim_unit.events("output_off")[-1].data["reason"] == "stop"

@@ -24,6 +24,7 @@ from estim.protocol import (
     GetStatus,
     Heartbeat,
     Hello,
+    Message,
     Nack,
     OutputStarted,
     RampDone,
@@ -86,9 +87,9 @@ def test_600_s_session_with_a_silent_host_ends_at_exactly_600_s() -> None:
     h = Harness()
     t0 = h.now
     h.start_session(dwell_ms=600_000, ramp_ms=5_000)
-    h.advance(599.999, heartbeat=0.1)  # the host says nothing but heartbeats
+    h.advance(599.999, heartbeat=0.1, session_id=SID)  # the host says nothing but heartbeats
     assert h.unit.output_ua(1) > 0
-    h.advance(0.001, heartbeat=0.1)
+    h.advance(0.001, heartbeat=0.1, session_id=SID)
     assert h.now == pytest.approx(t0 + 600.0, abs=1e-9)
     assert h.unit.output_ua(1) == 0
     assert h.unit.state == State.IDLE
@@ -675,3 +676,38 @@ def test_the_log_reports_the_worst_gap_between_frames_during_output() -> None:
     h.advance(54.7, heartbeat=0.1, session_id=SID)
     off = h.unit.events("output_off")[-1]
     assert off.data["max_frame_gap_ms"] == pytest.approx(400.0)
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        GetStatus(),
+        Hello(min_version=1, max_version=1),
+        Heartbeat(session_id=0),
+        Heartbeat(session_id=SID + 1),
+        configure(),
+    ],
+    ids=["GET_STATUS", "HELLO", "HEARTBEAT 0", "HEARTBEAT other session", "CONFIGURE (refused)"],
+)
+def test_only_the_sessions_own_requests_feed_the_watchdog(request_: Message) -> None:
+    # A second program (or a host that gave up on the session and reconnected) that
+    # only polls must not keep an orphaned output alive.
+    h = Harness()
+    h.start_session(watchdog_ms=500)
+    h.advance(5.0, heartbeat=0.1, session_id=SID)
+    last_beat = h.now
+    for _ in range(20):
+        h.advance(0.1)
+        h.request(request_)
+    assert not h.unit.output_on
+    assert h.unit.faults == {Fault.WATCHDOG}
+    assert h.unit.events("output_off")[-1].t - last_beat == pytest.approx(0.5)
+
+
+def test_set_amplitude_for_the_session_feeds_the_watchdog() -> None:
+    h = Harness()
+    h.start_session(watchdog_ms=500)
+    for i in range(30):
+        h.advance(0.1)
+        h.ok(SetAmplitude(session_id=SID, channel=1, amplitude_ua=12_000 + 100 * (i % 2)))
+    assert h.unit.output_on

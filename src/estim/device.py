@@ -40,6 +40,7 @@ from estim.link import Link, Notification
 from estim.protocol import (
     FLAG_SIMULATED,
     IMPEDANCE_UNKNOWN,
+    OUTPUT_STATES,
     PROTOCOL_VERSION,
     Ack,
     ClearFault,
@@ -260,6 +261,8 @@ class Device:
         self.clock = link.clock
         self._closed = False
         self._close_lock = threading.Lock()
+        #: the session id of an output found running at connect and stopped, if any
+        self.stopped_orphan: int | None = None
         #: live sessions on this unit; closing the device stops them first
         self._sessions: set[Session] = set()
 
@@ -456,10 +459,26 @@ def connect(
     link = Link(port, chosen, name=url, response_timeout=response_timeout, retries=retries)
     try:
         info = _hello(link, url)
+        device = Device(link, info, url)
+        _stop_orphaned_output(device)
     except BaseException:
         link.close()
         raise
-    return Device(link, info, url)
+    return device
+
+
+def _stop_orphaned_output(device: Device) -> None:
+    """A unit found delivering output has lost its host: whoever could open the port
+    now is not running that session. A reconnect means output zero (SAFETY.md 4)."""
+    status = device.status()
+    if status.state in OUTPUT_STATES:
+        log.warning(
+            "the unit on %s was delivering output for session %08x with no host; stopping it",
+            device.url,
+            status.session_id,
+        )
+        device.stop(StopReason.HOST_SHUTDOWN)
+        device.stopped_orphan = status.session_id
 
 
 def _hello(link: Link, url: str) -> UnitInfo:

@@ -34,6 +34,7 @@ from estim.protocol import (
     Kind,
     Message,
     Stop,
+    StopReason,
     encode,
 )
 
@@ -235,10 +236,11 @@ class Link:
                 raise self._lost
             try:
                 self.port.write(data)
+                return
             except (serial.SerialException, OSError) as err:
                 error = LinkLost(f"cannot write to {self.name}: {err}")
-                self._fail(error)
-                raise error from None
+        self._fail(error)  # outside the write lock: failing writes a last STOP
+        raise error
 
     def send_raw(self, data: bytes) -> None:
         """Bytes outside any request (a leading 0x00 that ends a partial frame)."""
@@ -362,7 +364,16 @@ class Link:
                 return
             self._lost = error
             waiters = list(self._pending.values())
+            seq = self._seq
+            self._seq = (self._seq + 1) & 0xFFFF
         log.warning("%s", error)
+        # The unit may still hear us even if we no longer hear it: one last STOP,
+        # unacknowledged, so that no output outlives our giving up on the link.
+        try:
+            with self._write_lock:
+                self.port.write(encode(Stop(seq=seq, reason=StopReason.HOST_ERROR)))
+        except Exception:  # the port itself may be what failed
+            pass
         for pending in waiters:
             if pending.done is not None:
                 pending.done.set()

@@ -298,10 +298,14 @@ class Session:
 
     def stop(self, reason: StopReason = StopReason.OPERATOR, detail: str = "") -> None:
         """Output off now, from this thread (STOP jumps every queue); the session
-        then ends and records ``reason``. Safe from any thread; idempotent."""
+        then ends and records ``reason`` (or the reason of a stop already asked for,
+        which this one carries out at once). Safe from any thread; idempotent."""
         request = self._request(reason, detail)
         if request is None:
-            return
+            with self._lock:
+                request = self._stop
+            if request is None or request.sent or self.state.is_end:
+                return
         try:
             self.device.stop(reason, give_up_after=self.plan.watchdog)
             request.sent = True
@@ -424,7 +428,7 @@ class Session:
         silence (three unanswered beats) the link is lost."""
         link = self.device.link
         silent = self.clock.now() - (link.last_rx if link.last_rx is not None else self._t0)
-        if silent > self.liveness:
+        if silent > self.liveness:  # (failing the link sends a last, blind STOP)
             error = LinkLost(
                 f"the unit on {self.device.url} has been silent for {silent * 1000:.0f} ms "
                 "(heartbeats unanswered); its watchdog turns output off"

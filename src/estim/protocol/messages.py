@@ -102,11 +102,13 @@ class SetAmplitude(Message):
 
 @dataclass(frozen=True, kw_only=True)
 class Heartbeat(Message):
-    """Keep the watchdog fed; with a session id, also confirm that session is live."""
+    """Naming the live session: feed its watchdog and confirm it is live; 0: a keep-alive."""
 
     TYPE = MessageType.HEARTBEAT
     KIND = Kind.REQUEST
-    session_id: int = wire(U32, "", "the live session, or 0 for a plain keep-alive")
+    session_id: int = wire(
+        U32, "", "the live session (feeds its watchdog), or 0 (a keep-alive that does not)"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

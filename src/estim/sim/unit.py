@@ -259,13 +259,26 @@ class SimulatedUnit:
             if message is None:
                 break
             if message.KIND == Kind.REQUEST:
-                if self._session is not None and self._last_rx is not None:
-                    self._session.max_gap_us = max(self._session.max_gap_us, now - self._last_rx)
-                self._last_rx = now
+                if self._feeds_watchdog(message):
+                    if self._session is not None and self._last_rx is not None:
+                        gap = now - self._last_rx
+                        self._session.max_gap_us = max(self._session.max_gap_us, gap)
+                    self._last_rx = now
                 self.requests_seen[message.TYPE] += 1
                 self._request(message, now)
         self._flush_events()
         self._log_levels(now)
+
+    def _feeds_watchdog(self, message: Message) -> bool:
+        """PROTOCOL.md 9: only the live session's own requests keep its output alive
+        (its START, a HEARTBEAT or SET_AMPLITUDE naming it, a STOP). A program that
+        merely polls (HELLO, GET_STATUS, HEARTBEAT 0) must not keep an orphaned
+        output going after the host that ran the session has let go."""
+        if isinstance(message, Start | Stop):
+            return True
+        if isinstance(message, Heartbeat | SetAmplitude):
+            return self._session is not None and message.session_id == self._session.id
+        return False
 
     @_locked
     def read_output(self) -> bytes:
