@@ -101,6 +101,25 @@ def spawn(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
     return proc
 
 
+def estim_run_args(port: str, db: Path) -> list[str]:
+    """The host process the bench measures: a one-minute session on channel 1."""
+    return [
+        sys.executable,
+        "-m",
+        "estim",
+        "run",
+        "--port",
+        port,
+        "--dwell",
+        "1m",
+        "-c",
+        "1:2:250:5",
+        "--yes",
+        "--db",
+        str(db),
+    ]
+
+
 def end_child(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = 5.0) -> None:
     """Signal one child we started, wait, and kill it if it does not end."""
     if proc.returncode is None and proc.poll() is None:

@@ -25,7 +25,17 @@ import subprocess
 import sys
 import time
 
-from benchlib import Context, Figure, Sim, end_child, proc_cpu_seconds, say, spawn, wait_rusage
+from benchlib import (
+    Context,
+    Figure,
+    Sim,
+    end_child,
+    estim_run_args,
+    proc_cpu_seconds,
+    say,
+    spawn,
+    wait_rusage,
+)
 
 PLANNED_MS = 60_000
 IDLE_CHILD = "import estim.cli, time; print('ready', flush=True); time.sleep(3600)"
@@ -38,21 +48,7 @@ def session_run(ctx: Context, window: float, full_session: bool) -> dict[str, fl
         port = sim.wait_port()
         with open(ctx.workdir / "cpu-run.out", "wb") as out:
             host = spawn(
-                [
-                    sys.executable,
-                    "-m",
-                    "estim",
-                    "run",
-                    "--port",
-                    port,
-                    "--dwell",
-                    "1m",
-                    "-c",
-                    "1:2:250:5",
-                    "--yes",
-                    "--db",
-                    str(ctx.workdir / "cpu.db"),
-                ],
+                estim_run_args(port, ctx.workdir / "cpu.db"),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=ctx.env(),

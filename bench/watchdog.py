@@ -22,10 +22,9 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 
-from benchlib import Context, Figure, Sim, end_child, percentile, say, spawn
+from benchlib import Context, Figure, Sim, end_child, estim_run_args, percentile, say, spawn
 
 WATCHDOG_MS = 500.0
 FRAME_MS = 18 * 10 / 115200 * 1000
@@ -39,21 +38,7 @@ def one_run(ctx: Context, rng: random.Random, i: int) -> dict[str, float]:
         port = sim.wait_port()
         with open(ctx.workdir / f"wd{i}-run.out", "wb") as out:
             host = spawn(
-                [
-                    sys.executable,
-                    "-m",
-                    "estim",
-                    "run",
-                    "--port",
-                    port,
-                    "--dwell",
-                    "1m",
-                    "-c",
-                    "1:2:250:5",
-                    "--yes",
-                    "--db",
-                    str(ctx.workdir / f"wd{i}.db"),
-                ],
+                estim_run_args(port, ctx.workdir / f"wd{i}.db"),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=ctx.env(),
