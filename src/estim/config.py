@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from estim.errors import EstimError
-from estim.paths import app_dir, config_path, db_path
+from estim.paths import config_path
 from estim.plan import DWELL_MAX_S, DWELL_MIN_S, RMS_MAX_MA, parse_duration
 
 if sys.version_info >= (3, 11):
@@ -275,16 +275,3 @@ def _read_preset(name: str, body: Any, fail: Any) -> Preset:
         message = first[-2].strip() if len(first) > 2 else str(err)
         raise fail(section, "", message) from None
     return preset
-
-
-__all__ = [
-    "BUILTIN_PRESETS",
-    "ClinicConfig",
-    "ConfigError",
-    "Limits",
-    "Preset",
-    "app_dir",
-    "config_path",
-    "db_path",
-    "load_config",
-]

@@ -198,9 +198,11 @@ class Journal:
         return interrupted
 
     def _held_elsewhere(self, session_id: str) -> bool:
+        if session_id in self._locks:
+            return True  # this journal's own live session
         path = self._lock_dir / session_id
-        if fcntl is None or not path.exists() or session_id in self._locks:
-            return session_id in self._locks
+        if fcntl is None or not path.exists():
+            return False
         fd = os.open(path, os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -63,7 +63,7 @@ from estim.protocol import (
     StopReason,
 )
 from estim.record import EventRecord, SessionRecord, UnitRecord
-from estim.session_state import LIVE_STATES, SessionState, StateMachine
+from estim.session_state import SessionState, StateMachine
 
 log = logging.getLogger("estim.session")
 
@@ -670,10 +670,6 @@ class Session:
             except JournalError as err:
                 self._journal_ok = False
                 self._journal_error = str(err)
-
-
-def is_live(state: SessionState) -> bool:
-    return state in LIVE_STATES
 
 
 def run_session(

@@ -14,7 +14,8 @@ ABORTED      a host-side failure stopped it (journal write, an error in a callba
 FAULTED      the unit latched a fault (lead-off, over-current, watchdog, e-stop)
 LINK_LOST    the link to the unit failed; the unit's watchdog turned output off
 REFUSED      the unit (or the host) refused to start; no output was delivered
-INTERRUPTED  found unfinished in the journal: the host died mid-session
+INTERRUPTED  found unfinished in the journal: the host died mid-session (set by the
+             journal when it opens, never by a live machine)
 
 ``fire(event)`` moves along the table and raises ``IllegalTransition`` for any
 pair the table does not list: a session can never be in two states, leave an end
@@ -84,8 +85,6 @@ TRANSITIONS: dict[tuple[SessionState, str], SessionState] = {
     (S.RUNNING, "ramp_down"): S.RAMPING_DOWN,
     **{(state, event): end for state in LIVE_STATES for event, end in _ENDINGS.items()},
 }
-INTERRUPT = {(state, "interrupted"): S.INTERRUPTED for state in (S.STARTING, *LIVE_STATES)}
-TRANSITIONS.update(INTERRUPT)
 
 
 class IllegalTransition(EstimError, RuntimeError):

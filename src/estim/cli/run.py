@@ -18,7 +18,6 @@ from estim.cli.common import (
     UNIT_FAULT,
     UNREACHABLE,
     USAGE,
-    Failure,
     echo_json,
     error_line,
     fail,
@@ -453,6 +452,3 @@ def _follow(session: Any, events: EventQueue, *, as_json: bool) -> SessionRecord
                 break
     record: SessionRecord = session.wait()
     return record
-
-
-__all__ = ["Failure", "run"]

@@ -11,7 +11,7 @@ import itertools
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import serial
 
@@ -75,7 +75,3 @@ def open_url(url: str, clock: Clock | None = None) -> tuple[Connection, PoweredU
     fresh = PoweredUnit(spec.build_unit(clock or REAL_CLOCK))
     h2d, d2h = spec.lines(fresh.clock.now())
     return fresh.connect(h2d=h2d, d2h=d2h), fresh
-
-
-def query_options(url: str) -> dict[str, list[str]]:
-    return parse_qs(urlsplit(url).query, keep_blank_values=True)
