@@ -14,7 +14,8 @@ import argparse
 import json
 import struct
 import sys
-from dataclasses import fields as dataclass_fields
+import zlib
+from dataclasses import fields as dataclass_fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +24,26 @@ from estim.protocol import (
     MAX_PAYLOAD,
     MESSAGE_CLASSES,
     ChannelStatus,
+    ConfigureChannel,
+    FrameError,
+    GetStatus,
+    Heartbeat,
     Kind,
     Message,
     MessageType,
+    Mode,
+    SetAmplitude,
+    Start,
+    Stop,
+    StopReason,
+    Waveform,
     build_frame,
+    cobs_decode,
     cobs_encode,
     encode,
     message_to_dict,
 )
-from estim.protocol.fields import Codec, CodeU8, EnumU8, Records, Text, UInt
+from estim.protocol.fields import Codec, CodeU8, EnumU8, Records, Text, UInt, fields_from_json
 from estim.protocol.frame import encode_payload
 
 HERE = Path(__file__).resolve().parent
@@ -195,8 +207,6 @@ def reference_reply(m: dict[str, Any]) -> dict[str, Any]:
             return oor("FREQUENCY")
         if not REF["pulse_width_min_us"] <= m["pulse_width_us"] <= REF["pulse_width_max_us"]:
             return oor("PULSE_WIDTH")
-        if 2 * m["pulse_width_us"] * max(f, alt) >= 10_000_000:
-            return oor("PULSE_WIDTH")
         a = m["amplitude_ua"]
         if (
             not REF["amplitude_step_ua"] <= a <= REF["amplitude_max_ua"]
@@ -218,6 +228,9 @@ def reference_reply(m: dict[str, Any]) -> dict[str, Any]:
                 return oor("ALT_FREQUENCY")
             if not 1 <= sw <= 60_000 or sw * alt >= 10_000 or sw * f < 10_000:
                 return oor("SWITCH_PERIOD")
+        fastest = max(f, alt) if m["mode"] == "DENSE_DISPERSE" else f
+        if 2 * m["pulse_width_us"] * fastest >= 10_000_000:
+            return oor("PULSE_WIDTH")
         return _ack()
     if kind == "START":
         mask = m["channel_mask"]
@@ -250,12 +263,27 @@ def reference_reply(m: dict[str, Any]) -> dict[str, Any]:
     raise ValueError(f"no reference reply for {kind}")
 
 
+#: requests whose reply shows a rule the boundary variants do not reach
+_EXTRA_REQUESTS: dict[MessageType, list[tuple[str, dict[str, Any]]]] = {
+    MessageType.HELLO: [
+        ("versions 2..5 (no overlap)", {"min_version": 2, "max_version": 5}),
+        ("versions 2..2 (no overlap)", {"min_version": 2, "max_version": 2}),
+        ("versions 2..1 (malformed before no overlap)", {"min_version": 2, "max_version": 1}),
+        ("versions 0..0 (malformed)", {"min_version": 0, "max_version": 0}),
+    ],
+}
+
+
 def valid_vectors() -> dict[str, list[dict[str, Any]]]:
     files: dict[str, list[dict[str, Any]]] = {"requests": [], "responses": [], "events": []}
     file_of = {Kind.REQUEST: "requests", Kind.RESPONSE: "responses", Kind.EVENT: "events"}
     for msg_type in MessageType:
         cls = MESSAGE_CLASSES[msg_type]
-        for i, (label, values) in enumerate(_variants(cls)):
+        extra = [
+            (label, {**_typical(cls), **fields_from_json(cls, changes)})
+            for label, changes in _EXTRA_REQUESTS.get(msg_type, [])
+        ]
+        for i, (label, values) in enumerate(_variants(cls) + extra):
             seq = [0x0001, 0x0000, 0xFFFF, 0x1234][i % 4] if i else 0x002A
             message: Message = cls(seq=seq, **values)
             vector: dict[str, Any] = {
@@ -290,7 +318,9 @@ def invalid_vectors() -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
     def add(name: str, hex_: str, error: str) -> None:
-        out.append({"name": name, "hex": hex_, "error": error})
+        out.append(
+            {"name": name, "hex": hex_, "error": error, "reply": rejection_reply(hex_, error)}
+        )
 
     # COBS: a code byte that points past the end of the frame
     stuffed = cobs_encode(good)
@@ -338,6 +368,15 @@ def invalid_vectors() -> list[dict[str, Any]]:
         _wire(_frame(MessageType.COMPLETED, bytes(12), kind=2)),
         "kind",
     )
+    # a STOP is never lost to a format error (3.4): each of these is ACKed and stops
+    stop = struct.pack("<B", 1)
+    add("version: STOP in version 2", _wire(_frame(MessageType.STOP, stop, version=2)), "version")
+    add("flags: STOP with flags 0x01", _wire(_frame(MessageType.STOP, stop, flags=1)), "flags")
+    add("payload: STOP without its reason byte", _wire(_frame(MessageType.STOP, b"")), "payload")
+    add("payload: STOP with 2 bytes", _wire(_frame(MessageType.STOP, b"\x01\x01")), "payload")
+    body = bytearray(_frame(MessageType.STOP, stop)[:-4])
+    body[6] = 2  # the header says 2; the CRC is recomputed, so only the length is wrong
+    add("length: STOP whose header says 2, payload 1", _wire(_recrc(bytes(body))), "length")
     # flags
     for flags in (0x01, 0x80):
         add(
@@ -404,9 +443,319 @@ def invalid_vectors() -> list[dict[str, Any]]:
 
 
 def _recrc(body: bytes) -> bytes:
-    import zlib
-
     return body + struct.pack("<I", zlib.crc32(body))
+
+
+_REJECTION_ERRORS = {
+    "version": ("UNSUPPORTED_VERSION", "VERSION"),
+    "kind": ("UNKNOWN_TYPE", "NONE"),
+    "flags": ("BAD_FLAGS", "NONE"),
+    "type": ("UNKNOWN_TYPE", "NONE"),
+    "payload": ("BAD_PAYLOAD", "NONE"),
+}
+
+
+def rejection_reply(hex_: str, error: str) -> dict[str, Any] | None:
+    """What the reference unit answers to a rejected frame (PROTOCOL.md 3.4): a good-
+    CRC STOP of kind 1 is ACKed; another kind-1 frame that fails a check after the
+    length is NACKed; everything else is dropped (None). Read from the bytes, as
+    a device would, not from the codec's verdict."""
+    try:
+        frame = cobs_decode(bytes.fromhex(hex_)[:-1])
+    except FrameError:
+        return None
+    body = frame[:-4]
+    if len(frame) < 12 or struct.pack("<I", zlib.crc32(body)) != frame[-4:]:
+        return None
+    _, kind, seq, msg_type, _, _ = struct.unpack_from("<BBHBBH", body)
+    request_type = CodeU8(MessageType).to_json(msg_type)
+    if kind != Kind.REQUEST:
+        return None
+    if msg_type == MessageType.STOP:
+        return {"type": "ACK", "seq": seq, "request_type": request_type, "state": "IDLE"}
+    if error not in _REJECTION_ERRORS:
+        return None
+    code, field = _REJECTION_ERRORS[error]
+    return {
+        "type": "NACK",
+        "seq": seq,
+        "request_type": request_type,
+        "error": code,
+        "field": field,
+        "channel": 0,
+        "state": "IDLE",
+    }
+
+
+# --- sequence vectors: rules that take more than one request ------------------
+#
+# Each sequence starts from a unit that is IDLE with no fault latched and both
+# electrodes connected (the reference unit's limits), and leaves it IDLE. Each
+# uses its own seq numbers and session ids, so the sequences run one after
+# another on one unit without a reset. No time passes on purpose: the watchdog in
+# them is 2 s and the ramps 5 s, so nothing acts on its own during a sequence.
+# The expectations are written from the spec's text, not read off the simulator.
+
+
+class _Sequence:
+    def __init__(self, index: int, name: str, section: str) -> None:
+        self.name = name
+        self.section = section
+        self.next_seq = 0x1000 + 0x40 * index
+        self.session = 0x5E000000 + 0x100 * index
+        self.steps: list[dict[str, Any]] = []
+
+    def take_seq(self) -> int:
+        seq, self.next_seq = self.next_seq, self.next_seq + 1
+        return seq
+
+    def send(self, message: Message, *expect: dict[str, Any]) -> Message:
+        if message.seq == 0:
+            message = replace(message, seq=self.take_seq())
+        self.steps.append(
+            {
+                "hex": encode(message).hex(),
+                "message": message_to_dict(message),
+                "expect": list(expect),
+            }
+        )
+        return message
+
+    def send_raw(self, note: str, frame: bytes, *expect: dict[str, Any]) -> None:
+        self.steps.append({"hex": _wire(frame), "note": note, "expect": list(expect)})
+
+    def vector(self) -> dict[str, Any]:
+        return {"name": self.name, "section": self.section, "steps": self.steps}
+
+
+def _ack_of(m: Message, state: str) -> dict[str, Any]:
+    return {"type": "ACK", "seq": m.seq, "request_type": m.TYPE.name, "state": state}
+
+
+def _nack_of(m: Message, error: str, field: str, channel: int, state: str) -> dict[str, Any]:
+    return {
+        "type": "NACK",
+        "seq": m.seq,
+        "request_type": m.TYPE.name,
+        "error": error,
+        "field": field,
+        "channel": channel,
+        "state": state,
+    }
+
+
+def _event(kind: str, **fields: Any) -> dict[str, Any]:
+    return {"type": kind, **fields}
+
+
+def _configure(channel: int = 1, amplitude_ua: int = 12000) -> ConfigureChannel:
+    return ConfigureChannel(
+        channel=channel,
+        waveform=Waveform.BIPHASIC_SYMMETRIC,
+        mode=Mode.CONTINUOUS,
+        frequency_dhz=20,
+        pulse_width_us=250,
+        amplitude_ua=amplitude_ua,
+        alt_frequency_dhz=0,
+        switch_ms=0,
+    )
+
+
+def _start(session_id: int, channel_mask: int = 1) -> Start:
+    return Start(
+        session_id=session_id,
+        dwell_ms=600_000,
+        ramp_ms=5_000,
+        watchdog_ms=2_000,
+        channel_mask=channel_mask,
+    )
+
+
+def _begin(q: _Sequence, session_id: int, channel_mask: int = 1) -> Start:
+    """Configure channel 1 (and 2 if in the mask) and start ``session_id``."""
+    for channel in (1, 2):
+        if channel_mask & (1 << (channel - 1)):
+            m = q.send(_configure(channel))
+            q.steps[-1]["expect"] = [_ack_of(m, "IDLE")]
+    start = q.send(_start(session_id, channel_mask))
+    q.steps[-1]["expect"] = [
+        _ack_of(start, "RAMPING_UP"),
+        _event(
+            "OUTPUT_STARTED", session_id=session_id, dwell_ms=600_000, channel_mask=channel_mask
+        ),
+    ]
+    return start
+
+
+def _end(q: _Sequence, session_id: int, state: str = "RAMPING_UP") -> None:
+    stop = q.send(Stop(reason=StopReason.OPERATOR))
+    q.steps[-1]["expect"] = [
+        _ack_of(stop, "IDLE"),
+        _event("STOPPED", session_id=session_id, reason="OPERATOR"),
+    ]
+
+
+def sequence_vectors() -> list[dict[str, Any]]:
+    out: list[_Sequence] = []
+
+    def new(name: str, section: str) -> _Sequence:
+        q = _Sequence(len(out), name, section)
+        out.append(q)
+        return q
+
+    # 3.4 and 8.4: a STOP is never lost to a format error, and is ACKed
+    for label, frame_of in (
+        ("without its reason byte", lambda seq: _frame(MessageType.STOP, b"", seq=seq)),
+        ("with flags 0x01", lambda seq: _frame(MessageType.STOP, b"\x01", seq=seq, flags=1)),
+        ("in a version-2 frame", lambda seq: _frame(MessageType.STOP, b"\x01", seq=seq, version=2)),
+    ):
+        q = new(f"a STOP {label} while output is on: ACK, output off, STOPPED reason 0", "3.4")
+        _begin(q, q.session)
+        seq = q.take_seq()
+        q.send_raw(
+            f"STOP {label}, seq {seq}",
+            frame_of(seq),
+            {"type": "ACK", "seq": seq, "request_type": "STOP", "state": "IDLE"},
+            _event("STOPPED", session_id=q.session, reason="UNSPECIFIED"),
+        )
+    q = new("a malformed STOP in IDLE is ACKed, and nothing else happens", "3.4")
+    seq = q.take_seq()
+    q.send_raw(
+        f"STOP with flags 0x01, seq {seq}",
+        _frame(MessageType.STOP, b"\x01", seq=seq, flags=1),
+        {"type": "ACK", "seq": seq, "request_type": "STOP", "state": "IDLE"},
+    )
+
+    q = new("frames of any kind but 1 are never answered", "3.4")
+    for kind in (0, 2, 3, 4, 255):
+        seq = q.take_seq()
+        q.send_raw(
+            f"HEARTBEAT payload in a frame of kind {kind}",
+            _frame(MessageType.HEARTBEAT, bytes(4), kind=kind, seq=seq),
+        )
+    seq = q.take_seq()
+    q.send_raw(
+        "a request whose header says 5 payload bytes for 4 (CRC good): dropped",
+        _recrc(_frame(MessageType.HEARTBEAT, bytes(4), seq=seq)[:6] + b"\x05\x00" + bytes(4)),
+    )
+
+    # 10: duplicates
+    q = new("a copy of the live session's START: ACK with the state now, no effect", "10")
+    start = _begin(q, q.session)
+    q.steps.append({**q.steps[-1], "expect": [_ack_of(start, "RAMPING_UP")]})
+    _end(q, q.session)
+    q.steps.append(
+        {
+            **q.steps[-3],
+            "expect": [_nack_of(start, "SESSION_ENDED", "SESSION_ID", 0, "IDLE")],
+        }
+    )
+
+    q = new("a copy of a remembered SET_AMPLITUDE after its session ended: ACK, state IDLE", "10")
+    _begin(q, q.session)
+    change = q.send(SetAmplitude(session_id=q.session, channel=1, amplitude_ua=10_000))
+    q.steps[-1]["expect"] = [_ack_of(change, "RAMPING_UP")]
+    _end(q, q.session)
+    q.steps.append({**q.steps[-2], "expect": [_ack_of(change, "IDLE")]})
+
+    q = new("a copy of a remembered CONFIGURE_CHANNEL is not carried out again", "10")
+    first = q.send(_configure(1, 12_000))
+    q.steps[-1]["expect"] = [_ack_of(first, "IDLE")]
+    second = q.send(_configure(1, 10_000))
+    q.steps[-1]["expect"] = [_ack_of(second, "IDLE")]
+    q.steps.append({**q.steps[-2], "expect": [_ack_of(first, "IDLE")]})
+    start = q.send(_start(q.session))
+    q.steps[-1]["expect"] = [
+        _ack_of(start, "RAMPING_UP"),
+        _event("OUTPUT_STARTED", session_id=q.session, dwell_ms=600_000, channel_mask=1),
+    ]
+    status = q.send(GetStatus())
+    q.steps[-1]["expect"] = [
+        {
+            "type": "STATUS",
+            "seq": status.seq,
+            "state": "RAMPING_UP",
+            "session_id": q.session,
+            "channels": [{"setpoint_ua": 10_000}, {"setpoint_ua": 0, "amplitude_ua": 0}],
+        }
+    ]
+    _end(q, q.session)
+
+    q = new("a copy of a STOP always acts, even on a later session", "10")
+    _begin(q, q.session)
+    stop = q.send(Stop(reason=StopReason.OPERATOR))
+    q.steps[-1]["expect"] = [
+        _ack_of(stop, "IDLE"),
+        _event("STOPPED", session_id=q.session, reason="OPERATOR"),
+    ]
+    stop_step = q.steps[-1]
+    later = q.session + 1
+    start = q.send(_start(later))
+    q.steps[-1]["expect"] = [
+        _ack_of(start, "RAMPING_UP"),
+        _event("OUTPUT_STARTED", session_id=later, dwell_ms=600_000, channel_mask=1),
+    ]
+    q.steps.append(
+        {
+            **stop_step,
+            "expect": [
+                _ack_of(stop, "IDLE"),
+                _event("STOPPED", session_id=later, reason="OPERATOR"),
+            ],
+        }
+    )
+
+    # 6.1 and 5.3: what a running unit answers
+    q = new("HEARTBEATs while output is on: the live session, 0, another session", "6.1")
+    _begin(q, q.session)
+    beat = q.send(Heartbeat(session_id=q.session))
+    q.steps[-1]["expect"] = [_ack_of(beat, "RAMPING_UP")]
+    beat = q.send(Heartbeat(session_id=0))
+    q.steps[-1]["expect"] = [_ack_of(beat, "RAMPING_UP")]
+    beat = q.send(Heartbeat(session_id=q.session + 1))
+    q.steps[-1]["expect"] = [_nack_of(beat, "NO_SESSION", "SESSION_ID", 0, "RAMPING_UP")]
+    _end(q, q.session)
+
+    q = new("refusals while output is on name their field and channel", "5.3")
+    _begin(q, q.session)
+    for channel, amplitude, field, named in (
+        (2, 10_000, "CHANNEL", 2),  # a channel of the unit, not of the session
+        (9, 10_000, "CHANNEL", 0),  # not a channel of the unit
+        (1, 10_050, "AMPLITUDE", 1),  # off the unit's 0.1 mA step
+        (1, 50_100, "AMPLITUDE", 1),  # above the unit's maximum
+    ):
+        m = q.send(SetAmplitude(session_id=q.session, channel=channel, amplitude_ua=amplitude))
+        q.steps[-1]["expect"] = [_nack_of(m, "OUT_OF_RANGE", field, named, "RAMPING_UP")]
+    m = q.send(_start(q.session + 1))
+    q.steps[-1]["expect"] = [_nack_of(m, "BAD_STATE", "NONE", 0, "RAMPING_UP")]
+    m = q.send(_configure(2))
+    q.steps[-1]["expect"] = [_nack_of(m, "BAD_STATE", "NONE", 0, "RAMPING_UP")]
+    _end(q, q.session)
+
+    q = new("STATUS reports impedance only for channels delivering output", "5.2")
+    m = q.send(GetStatus())
+    unknown = 0xFFFFFFFF
+    q.steps[-1]["expect"] = [
+        {
+            "type": "STATUS",
+            "seq": m.seq,
+            "state": "IDLE",
+            "channels": [{"impedance_ohm": unknown}, {"impedance_ohm": unknown}],
+        }
+    ]
+    _begin(q, q.session)
+    m = q.send(GetStatus())
+    q.steps[-1]["expect"] = [
+        {
+            "type": "STATUS",
+            "seq": m.seq,
+            "state": "RAMPING_UP",
+            "session_id": q.session,
+            "channels": [{"impedance_ohm": {"not": unknown}}, {"impedance_ohm": unknown}],
+        }
+    ]
+    _end(q, q.session)
+    return [q.vector() for q in out]
 
 
 # --- PROTOCOL.md tables ------------------------------------------------------
@@ -460,6 +809,30 @@ def message_tables() -> str:
         offset += codec.size or 0
     lines.append("")
     return "\n".join(lines)
+
+
+def code_fields() -> str:
+    """Which one-byte enumerations the decoder checks, read off the codec."""
+    checked: dict[str, list[str]] = {}
+    unchecked: dict[str, list[str]] = {}
+    for msg_type in MessageType:
+        cls = MESSAGE_CLASSES[msg_type]
+        for name, codec, _, _ in _fields(cls):
+            where = f"{msg_type.name}.`{name}`"
+            if isinstance(codec, CodeU8):
+                unchecked.setdefault(codec.enum.__name__, []).append(where)
+            elif isinstance(codec, EnumU8):
+                checked.setdefault(codec.enum.__name__, []).append(where)
+    lines = [
+        "- **Checked enumerations**: a value outside the list is rejected (reason `payload`).",
+    ]
+    lines += [f"  - {enum}: {', '.join(places)}" for enum, places in sorted(checked.items())]
+    lines.append(
+        "- **Codes**: any value 0..255 is accepted by the decoder and MUST be acted on "
+        "as this spec says, known or not (section 8 lists the known ones)."
+    )
+    lines += [f"  - {enum}: {', '.join(places)}" for enum, places in sorted(unchecked.items())]
+    return "\n".join(lines) + "\n"
 
 
 def _payload_size(cls: type) -> str:
@@ -546,7 +919,12 @@ def worked_examples() -> str:
 
 
 def render_spec(text: str) -> str:
-    for section, body in (("message tables", message_tables), ("worked examples", worked_examples)):
+    sections = (
+        ("message tables", message_tables),
+        ("worked examples", worked_examples),
+        ("code fields", code_fields),
+    )
+    for section, body in sections:
         begin, end = _markers(section)
         head, found, rest = text.partition(begin)
         if not found or end not in rest:
@@ -559,6 +937,7 @@ def render_spec(text: str) -> str:
 def expected_files() -> dict[Path, str]:
     files = {VECTORS / f"{name}.json": _dump(vectors) for name, vectors in valid_vectors().items()}
     files[VECTORS / "invalid.json"] = _dump(invalid_vectors())
+    files[VECTORS / "sequences.json"] = _dump(sequence_vectors())
     files[SPEC] = render_spec(SPEC.read_text(encoding="utf-8"))
     return files
 

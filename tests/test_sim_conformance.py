@@ -1,5 +1,7 @@
 """Conformance: every host-to-device golden vector drives the simulated unit to the
-reply PROTOCOL.md prescribes for the reference unit (section 13)."""
+reply PROTOCOL.md prescribes for the reference unit (section 13): the valid
+requests, the invalid frames (answered or dropped by section 3.4's rule), and the
+sequences of requests whose rules take more than one step."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from . import vectors
 from .harness import Harness, configure
 
 REQUESTS = [v for v in vectors.load("requests")]
+INVALID = vectors.invalid()
+SEQUENCES = vectors.sequences()
 
 
 def test_default_unit_is_the_reference_unit() -> None:
@@ -55,3 +59,33 @@ def test_every_request_type_is_covered() -> None:
         "GET_STATUS",
         "CLEAR_FAULT",
     }
+
+
+@pytest.mark.parametrize("vector", INVALID, ids=[v["name"] for v in INVALID])
+def test_invalid_frame_gets_the_prescribed_reply_or_none(vector: dict[str, Any]) -> None:
+    h = Harness()
+    h.request(configure(1, 12_000), seq=0x7777)
+    answers = [message_to_dict(m) for m in h.send_raw(bytes.fromhex(vector["hex"]))]
+    expected = [] if vector["reply"] is None else [vector["reply"]]
+    assert answers == expected
+
+
+@pytest.mark.parametrize("sequence", SEQUENCES, ids=[v["name"] for v in SEQUENCES])
+def test_sequence_gets_the_prescribed_answers_and_events(sequence: dict[str, Any]) -> None:
+    h = Harness()
+    for step in sequence["steps"]:
+        got = [message_to_dict(m) for m in h.send_raw(bytes.fromhex(step["hex"]))]
+        assert len(got) == len(step["expect"]), (step, got)
+        for expected, actual in zip(step["expect"], got, strict=True):
+            assert vectors.matches(expected, actual), (expected, actual)
+    assert h.unit.state == 0
+    assert not h.unit.output_on
+
+
+def test_the_sequences_run_back_to_back_on_one_unit() -> None:
+    """What a conformance run against a real unit does: no reset between them."""
+    h = Harness()
+    for sequence in SEQUENCES:
+        for step in sequence["steps"]:
+            got = [message_to_dict(m) for m in h.send_raw(bytes.fromhex(step["hex"]))]
+            assert vectors.matches(step["expect"], got), (sequence["name"], step, got)

@@ -6,6 +6,9 @@ so every time below is exact.
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import pytest
 
 from estim.protocol import (
@@ -423,23 +426,43 @@ def test_stop_with_an_unknown_reason_still_stops() -> None:
     assert h.events_of(Stopped)[0].reason == 200
 
 
-def test_a_malformed_stop_with_a_good_crc_still_stops() -> None:
+def _with_crc(body: bytes) -> bytes:
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        build_frame(kind=1, seq=4000, msg_type=0x06, payload=b""),  # no reason byte
+        build_frame(kind=1, seq=4000, msg_type=0x06, payload=b"\x01\x02"),  # one too many
+        build_frame(kind=1, seq=4000, msg_type=0x06, payload=b"\x01", version=2),
+        build_frame(kind=1, seq=4000, msg_type=0x06, payload=b"\x01", flags=1),
+        # the header's length says 2, the payload is 1 byte (the CRC is still good)
+        _with_crc(
+            build_frame(kind=1, seq=4000, msg_type=0x06, payload=b"\x01")[:6] + b"\x02\x00\x01"
+        ),
+    ],
+    ids=["no payload", "long payload", "version 2", "flags 1", "length field 2"],
+)
+def test_a_malformed_stop_with_a_good_crc_stops_is_acked_and_reports_reason_0(
+    frame: bytes,
+) -> None:
+    """PROTOCOL.md 3.4: a STOP is never lost to a format error; a NACK would say
+    "no effect", so it is ACKed; its reason cannot be read, so STOPPED says 0."""
     h = Harness()
     h.start_session()
     h.advance(2.0, heartbeat=0.1, session_id=SID)
     assert h.unit.output_on
-    frame = build_frame(
-        kind=1, seq=4000, msg_type=0x06, payload=b""
-    )  # STOP without its reason byte
     answers = h.send_raw(cobs_encode(frame) + b"\x00")
     assert not h.unit.output_on
-    (nack,) = [m for m in answers if isinstance(m, Nack)]
-    assert nack.error == ErrorCode.BAD_PAYLOAD
-    frame = build_frame(kind=1, seq=4001, msg_type=0x06, payload=b"\x01", version=2)
-    h.start_session(session_id=SID + 1)
-    answers = h.send_raw(cobs_encode(frame) + b"\x00")
-    assert not h.unit.output_on
-    assert [m.error for m in answers if isinstance(m, Nack)] == [ErrorCode.UNSUPPORTED_VERSION]
+    assert h.unit.state == State.IDLE
+    ack, stopped = answers
+    assert isinstance(ack, Ack)
+    assert (ack.seq, ack.request_type, ack.state) == (4000, 0x06, State.IDLE)
+    assert isinstance(stopped, Stopped)
+    assert stopped.reason == StopReason.UNSPECIFIED == 0
+    # in IDLE it is ACKed too, and nothing else happens
+    assert [type(m) for m in h.send_raw(cobs_encode(frame) + b"\x00")] == [Ack]
 
 
 def test_bad_frames_with_a_good_crc_are_nacked_and_bad_crcs_are_dropped() -> None:
@@ -550,15 +573,70 @@ def test_reset_is_a_power_cycle_idle_zero_no_resume() -> None:
 # --- duplicates and replays -----------------------------------------------------------
 
 
-def test_a_duplicated_request_has_no_second_effect() -> None:
+def test_a_start_copy_is_decided_by_its_session_id_not_by_memory() -> None:
+    """PROTOCOL.md 10: a copy of the live session's START is ACKed with the state
+    now and has no effect; once the session has ended, the same bytes get
+    SESSION_ENDED, however much else happened in between."""
     h = Harness()
     h.ok(configure())
     first = h.request(start(), seq=500)
-    h.ok(Stop(reason=StopReason.OPERATOR))
+    assert isinstance(first, Ack)
+    assert first.state == State.RAMPING_UP
+    h.advance(6.0, heartbeat=0.1, session_id=SID)
     again = h.request(start(), seq=500)  # the same frame, retransmitted
-    assert again == first
-    assert not h.unit.output_on
+    assert isinstance(again, Ack)
+    assert again.state == State.RUNNING
     assert len(h.unit.events("output_on")) == 1
+    assert len(h.events_of(OutputStarted)) == 1
+    h.ok(Stop(reason=StopReason.OPERATOR))
+    late = h.request(start(), seq=500)
+    assert isinstance(late, Nack)
+    assert (late.error, late.field, late.channel) == (ErrorCode.SESSION_ENDED, Field.SESSION_ID, 0)
+    for _ in range(12):  # more requests than the unit remembers: the answer is the same
+        h.ok(Heartbeat(session_id=0))
+    assert h.request(start(), seq=500) == late
+    assert not h.unit.output_on
+
+
+def test_a_remembered_answer_carries_the_state_now() -> None:
+    h = Harness()
+    h.start_session()
+    change = SetAmplitude(session_id=SID, channel=1, amplitude_ua=10_000)
+    first = h.request(change, seq=900)
+    assert isinstance(first, Ack)
+    assert first.state == State.RAMPING_UP
+    h.ok(Stop(reason=StopReason.OPERATOR))
+    copy = h.request(change, seq=900)
+    assert copy == Ack(seq=900, request_type=0x04, state=State.IDLE)  # not stale, not re-done
+    assert len(h.unit.events("setpoint")) == 1
+
+
+def test_a_configure_copy_is_not_carried_out_again() -> None:
+    h = Harness()
+    h.request(configure(amplitude_ua=12_000), seq=700)
+    h.ok(configure(amplitude_ua=10_000))
+    assert isinstance(h.request(configure(amplitude_ua=12_000), seq=700), Ack)
+    h.ok(start())
+    status = h.request(GetStatus())
+    assert isinstance(status, Status)
+    assert status.channels[0].setpoint_ua == 10_000
+
+
+def test_heartbeat_and_status_copies_are_answered_afresh() -> None:
+    h = Harness()
+    assert h.request(Heartbeat(session_id=0), seq=42) == Ack(
+        seq=42, request_type=0x05, state=State.IDLE
+    )
+    h.start_session()
+    assert h.request(Heartbeat(session_id=0), seq=42) == Ack(
+        seq=42, request_type=0x05, state=State.RAMPING_UP
+    )
+    first = h.request(GetStatus(), seq=43)
+    h.advance(1.0, heartbeat=0.1, session_id=SID)
+    second = h.request(GetStatus(), seq=43)
+    assert isinstance(first, Status)
+    assert isinstance(second, Status)
+    assert second.elapsed_ms == first.elapsed_ms + 1000
 
 
 def test_a_replayed_start_for_an_ended_session_is_refused() -> None:
@@ -686,12 +764,25 @@ def test_the_log_reports_the_worst_gap_between_frames_during_output() -> None:
         Heartbeat(session_id=0),
         Heartbeat(session_id=SID + 1),
         configure(),
+        SetAmplitude(session_id=SID, channel=1, amplitude_ua=12_000),
+        SetAmplitude(session_id=SID, channel=1, amplitude_ua=12_050),
+        ClearFault(),
     ],
-    ids=["GET_STATUS", "HELLO", "HEARTBEAT 0", "HEARTBEAT other session", "CONFIGURE (refused)"],
+    ids=[
+        "GET_STATUS",
+        "HELLO",
+        "HEARTBEAT 0",
+        "HEARTBEAT other session",
+        "CONFIGURE (refused)",
+        "SET_AMPLITUDE (accepted)",
+        "SET_AMPLITUDE (refused)",
+        "CLEAR_FAULT",
+    ],
 )
-def test_only_the_sessions_own_requests_feed_the_watchdog(request_: Message) -> None:
-    # A second program (or a host that gave up on the session and reconnected) that
-    # only polls must not keep an orphaned output alive.
+def test_only_a_heartbeat_of_the_live_session_feeds_the_watchdog(request_: Message) -> None:
+    """PROTOCOL.md 9.1: a second program that polls, a user-interface thread still
+    changing amplitude while the session loop is hung, a stream of refused
+    requests: none of them may keep an output alive."""
     h = Harness()
     h.start_session(watchdog_ms=500)
     h.advance(5.0, heartbeat=0.1, session_id=SID)
@@ -700,14 +791,16 @@ def test_only_the_sessions_own_requests_feed_the_watchdog(request_: Message) -> 
         h.advance(0.1)
         h.request(request_)
     assert not h.unit.output_on
-    assert h.unit.faults == {Fault.WATCHDOG}
+    assert [e.data["fault"] for e in h.unit.events("fault")] == ["WATCHDOG"]
     assert h.unit.events("output_off")[-1].t - last_beat == pytest.approx(0.5)
 
 
-def test_set_amplitude_for_the_session_feeds_the_watchdog() -> None:
+def test_heartbeats_of_the_live_session_keep_it_alive_for_the_whole_dwell() -> None:
     h = Harness()
-    h.start_session(watchdog_ms=500)
-    for i in range(30):
-        h.advance(0.1)
-        h.ok(SetAmplitude(session_id=SID, channel=1, amplitude_ua=12_000 + 100 * (i % 2)))
+    h.start_session(watchdog_ms=500, dwell_ms=60_000)
+    h.advance(0.45)  # START armed the watchdog: 450 ms without a heartbeat is fine
     assert h.unit.output_on
+    h.ok(Heartbeat(session_id=SID))
+    h.advance(60.0, heartbeat=0.45, session_id=SID)
+    assert h.unit.faults == set()
+    assert len(h.events_of(Completed)) == 1

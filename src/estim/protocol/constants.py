@@ -80,6 +80,8 @@ class StopReason(IntEnum):
     """Why output stopped. A STOP request carries one; a STOPPED event echoes it,
     or says FAULT. A device must stop on a STOP whatever its reason byte says."""
 
+    #: STOPPED only: the STOP failed a format check, so its reason could not be read
+    UNSPECIFIED = 0
     OPERATOR = 1
     DWELL_ELAPSED = 2
     HOST_SHUTDOWN = 3

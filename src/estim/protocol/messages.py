@@ -195,9 +195,16 @@ class DeviceInfo(Message):
 class ChannelStatus:
     """One channel's entry in STATUS."""
 
-    amplitude_ua: int = wire(U32, "uA", "output now")
-    setpoint_ua: int = wire(U32, "uA", "amplitude the channel is slewing toward")
-    impedance_ohm: int = wire(U32, "ohm", "electrode impedance; 0xFFFFFFFF = not measured")
+    amplitude_ua: int = wire(U32, "uA", "output now; 0 outside the live session")
+    setpoint_ua: int = wire(
+        U32, "uA", "amplitude the channel is slewing toward; 0 outside the live session"
+    )
+    impedance_ohm: int = wire(
+        U32,
+        "ohm",
+        "electrode impedance while the channel delivers output in the live session; "
+        "0xFFFFFFFF otherwise (not measured)",
+    )
 
 
 IMPEDANCE_UNKNOWN = 0xFFFFFFFF

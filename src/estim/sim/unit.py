@@ -25,7 +25,7 @@ import random
 import threading
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial, wraps
 from typing import Any, ClassVar, TypeVar, cast
 
@@ -73,7 +73,17 @@ from estim.protocol import (
 from .config import UnitConfig
 
 _US = 1_000_000
+#: PROTOCOL.md 10: how many CONFIGURE_CHANNEL, SET_AMPLITUDE and CLEAR_FAULT answers are remembered
 REPLY_CACHE = 8
+_REMEMBERED = (ConfigureChannel, SetAmplitude, ClearFault)
+#: PROTOCOL.md 3.4: the NACK for a request that failed a check after its CRC
+_REJECTION_ERRORS = {
+    "version": ErrorCode.UNSUPPORTED_VERSION,
+    "kind": ErrorCode.UNKNOWN_TYPE,
+    "flags": ErrorCode.BAD_FLAGS,
+    "type": ErrorCode.UNKNOWN_TYPE,
+    "payload": ErrorCode.BAD_PAYLOAD,
+}
 ENDED_SESSIONS = 64
 #: impedance reported for an open electrode (a pulled needle clip)
 OPEN_CIRCUIT_OHM = 10_000_000
@@ -204,7 +214,7 @@ class SimulatedUnit:
     _outbox: bytearray
     _pending: list[Event]
     _event_seq: int
-    _replies: OrderedDict[int, tuple[Message, bytes]]
+    _replies: OrderedDict[int, tuple[Message, Ack | Nack]]
     _ended: deque[int]
     _configs: dict[int, ConfigureChannel]
     _state: State
@@ -270,15 +280,14 @@ class SimulatedUnit:
         self._log_levels(now)
 
     def _feeds_watchdog(self, message: Message) -> bool:
-        """PROTOCOL.md 9: only the live session's own requests keep its output alive
-        (its START, a HEARTBEAT or SET_AMPLITUDE naming it, a STOP). A program that
-        merely polls (HELLO, GET_STATUS, HEARTBEAT 0) must not keep an orphaned
-        output going after the host that ran the session has let go."""
-        if isinstance(message, Start | Stop):
-            return True
-        if isinstance(message, Heartbeat | SetAmplitude):
-            return self._session is not None and message.session_id == self._session.id
-        return False
+        """PROTOCOL.md 9.1: only a HEARTBEAT naming the live session feeds its
+        watchdog (START arms it). Nothing else proves that the session loop is
+        alive: not a poll, not an amplitude change, not a refused request."""
+        return (
+            isinstance(message, Heartbeat)
+            and self._session is not None
+            and message.session_id == self._session.id
+        )
 
     @_locked
     def read_output(self) -> bytes:
@@ -663,16 +672,18 @@ class SimulatedUnit:
     # -- internals: frames ---------------------------------------------------------------
 
     def _bad_frame(self, err: FrameError, now: int) -> None:
+        """PROTOCOL.md 3.4: a good-CRC STOP always stops and is ACKed; other
+        requests that fail a check after the CRC get a NACK; the rest is dropped."""
         self._log(now, "rejected", reason=err.reason)
         if err.kind != Kind.REQUEST or err.seq is None or err.msg_type is None:
             return  # header not trustworthy, or not a request: drop silently
         if err.msg_type == MessageType.STOP:
-            self._stop(0, now)  # a STOP is never lost to a format error (PROTOCOL.md 3.4)
-        error = {
-            "version": ErrorCode.UNSUPPORTED_VERSION,
-            "flags": ErrorCode.BAD_FLAGS,
-            "type": ErrorCode.UNKNOWN_TYPE,
-        }.get(err.reason, ErrorCode.BAD_PAYLOAD)
+            self._stop(int(StopReason.UNSPECIFIED), now)  # never lost to a format error
+            self._outbox += encode(Ack(seq=err.seq, request_type=err.msg_type, state=self._state))
+            return
+        error = _REJECTION_ERRORS.get(err.reason)
+        if error is None:
+            return  # length: checks 1-5 failed, the header is not trustworthy
         field = Field.VERSION if err.reason == "version" else Field.NONE
         nack = Nack(
             seq=err.seq,
@@ -685,12 +696,13 @@ class SimulatedUnit:
         self._outbox += encode(nack)
 
     def _request(self, message: Message, now: int) -> None:
-        cached = self._replies.get(message.seq)
-        if cached is not None and cached[0] == message:
-            if isinstance(message, Stop):
-                self._stop(message.reason, now)  # a STOP always acts (PROTOCOL.md 10)
-            self._outbox += cached[1]  # a retransmission: same answer, no second effect
-            return
+        remembered = isinstance(message, _REMEMBERED)
+        if remembered:
+            cached = self._replies.get(message.seq)
+            if cached is not None and cached[0] == message:
+                # a copy: not carried out again; the remembered answer, state as now
+                self._outbox += encode(replace(cached[1], state=self._state))
+                return
         try:
             reply = self._handle(message, now)
         except Refused as refusal:
@@ -701,12 +713,14 @@ class SimulatedUnit:
                 channel=refusal.channel,
                 state=self._state,
             )
-        wire = encode(_with_seq(reply, message.seq))
-        self._replies[message.seq] = (message, wire)
-        self._replies.move_to_end(message.seq)
-        while len(self._replies) > REPLY_CACHE:
-            self._replies.popitem(last=False)
-        self._outbox += wire
+        reply = replace(reply, seq=message.seq)
+        if remembered:
+            assert isinstance(reply, Ack | Nack)
+            self._replies[message.seq] = (message, reply)
+            self._replies.move_to_end(message.seq)
+            while len(self._replies) > REPLY_CACHE:
+                self._replies.popitem(last=False)
+        self._outbox += encode(reply)
 
     def _emit(self, cls: type[Event], t: int, **fields: Any) -> None:
         fields.setdefault("session_id", self.session_id)
@@ -796,8 +810,6 @@ class SimulatedUnit:
             raise refuse(Field.FREQUENCY)
         if not c.pulse_width_min_us <= m.pulse_width_us <= c.pulse_width_max_us:
             raise refuse(Field.PULSE_WIDTH)
-        if 2 * m.pulse_width_us * max(m.frequency_dhz, m.alt_frequency_dhz) >= 10_000_000:
-            raise refuse(Field.PULSE_WIDTH)
         a = m.amplitude_ua
         if not c.amplitude_step_ua <= a <= c.amplitude_max_ua or a % c.amplitude_step_ua:
             raise refuse(Field.AMPLITUDE)
@@ -821,10 +833,15 @@ class SimulatedUnit:
                 or switch * m.frequency_dhz < 10_000
             ):
                 raise refuse(Field.SWITCH_PERIOD)
+        fastest = max(m.frequency_dhz, alt) if m.mode == Mode.DENSE_DISPERSE else m.frequency_dhz
+        if 2 * m.pulse_width_us * fastest >= 10_000_000:  # the two phases of a pulse overlap
+            raise refuse(Field.PULSE_WIDTH)
         self._configs[ch] = m
         return Ack(request_type=int(m.TYPE), state=self._state)
 
     def _start(self, m: Start, now: int) -> Message:
+        if self._session is not None and m.session_id == self._session.id:
+            return self._ack(m)  # a retransmission (PROTOCOL.md 10): no second effect
         self._refuse_unless_idle()
         c = self.config
         if m.session_id == 0:
@@ -852,6 +869,7 @@ class SimulatedUnit:
         ramp_us = m.ramp_ms * 1000
         channels = {n: _Channel(n, self._configs[n].amplitude_ua, ramp_us, now) for n in numbers}
         self._session = _Session(m, now, channels)
+        self._last_rx = now  # START arms the watchdog (PROTOCOL.md 9.1)
         self._session_actions = sorted(
             ((now + offset, action, args) for offset, action, args in self._per_session),
             key=lambda a: a[0],
@@ -870,7 +888,8 @@ class SimulatedUnit:
         if self._state == State.RAMPING_DOWN:
             raise Refused(ErrorCode.BAD_STATE)
         if m.channel not in s.channels:
-            raise Refused(ErrorCode.OUT_OF_RANGE, Field.CHANNEL, m.channel)
+            known = 1 <= m.channel <= self.config.channels
+            raise Refused(ErrorCode.OUT_OF_RANGE, Field.CHANNEL, m.channel if known else 0)
         c = self.config
         if m.amplitude_ua > c.amplitude_max_ua or m.amplitude_ua % c.amplitude_step_ua:
             raise Refused(ErrorCode.OUT_OF_RANGE, Field.AMPLITUDE, m.channel)
@@ -886,7 +905,7 @@ class SimulatedUnit:
         if m.session_id == 0 or (self._session is not None and m.session_id == self._session.id):
             return Ack(request_type=int(m.TYPE), state=self._state)
         if self._state == State.FAULT:
-            raise Refused(ErrorCode.FAULT_LATCHED, Field.SESSION_ID)
+            raise Refused(ErrorCode.FAULT_LATCHED)
         raise Refused(ErrorCode.NO_SESSION, Field.SESSION_ID)
 
     def _stop(self, reason: int, now: int) -> None:
@@ -923,12 +942,6 @@ class SimulatedUnit:
             fault_channel=self._fault_channel,
             channels=tuple(channels),
         )
-
-
-def _with_seq(message: Message, seq: int) -> Message:
-    from dataclasses import replace
-
-    return replace(message, seq=seq)
 
 
 __all__ = ["OPEN_CIRCUIT_OHM", "LogEntry", "SimulatedUnit", "UnitConfig"]
