@@ -10,7 +10,7 @@ import serial
 
 import estim
 from estim.clock import REAL_CLOCK, ManualClock
-from estim.device import Device, UnitInfo, channel_message, connect, list_ports
+from estim.device import Device, channel_message, connect, list_ports
 from estim.errors import (
     DeviceError,
     LinkLost,
@@ -20,6 +20,7 @@ from estim.errors import (
     PortNotFound,
     VersionMismatch,
 )
+from estim.info import UnitInfo
 from estim.link import EventGap, Link, LinkDown
 from estim.plan import ChannelPlan
 from estim.protocol import (

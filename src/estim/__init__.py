@@ -16,8 +16,10 @@ _EXPORTS: dict[str, str] = {
     "connect": "estim.device",
     "list_ports": "estim.device",
     "Device": "estim.device",
-    "UnitInfo": "estim.device",
-    "UnitStatus": "estim.device",
+    "UnitInfo": "estim.info",
+    "UnitStatus": "estim.info",
+    "Limits": "estim.limits",
+    "ClinicLimits": "estim.limits",
     "SessionPlan": "estim.plan",
     "ChannelPlan": "estim.plan",
     "Session": "estim.session",
@@ -56,8 +58,6 @@ if TYPE_CHECKING:
     from estim.clock import ManualClock as ManualClock, RealClock as RealClock
     from estim.device import (
         Device as Device,
-        UnitInfo as UnitInfo,
-        UnitStatus as UnitStatus,
         connect as connect,
         list_ports as list_ports,
     )
@@ -81,7 +81,9 @@ if TYPE_CHECKING:
         RemoteProtocolError as RemoteProtocolError,
         VersionMismatch as VersionMismatch,
     )
+    from estim.info import UnitInfo as UnitInfo, UnitStatus as UnitStatus
     from estim.journal import Journal as Journal
+    from estim.limits import ClinicLimits as ClinicLimits, Limits as Limits
     from estim.plan import ChannelPlan as ChannelPlan, SessionPlan as SessionPlan
     from estim.protocol import StopReason as StopReason
     from estim.record import EventRecord as EventRecord, SessionRecord as SessionRecord

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from estim.errors import EstimError
+from estim.limits import DWELL_MAX_S, DWELL_MIN_S, RMS_MAX_MA, ClinicLimits
 from estim.paths import config_path
-from estim.plan import DWELL_MAX_S, DWELL_MIN_S, RMS_MAX_MA, parse_duration
+from estim.plan import parse_duration
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -83,54 +84,9 @@ BUILTIN_PRESETS: dict[str, Preset] = {
 
 
 @dataclass(frozen=True)
-class Limits:
-    """Limits the clinic narrows; None means "as the unit and SAFETY.md allow"."""
-
-    amplitude_max_ma: float | None = None
-    frequency_min_hz: float | None = None
-    frequency_max_hz: float | None = None
-    pulse_width_max_us: int | None = None
-    dwell_min: float | None = None
-    dwell_max: float | None = None
-    ramp_min: float | None = None
-
-    def problems(self, plan: Any) -> list[str]:
-        """Why ``plan`` (a SessionPlan) is outside the clinic's limits."""
-        out = []
-        if self.dwell_min is not None and plan.dwell < self.dwell_min:
-            out.append(f"dwell {plan.dwell:g} s is below the clinic's minimum {self.dwell_min:g} s")
-        if self.dwell_max is not None and plan.dwell > self.dwell_max:
-            out.append(f"dwell {plan.dwell:g} s is above the clinic's maximum {self.dwell_max:g} s")
-        if self.ramp_min is not None and plan.ramp < self.ramp_min:
-            out.append(f"ramp {plan.ramp:g} s is below the clinic's minimum {self.ramp_min:g} s")
-        for ch in plan.channels:
-            name = f"channel {ch.channel}"
-            if self.amplitude_max_ma is not None and ch.amplitude_ma > self.amplitude_max_ma:
-                out.append(
-                    f"{name}: amplitude {ch.amplitude_ma:g} mA is above the clinic's maximum {self.amplitude_max_ma:g} mA"
-                )
-            for hz in (ch.frequency_hz, ch.alt_frequency_hz):
-                if hz is None:
-                    continue
-                if self.frequency_min_hz is not None and hz < self.frequency_min_hz:
-                    out.append(
-                        f"{name}: {hz:g} Hz is below the clinic's minimum {self.frequency_min_hz:g} Hz"
-                    )
-                if self.frequency_max_hz is not None and hz > self.frequency_max_hz:
-                    out.append(
-                        f"{name}: {hz:g} Hz is above the clinic's maximum {self.frequency_max_hz:g} Hz"
-                    )
-            if self.pulse_width_max_us is not None and ch.pulse_width_us > self.pulse_width_max_us:
-                out.append(
-                    f"{name}: {ch.pulse_width_us} us is above the clinic's maximum {self.pulse_width_max_us} us"
-                )
-        return out
-
-
-@dataclass(frozen=True)
 class ClinicConfig:
     path: Path | None = None
-    limits: Limits = field(default_factory=Limits)
+    limits: ClinicLimits = field(default_factory=ClinicLimits)
     presets: dict[str, Preset] = field(default_factory=lambda: dict(BUILTIN_PRESETS))
 
 
@@ -209,7 +165,7 @@ def load_config(path: Path | None = None) -> ClinicConfig:
     return ClinicConfig(path=path, limits=limits, presets=presets)
 
 
-def _read_limits(raw: Any, fail: Any) -> Limits:
+def _read_limits(raw: Any, fail: Any) -> ClinicLimits:
     if not isinstance(raw, dict):
         raise fail(None, "limits", "must be a table")
     values: dict[str, Any] = {}
@@ -244,7 +200,7 @@ def _read_limits(raw: Any, fail: Any) -> Limits:
         raise fail("limits", "dwell_min", "is above dwell_max")
     if values.get("amplitude_max_ma", 0) > RMS_MAX_MA * 20:
         raise fail("limits", "amplitude_max_ma", "is implausibly high")
-    return Limits(**values)
+    return ClinicLimits(**values)
 
 
 def _read_preset(name: str, body: Any, fail: Any) -> Preset:

@@ -36,10 +36,10 @@ from estim.errors import (
     RemoteProtocolError,
     VersionMismatch,
 )
+from estim.info import MODES, WAVEFORMS, UnitInfo, UnitStatus
+from estim.limits import Limits
 from estim.link import Link, Notification
 from estim.protocol import (
-    FLAG_SIMULATED,
-    IMPEDANCE_UNKNOWN,
     OUTPUT_STATES,
     PROTOCOL_VERSION,
     Ack,
@@ -52,14 +52,12 @@ from estim.protocol import (
     Heartbeat,
     Hello,
     Message,
-    Mode,
     Nack,
     SetAmplitude,
     Start,
     State,
     Status,
     StopReason,
-    Waveform,
 )
 
 if TYPE_CHECKING:
@@ -67,115 +65,6 @@ if TYPE_CHECKING:
     from estim.session import Session
 
 log = logging.getLogger("estim.device")
-
-_WAVEFORMS = {
-    "biphasic_symmetric": Waveform.BIPHASIC_SYMMETRIC,
-    "biphasic_asymmetric": Waveform.BIPHASIC_ASYMMETRIC,
-    "monophasic": Waveform.MONOPHASIC,
-}
-_MODES = {"continuous": Mode.CONTINUOUS, "burst": Mode.BURST, "dense_disperse": Mode.DENSE_DISPERSE}
-
-
-@dataclass(frozen=True)
-class UnitInfo:
-    """Who the unit is and what it can do, in the units people use."""
-
-    model: str
-    serial_number: str
-    firmware: str
-    protocol_version: int
-    channels: int
-    simulated: bool
-    waveforms: frozenset[str]
-    modes: frozenset[str]
-    amplitude_max_ma: float
-    amplitude_step_ma: float
-    frequency_min_hz: float
-    frequency_max_hz: float
-    pulse_width_min_us: int
-    pulse_width_max_us: int
-    slew_max_ma_per_s: float
-    watchdog_min_s: float
-    watchdog_max_s: float
-    dwell_min_s: float
-    dwell_max_s: float
-    ramp_max_s: float
-    lead_off_ohm: int
-
-    @classmethod
-    def from_message(cls, m: DeviceInfo) -> UnitInfo:
-        return cls(
-            model=m.model,
-            serial_number=m.serial_number,
-            firmware=m.firmware,
-            protocol_version=m.protocol_version,
-            channels=m.channel_count,
-            simulated=bool(m.flags & FLAG_SIMULATED),
-            waveforms=frozenset(name for name, w in _WAVEFORMS.items() if m.waveforms & (1 << w)),
-            modes=frozenset(name for name, md in _MODES.items() if m.modes & (1 << md)),
-            amplitude_max_ma=m.amplitude_max_ua / 1000,
-            amplitude_step_ma=m.amplitude_step_ua / 1000,
-            frequency_min_hz=m.frequency_min_dhz / 10,
-            frequency_max_hz=m.frequency_max_dhz / 10,
-            pulse_width_min_us=m.pulse_width_min_us,
-            pulse_width_max_us=m.pulse_width_max_us,
-            slew_max_ma_per_s=m.slew_max_ua_per_s / 1000,
-            watchdog_min_s=m.watchdog_min_ms / 1000,
-            watchdog_max_s=m.watchdog_max_ms / 1000,
-            dwell_min_s=m.dwell_min_ms / 1000,
-            dwell_max_s=m.dwell_max_ms / 1000,
-            ramp_max_s=m.ramp_max_ms / 1000,
-            lead_off_ohm=m.lead_off_ohm,
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        out = dict(self.__dict__)
-        out["waveforms"] = sorted(self.waveforms)
-        out["modes"] = sorted(self.modes)
-        return out
-
-
-@dataclass(frozen=True)
-class ChannelStatus:
-    channel: int
-    amplitude_ma: float
-    setpoint_ma: float
-    #: None when the unit has not measured it (the channel is not in a session)
-    impedance_ohm: int | None
-
-
-@dataclass(frozen=True)
-class UnitStatus:
-    state: State
-    session_id: int
-    time_ms: int
-    elapsed_s: float
-    remaining_s: float
-    faults: frozenset[int]
-    fault_channel: int
-    channels: tuple[ChannelStatus, ...]
-
-    @classmethod
-    def from_message(cls, m: Status) -> UnitStatus:
-        return cls(
-            state=m.state,
-            session_id=m.session_id,
-            time_ms=m.time_ms,
-            elapsed_s=m.elapsed_ms / 1000,
-            remaining_s=m.remaining_ms / 1000,
-            faults=frozenset(bit + 1 for bit in range(8) if m.faults & (1 << bit)),
-            fault_channel=m.fault_channel,
-            channels=tuple(
-                ChannelStatus(
-                    channel=i + 1,
-                    amplitude_ma=c.amplitude_ua / 1000,
-                    setpoint_ma=c.setpoint_ua / 1000,
-                    impedance_ohm=None if c.impedance_ohm == IMPEDANCE_UNKNOWN else c.impedance_ohm,
-                )
-                for i, c in enumerate(m.channels)
-            ),
-        )
-
 
 # --- NACK -> a message a clinician can act on (PROTOCOL.md 8.1) ------------------------
 
@@ -236,13 +125,13 @@ def _check(answer: Message, what: str) -> Message:
 
 def channel_message(plan: ChannelPlan, info: UnitInfo) -> ConfigureChannel:
     """The CONFIGURE_CHANNEL for ``plan``; raises OutputLimitError if the unit would refuse it."""
-    problems = plan.limit_problems(info)
+    problems = Limits(info).channel_problems(plan)
     if problems:
         raise OutputLimitError(problems[0])
     return ConfigureChannel(
         channel=plan.channel,
-        waveform=_WAVEFORMS[plan.waveform],
-        mode=_MODES[plan.mode],
+        waveform=WAVEFORMS[plan.waveform],
+        mode=MODES[plan.mode],
         frequency_dhz=round(plan.frequency_hz * 10),
         pulse_width_us=plan.pulse_width_us,
         amplitude_ua=round(plan.amplitude_ma * 1000),

@@ -1,10 +1,10 @@
 """What a session should deliver: ``SessionPlan`` and its ``ChannelPlan``s (pydantic v2).
 
-Validation here is the first of the layers that enforce SAFETY.md (the scheduler
-and the unit check again): the dwell is 60 to 600 s inclusive, and every channel
-passes the plausibility limits of SAFETY.md section 3 into a 500 ohm load. The
-unit's own, usually narrower, limits are checked when the plan meets a unit
-(``check_against``), before anything is sent.
+Validation here is the first of the layers that enforce SAFETY.md (the limits
+authority, ``estim.limits``, checks every plan again against the unit and the
+clinic before anything is sent, and every live change; the unit checks again):
+the dwell is 60 to 600 s inclusive, and every channel passes the plausibility
+limits of SAFETY.md section 3 into a 500 ohm load.
 
 Durations accept what a person types: ``480``, ``"8m"``, ``"90s"``, ``"1m30s"``,
 ``"8:00"``. Every refusal names the value and the limit.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -25,21 +25,15 @@ from pydantic import (
     model_validator,
 )
 
-if TYPE_CHECKING:
-    from estim.device import UnitInfo
-
-#: SAFETY.md section 1: the mission's dwell limits, seconds, inclusive
-DWELL_MIN_S = 60.0
-DWELL_MAX_S = 600.0
-#: SAFETY.md section 2: the watchdog period the unit enforces, seconds
-WATCHDOG_DEFAULT_S = 0.5
-WATCHDOG_MIN_S = 0.2
-WATCHDOG_MAX_S = 2.0
-#: SAFETY.md section 3: plausibility into a 500 ohm load (IEC 60601-2-10, as quoted)
-LOAD_OHM = 500.0
-RMS_MAX_MA = 50.0
-PULSE_ENERGY_MAX_MJ = 300.0
-PEAK_VOLTAGE_MAX_V = 500.0
+from estim.limits import (
+    DWELL_MAX_S,
+    DWELL_MIN_S,
+    WATCHDOG_DEFAULT_S,
+    WATCHDOG_MAX_S,
+    WATCHDOG_MIN_S,
+    fmt_duration,
+    pulse_problems,
+)
 
 Waveform = Literal["biphasic_symmetric", "biphasic_asymmetric", "monophasic"]
 Mode = Literal["continuous", "burst", "dense_disperse"]
@@ -90,12 +84,8 @@ def _parse_text(text: str, what: str) -> float:
     )
 
 
-def format_duration(seconds: float) -> str:
-    """8m, 1m30s, 45s, 2.5s: the shortest exact text for a duration."""
-    if seconds >= 60 and float(seconds).is_integer():
-        m, s = divmod(int(seconds), 60)
-        return f"{m}m{s}s" if s else f"{m}m"
-    return f"{seconds:g}s"
+#: 8m, 1m30s, 45s, 2.5s: the shortest exact text for a duration
+format_duration = fmt_duration
 
 
 def _dwell(value: Any) -> float:
@@ -169,95 +159,16 @@ class ChannelPlan(BaseModel):
             raise ValueError(problem)
         return self
 
-    # -- SAFETY.md section 3 ---------------------------------------------------------
-
-    @property
-    def highest_rate_hz(self) -> float:
-        return max(self.frequency_hz, self.alt_frequency_hz or 0.0)
-
-    @property
-    def phases(self) -> int:
-        return 1 if self.waveform == "monophasic" else 2
-
-    @property
-    def rms_ma(self) -> float:
-        """r.m.s. current at the highest rate (conservative for burst and
-        dense-disperse): I_peak * sqrt(phases * phase_width * f)."""
-        duty = self.phases * self.pulse_width_us * 1e-6 * self.highest_rate_hz
-        return self.amplitude_ma * math.sqrt(duty)
-
-    @property
-    def pulse_energy_mj(self) -> float:
-        current = self.amplitude_ma / 1000
-        return current * current * LOAD_OHM * self.phases * self.pulse_width_us * 1e-6 * 1000
-
-    @property
-    def peak_voltage_v(self) -> float:
-        return self.amplitude_ma / 1000 * LOAD_OHM
-
     def plausibility_problems(self) -> list[str]:
-        ch = f"channel {self.channel}"
-        problems = []
-        if self.phases * self.pulse_width_us * 1e-6 * self.highest_rate_hz >= 1.0:
-            problems.append(
-                f"{ch}: {self.pulse_width_us} us pulses at {self.highest_rate_hz:g} Hz overlap"
-            )
-        if self.rms_ma > RMS_MAX_MA:
-            problems.append(
-                f"{ch}: {self.rms_ma:.1f} mA r.m.s. into {LOAD_OHM:g} ohm exceeds {RMS_MAX_MA:g} mA "
-                "(SAFETY.md 3); lower amplitude, pulse width or frequency"
-            )
-        if self.pulse_energy_mj > PULSE_ENERGY_MAX_MJ:
-            problems.append(
-                f"{ch}: pulse energy {self.pulse_energy_mj:.0f} mJ exceeds {PULSE_ENERGY_MAX_MJ:g} mJ"
-            )
-        if self.peak_voltage_v > PEAK_VOLTAGE_MAX_V:
-            problems.append(
-                f"{ch}: peak voltage {self.peak_voltage_v:.0f} V into {LOAD_OHM:g} ohm exceeds "
-                f"{PEAK_VOLTAGE_MAX_V:g} V"
-            )
-        return problems
-
-    def limit_problems(self, info: UnitInfo) -> list[str]:
-        """Why the unit ``info`` describes would refuse this channel (empty if none)."""
-        ch = f"channel {self.channel}"
-        out = []
-        if self.channel > info.channels:
-            out.append(f"{ch} does not exist on this unit (it has {info.channels})")
-        if self.waveform not in info.waveforms:
-            out.append(f"{ch}: waveform {self.waveform} is not supported by this unit")
-        if self.mode not in info.modes:
-            out.append(f"{ch}: mode {self.mode} is not supported by this unit")
-        for label, value in (
-            ("frequency", self.frequency_hz),
-            ("alt frequency", self.alt_frequency_hz),
-        ):
-            if value is not None and not info.frequency_min_hz <= value <= info.frequency_max_hz:
-                out.append(
-                    f"{ch}: {label} {value:g} Hz is outside the unit's "
-                    f"{info.frequency_min_hz:g}-{info.frequency_max_hz:g} Hz"
-                )
-        if not info.pulse_width_min_us <= self.pulse_width_us <= info.pulse_width_max_us:
-            out.append(
-                f"{ch}: pulse width {self.pulse_width_us} us is outside the unit's "
-                f"{info.pulse_width_min_us}-{info.pulse_width_max_us} us"
-            )
-        if self.amplitude_ma > info.amplitude_max_ma:
-            out.append(
-                f"{ch}: amplitude {self.amplitude_ma:g} mA is above the unit's maximum "
-                f"{info.amplitude_max_ma:g} mA"
-            )
-        elif not _on_step(self.amplitude_ma, info.amplitude_step_ma):
-            out.append(
-                f"{ch}: amplitude {self.amplitude_ma:g} mA is not a multiple of the unit's "
-                f"step {info.amplitude_step_ma:g} mA"
-            )
-        return out
-
-
-def _on_step(value_ma: float, step_ma: float) -> bool:
-    steps = value_ma / step_ma
-    return abs(steps - round(steps)) < 1e-6
+        """SAFETY.md section 3 at the planned amplitude (see ``estim.limits``)."""
+        return pulse_problems(
+            self.channel,
+            frequency_hz=self.frequency_hz,
+            alt_frequency_hz=self.alt_frequency_hz,
+            pulse_width_us=self.pulse_width_us,
+            amplitude_ma=self.amplitude_ma,
+            waveform=self.waveform,
+        )
 
 
 class SessionPlan(BaseModel):
@@ -294,31 +205,3 @@ class SessionPlan(BaseModel):
                 f"{format_duration(self.dwell)}; the start and end ramps must fit in the dwell"
             )
         return self
-
-    def limit_problems(self, info: UnitInfo) -> list[str]:
-        """Why the unit ``info`` describes would refuse this plan (empty if none)."""
-        out = []
-        if not info.dwell_min_s <= self.dwell <= info.dwell_max_s:
-            out.append(
-                f"dwell {format_duration(self.dwell)} is outside the unit's "
-                f"{format_duration(info.dwell_min_s)}-{format_duration(info.dwell_max_s)}"
-            )
-        if self.ramp > info.ramp_max_s:
-            out.append(
-                f"ramp {format_duration(self.ramp)} is longer than the unit's {info.ramp_max_s:g} s"
-            )
-        if not info.watchdog_min_s <= self.watchdog <= info.watchdog_max_s:
-            out.append(
-                f"watchdog {self.watchdog:g} s is outside the unit's "
-                f"{info.watchdog_min_s:g}-{info.watchdog_max_s:g} s"
-            )
-        for channel in self.channels:
-            out += channel.limit_problems(info)
-            slowest_ramp = channel.amplitude_ma / info.slew_max_ma_per_s
-            if self.ramp + 1e-9 < slowest_ramp:
-                out.append(
-                    f"channel {channel.channel}: a ramp of {self.ramp:g} s to {channel.amplitude_ma:g} mA "
-                    f"is faster than the unit's {info.slew_max_ma_per_s:g} mA/s; use a ramp of at "
-                    f"least {math.ceil(slowest_ramp * 10) / 10:g} s"
-                )
-        return out

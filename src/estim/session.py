@@ -31,19 +31,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from estim.clock import Signal
-from estim.device import Device, UnitStatus
+from estim.device import Device
 from estim.errors import (
     DeviceError,
-    DwellLimitError,
     EstimError,
     JournalError,
     LinkError,
     LinkLost,
     OutputLimitError,
 )
+from estim.info import UnitStatus
 from estim.journal import Journal, format_id, utc_now
+from estim.limits import Limits
 from estim.link import EventGap, LinkDown, Notification
-from estim.plan import DWELL_MAX_S, DWELL_MIN_S, SessionPlan
+from estim.plan import SessionPlan
 from estim.protocol import (
     AmplitudeReached,
     Booted,
@@ -178,12 +179,7 @@ class Session:
         heartbeat: float = HEARTBEAT_S,
         status_every: float = STATUS_EVERY_S,
     ) -> Session:
-        if not DWELL_MIN_S <= plan.dwell <= DWELL_MAX_S:  # again, whatever built the plan
-            raise DwellLimitError(f"dwell {plan.dwell!r} s is outside 60-600 s (1 to 10 minutes)")
-        problems = plan.limit_problems(device.info)
-        if problems:
-            kind = DwellLimitError if problems[0].startswith("dwell") else OutputLimitError
-            raise kind(problems[0])
+        Limits(device.info).check_plan(plan)
         if device.link.lost is not None:
             raise device.link.lost
         owns = journal is None

@@ -142,7 +142,7 @@ def build_plan(
         plan = SessionPlan.model_validate(raw)
     except ValueError as err:
         fail(plan_error(err))
-    problems = config.limits.problems(plan)
+    problems = config.limits.plan_problems(plan)
     if problems:
         fail(f"{problems[0]} (clinic config {config.path})")
     return plan
@@ -339,7 +339,9 @@ def run(
         except (LinkError, RemoteProtocolError) as err:
             fail(str(err), UNREACHABLE)
         with device:
-            problems = plan.limit_problems(device.info)
+            from estim.limits import Limits
+
+            problems = Limits(device.info, config.limits).plan_problems(plan)
             if problems:
                 fail(problems[0])
             out = sys.stderr if as_json else sys.stdout

@@ -140,7 +140,7 @@ def stop(port: str | None) -> int:
 @port_option
 def clear_fault(port: str | None) -> int:
     """Clear a fault latched on the unit (check the electrodes first)."""
-    from estim.device import UnitStatus
+    from estim.info import UnitStatus
 
     url = need_port(port)
     with connect_or_fail(url) as device:

@@ -1,0 +1,335 @@
+"""One limits authority: SAFETY.md's envelope, intersected with the unit's own
+limits (DEVICE_INFO) and the clinic's config.
+
+``Limits(unit, clinic)`` is asked for a plan before anything is sent *and* for
+every live change (the API, the live view's keys, a preset), so no path to the
+unit can skip a limit. The unit checks again (PROTOCOL.md 5.1); the numbers that
+are the mission's own (a dwell of 60-600 s, SAFETY.md 1) hold whatever a unit
+reports. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from estim.errors import DwellLimitError, OutputLimitError
+
+if TYPE_CHECKING:
+    from estim.info import UnitInfo
+    from estim.plan import ChannelPlan, SessionPlan
+
+#: SAFETY.md 1: the mission's dwell limits, seconds, inclusive
+DWELL_MIN_S = 60.0
+DWELL_MAX_S = 600.0
+#: SAFETY.md 2: the watchdog period the unit enforces, seconds
+WATCHDOG_DEFAULT_S = 0.5
+WATCHDOG_MIN_S = 0.2
+WATCHDOG_MAX_S = 2.0
+#: SAFETY.md 3: plausibility into a 500 ohm load (IEC 60601-2-10, as quoted)
+LOAD_OHM = 500.0
+RMS_MAX_MA = 50.0
+PULSE_ENERGY_MAX_MJ = 300.0
+PEAK_VOLTAGE_MAX_V = 500.0
+
+
+def fmt_duration(seconds: float) -> str:
+    """8m, 1m30s, 45s, 2.5s: the shortest exact text for a duration."""
+    if seconds >= 60 and float(seconds).is_integer():
+        m, s = divmod(int(seconds), 60)
+        return f"{m}m{s}s" if s else f"{m}m"
+    return f"{seconds:g}s"
+
+
+def dwell_problem(dwell_s: float) -> str | None:
+    """SAFETY.md 1, whatever built the plan and whatever the unit allows."""
+    if not (math.isfinite(dwell_s) and DWELL_MIN_S <= dwell_s <= DWELL_MAX_S):
+        return f"dwell {dwell_s!r} s is outside 60-600 s (1 to 10 minutes); choose a dwell in that range"
+    return None
+
+
+def pulse_problems(
+    channel: int,
+    *,
+    frequency_hz: float,
+    alt_frequency_hz: float | None,
+    pulse_width_us: int,
+    amplitude_ma: float,
+    waveform: str,
+) -> list[str]:
+    """SAFETY.md 3 into a 500 ohm load at the channel's highest rate: pulses that
+    overlap, r.m.s. current, pulse energy and peak voltage. A biphasic pulse is two
+    phases: I_rms = I_peak * sqrt(2 * phase_width * f). The overlap rule is the
+    unit's (PROTOCOL.md 5.1: two phases whatever the waveform)."""
+    ch = f"channel {channel}"
+    rate = max(frequency_hz, alt_frequency_hz or 0.0)
+    phases = 1 if waveform == "monophasic" else 2
+    duty = phases * pulse_width_us * 1e-6 * rate
+    current_a = amplitude_ma / 1000
+    problems = []
+    if 2 * pulse_width_us * 1e-6 * rate >= 1.0:
+        problems.append(
+            f"{ch}: {pulse_width_us} us pulses at {rate:g} Hz overlap (two phases of "
+            f"{pulse_width_us} us need less than {1e6 / (2 * pulse_width_us):g} Hz)"
+        )
+    rms_ma = amplitude_ma * math.sqrt(duty)
+    if rms_ma > RMS_MAX_MA:
+        problems.append(
+            f"{ch}: {amplitude_ma:g} mA at {rate:g} Hz and {pulse_width_us} us is {rms_ma:.1f} mA "
+            f"r.m.s. into {LOAD_OHM:g} ohm, which exceeds {RMS_MAX_MA:g} mA (SAFETY.md 3); "
+            "lower amplitude, pulse width or frequency"
+        )
+    energy_mj = current_a * current_a * LOAD_OHM * phases * pulse_width_us * 1e-6 * 1000
+    if energy_mj > PULSE_ENERGY_MAX_MJ:
+        problems.append(
+            f"{ch}: pulse energy {energy_mj:.0f} mJ exceeds {PULSE_ENERGY_MAX_MJ:g} mJ (SAFETY.md 3)"
+        )
+    if current_a * LOAD_OHM > PEAK_VOLTAGE_MAX_V:
+        problems.append(
+            f"{ch}: peak voltage {current_a * LOAD_OHM:.0f} V into {LOAD_OHM:g} ohm exceeds "
+            f"{PEAK_VOLTAGE_MAX_V:g} V (SAFETY.md 3)"
+        )
+    return problems
+
+
+def _plausible_max_ma(*, rate_hz: float, pulse_width_us: int, waveform: str) -> float:
+    """The highest amplitude SAFETY.md 3 allows at this rate and pulse width."""
+    phases = 1 if waveform == "monophasic" else 2
+    duty = phases * pulse_width_us * 1e-6 * rate_hz
+    bounds = [PEAK_VOLTAGE_MAX_V / LOAD_OHM * 1000]
+    if duty > 0:
+        bounds.append(RMS_MAX_MA / math.sqrt(duty))
+        energy_per_a2 = LOAD_OHM * phases * pulse_width_us * 1e-6 * 1000
+        bounds.append(math.sqrt(PULSE_ENERGY_MAX_MJ / energy_per_a2) * 1000)
+    return min(bounds)
+
+
+def on_step(value_ma: float, step_ma: float) -> bool:
+    steps = value_ma / step_ma
+    return abs(steps - round(steps)) < 1e-6
+
+
+@dataclass(frozen=True)
+class ClinicLimits:
+    """Limits a clinic narrows in its config file; None means "as the unit and
+    SAFETY.md allow"."""
+
+    amplitude_max_ma: float | None = None
+    frequency_min_hz: float | None = None
+    frequency_max_hz: float | None = None
+    pulse_width_max_us: int | None = None
+    dwell_min: float | None = None
+    dwell_max: float | None = None
+    ramp_min: float | None = None
+
+    def plan_problems(self, plan: SessionPlan) -> list[str]:
+        out = []
+        if self.dwell_min is not None and plan.dwell < self.dwell_min:
+            out.append(f"dwell {plan.dwell:g} s is below the clinic's minimum {self.dwell_min:g} s")
+        if self.dwell_max is not None and plan.dwell > self.dwell_max:
+            out.append(f"dwell {plan.dwell:g} s is above the clinic's maximum {self.dwell_max:g} s")
+        if self.ramp_min is not None and plan.ramp < self.ramp_min:
+            out.append(f"ramp {plan.ramp:g} s is below the clinic's minimum {self.ramp_min:g} s")
+        for ch in plan.channels:
+            name = f"channel {ch.channel}"
+            problem = self.amplitude_problem(ch.channel, ch.amplitude_ma)
+            if problem:
+                out.append(problem)
+            for hz in (ch.frequency_hz, ch.alt_frequency_hz):
+                if hz is None:
+                    continue
+                if self.frequency_min_hz is not None and hz < self.frequency_min_hz:
+                    out.append(
+                        f"{name}: {hz:g} Hz is below the clinic's minimum {self.frequency_min_hz:g} Hz"
+                    )
+                if self.frequency_max_hz is not None and hz > self.frequency_max_hz:
+                    out.append(
+                        f"{name}: {hz:g} Hz is above the clinic's maximum {self.frequency_max_hz:g} Hz"
+                    )
+            if self.pulse_width_max_us is not None and ch.pulse_width_us > self.pulse_width_max_us:
+                out.append(
+                    f"{name}: {ch.pulse_width_us} us is above the clinic's maximum "
+                    f"{self.pulse_width_max_us} us"
+                )
+        return out
+
+    def amplitude_problem(self, channel: int, ma: float) -> str | None:
+        if self.amplitude_max_ma is not None and ma > self.amplitude_max_ma:
+            return (
+                f"channel {channel}: amplitude {ma:g} mA is above the clinic's maximum "
+                f"{self.amplitude_max_ma:g} mA"
+            )
+        return None
+
+
+class Limits:
+    """SAFETY.md ∩ the unit's DEVICE_INFO ∩ the clinic's config."""
+
+    def __init__(self, unit: UnitInfo, clinic: ClinicLimits | None = None) -> None:
+        self.unit = unit
+        self.clinic = clinic or ClinicLimits()
+
+    # -- a whole plan ------------------------------------------------------------------
+
+    def plan_problems(self, plan: SessionPlan) -> list[str]:
+        """Why this plan must not be sent, dwell problems first (empty if none).
+
+        Everything is checked again here, even what the plan model checks, since
+        a plan can be built without validation (``model_construct``)."""
+        unit = self.unit
+        dwell = [p for p in (dwell_problem(plan.dwell),) if p]
+        if not dwell and not unit.dwell_min_s <= plan.dwell <= unit.dwell_max_s:
+            dwell.append(
+                f"dwell {fmt_duration(plan.dwell)} is outside the unit's "
+                f"{fmt_duration(unit.dwell_min_s)}-{fmt_duration(unit.dwell_max_s)}"
+            )
+        out: list[str] = []
+        if not (math.isfinite(plan.ramp) and plan.ramp >= 0 and 2 * plan.ramp <= plan.dwell):
+            out.append(f"ramp {plan.ramp!r} s must be 0 to half the dwell")
+        elif plan.ramp > unit.ramp_max_s:
+            out.append(
+                f"ramp {fmt_duration(plan.ramp)} is longer than the unit's {unit.ramp_max_s:g} s"
+            )
+        if not WATCHDOG_MIN_S <= plan.watchdog <= WATCHDOG_MAX_S:
+            out.append(
+                f"watchdog {plan.watchdog!r} s is outside {WATCHDOG_MIN_S:g}-{WATCHDOG_MAX_S:g} s"
+            )
+        elif not unit.watchdog_min_s <= plan.watchdog <= unit.watchdog_max_s:
+            out.append(
+                f"watchdog {plan.watchdog:g} s is outside the unit's "
+                f"{unit.watchdog_min_s:g}-{unit.watchdog_max_s:g} s"
+            )
+        numbers = [c.channel for c in plan.channels]
+        if not numbers or len(set(numbers)) != len(numbers):
+            out.append(f"channels {numbers} must be one or more different channels")
+        for channel in plan.channels:
+            out += self.channel_problems(channel)
+            if channel.amplitude_ma > 0 and unit.slew_max_ma_per_s > 0:
+                slowest_ramp = channel.amplitude_ma / unit.slew_max_ma_per_s
+                if plan.ramp + 1e-9 < slowest_ramp:
+                    out.append(
+                        f"channel {channel.channel}: a ramp of {plan.ramp:g} s to "
+                        f"{channel.amplitude_ma:g} mA is faster than the unit's "
+                        f"{unit.slew_max_ma_per_s:g} mA/s; use a ramp of at least "
+                        f"{math.ceil(slowest_ramp * 10) / 10:g} s"
+                    )
+        out += self.clinic.plan_problems(plan)
+        return dwell + out
+
+    def check_plan(self, plan: SessionPlan) -> None:
+        """Raise ``DwellLimitError`` or ``OutputLimitError`` for the first problem."""
+        problems = self.plan_problems(plan)
+        if problems:
+            kind = DwellLimitError if problems[0].startswith("dwell") else OutputLimitError
+            raise kind(problems[0])
+
+    # -- one channel ------------------------------------------------------------------
+
+    def channel_problems(self, channel: ChannelPlan) -> list[str]:
+        """Why the unit would refuse this channel, or SAFETY.md forbids it."""
+        unit = self.unit
+        ch = f"channel {channel.channel}"
+        out = []
+        if not 1 <= channel.channel <= unit.channels:
+            out.append(f"{ch} does not exist on this unit (it has {unit.channels})")
+        if channel.waveform not in unit.waveforms:
+            out.append(f"{ch}: waveform {channel.waveform} is not supported by this unit")
+        if channel.mode not in unit.modes:
+            out.append(f"{ch}: mode {channel.mode} is not supported by this unit")
+        for label, value in (
+            ("frequency", channel.frequency_hz),
+            ("alt frequency", channel.alt_frequency_hz),
+        ):
+            if value is not None and not unit.frequency_min_hz <= value <= unit.frequency_max_hz:
+                out.append(
+                    f"{ch}: {label} {value:g} Hz is outside the unit's "
+                    f"{unit.frequency_min_hz:g}-{unit.frequency_max_hz:g} Hz"
+                )
+        if not unit.pulse_width_min_us <= channel.pulse_width_us <= unit.pulse_width_max_us:
+            out.append(
+                f"{ch}: pulse width {channel.pulse_width_us} us is outside the unit's "
+                f"{unit.pulse_width_min_us}-{unit.pulse_width_max_us} us"
+            )
+        problem = self.amplitude_problem(channel, channel.amplitude_ma, live=False)
+        if problem:
+            out.append(problem)
+        return out
+
+    def amplitude_problem(
+        self, channel: ChannelPlan, ma: float, *, live: bool = True
+    ) -> str | None:
+        """Why ``ma`` must not be set on ``channel`` (its frequency and pulse width
+        as planned), or None. A live change may go to 0; a plan may not."""
+        unit = self.unit
+        ch = f"channel {channel.channel}"
+        if isinstance(ma, bool) or not isinstance(ma, int | float) or not math.isfinite(ma):
+            return f"{ch}: amplitude {ma!r} is not a number of milliamps"
+        if ma < 0 or (ma == 0 and not live):
+            return f"{ch}: amplitude {ma:g} mA must be {'0 or more' if live else 'above 0'}"
+        if ma > unit.amplitude_max_ma:
+            return f"{ch}: amplitude {ma:g} mA is above the unit's maximum {unit.amplitude_max_ma:g} mA"
+        if not on_step(ma, unit.amplitude_step_ma):
+            return (
+                f"{ch}: amplitude {ma:g} mA is not a multiple of the unit's step "
+                f"{unit.amplitude_step_ma:g} mA"
+            )
+        clinic = self.clinic.amplitude_problem(channel.channel, ma)
+        if clinic:
+            return clinic
+        problems = pulse_problems(
+            channel.channel,
+            frequency_hz=channel.frequency_hz,
+            alt_frequency_hz=channel.alt_frequency_hz,
+            pulse_width_us=channel.pulse_width_us,
+            amplitude_ma=ma,
+            waveform=channel.waveform,
+        )
+        return problems[0] if problems else None
+
+    def check_amplitude(self, channel: ChannelPlan, ma: float) -> None:
+        problem = self.amplitude_problem(channel, ma)
+        if problem:
+            raise OutputLimitError(problem)
+
+    def amplitude_max_ma(self, channel: ChannelPlan) -> float:
+        """The highest amplitude allowed on this channel, on the unit's step: what
+        the live view shows as the top of the range."""
+        limits = [
+            self.unit.amplitude_max_ma,
+            _plausible_max_ma(
+                rate_hz=max(channel.frequency_hz, channel.alt_frequency_hz or 0.0),
+                pulse_width_us=channel.pulse_width_us,
+                waveform=channel.waveform,
+            ),
+        ]
+        if self.clinic.amplitude_max_ma is not None:
+            limits.append(self.clinic.amplitude_max_ma)
+        step = self.unit.amplitude_step_ma
+        steps = math.floor(min(limits) / step + 1e-9)
+        return round(steps * step, 6)
+
+    # -- the clinic's config against this unit ------------------------------------------
+
+    def clinic_wider_than_unit(self) -> list[str]:
+        """Clinic limits the unit already narrows further (the narrower one applies)."""
+        unit, clinic = self.unit, self.clinic
+        out = []
+        pairs: list[tuple[str, float | None, float, str]] = [
+            ("amplitude_max_ma", clinic.amplitude_max_ma, unit.amplitude_max_ma, "mA"),
+            ("frequency_max_hz", clinic.frequency_max_hz, unit.frequency_max_hz, "Hz"),
+            ("pulse_width_max_us", clinic.pulse_width_max_us, unit.pulse_width_max_us, "us"),
+            ("dwell_max", clinic.dwell_max, unit.dwell_max_s, "s"),
+        ]
+        for key, value, unit_value, label in pairs:
+            if value is not None and value > unit_value:
+                out.append(
+                    f"the clinic's {key} {value:g} {label} is above this unit's {unit_value:g} "
+                    f"{label}; the unit's applies"
+                )
+        if clinic.frequency_min_hz is not None and clinic.frequency_min_hz < unit.frequency_min_hz:
+            out.append(
+                f"the clinic's frequency_min_hz {clinic.frequency_min_hz:g} Hz is below this unit's "
+                f"{unit.frequency_min_hz:g} Hz; the unit's applies"
+            )
+        return out
