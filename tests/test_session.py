@@ -208,7 +208,7 @@ def test_heartbeats_are_at_most_100_ms_apart(
 
 
 def test_plausibility_rms_into_500_ohm_is_refused() -> None:
-    with pytest.raises(ValidationError, match=r"r\.m\.s\. into 500 ohm exceeds 50 mA"):
+    with pytest.raises(ValidationError, match=r"r\.m\.s\. into 500 ohm, which exceeds 50 mA"):
         ChannelPlan(channel=1, frequency_hz=150, pulse_width_us=500, amplitude_ma=250)
 
 
