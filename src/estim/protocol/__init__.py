@@ -38,6 +38,7 @@ from .frame import (
     message_from_dict,
     message_to_dict,
 )
+from .host import Answer, EventGap, Expired, HostConnection
 from .messages import (
     IMPEDANCE_UNKNOWN,
     MESSAGE_CLASSES,
@@ -80,6 +81,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "Ack",
     "AmplitudeReached",
+    "Answer",
     "BootCause",
     "Booted",
     "Button",
@@ -99,6 +101,7 @@ __all__ = [
     "GetStatus",
     "Heartbeat",
     "Hello",
+    "HostConnection",
     "Kind",
     "LocalProtocolError",
     "Message",
