@@ -94,6 +94,8 @@ __all__ = [
     "DeviceInfo",
     "ErrorCode",
     "Event",
+    "EventGap",
+    "Expired",
     "Fault",
     "FaultRaised",
     "Field",
