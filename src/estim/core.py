@@ -1,0 +1,263 @@
+"""The host, sans I/O: the one object a runner drives for one connected unit.
+
+It joins the connection state (``estim.protocol.host``), the session policies
+(``estim.policy``) and the callers waiting for answers. A runner feeds it bytes,
+the time and requests, then ``take()``s what to do: bytes to write, callers to
+wake, records to journal and notify, sessions that ended. The threaded runner
+(``estim.device``) and the asyncio runner (``estim.aio``) are thin layers over
+this, so whatever both need lives here, once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from estim.errors import EstimError, LinkLost, LinkTimeout
+from estim.policy import SessionPolicy
+from estim.protocol import Answer, HostConnection, Message, Stop, StopReason
+from estim.protocol.host import RESPONSE_TIMEOUT_S, RETRIES, Retries
+from estim.record import EventRecord
+
+#: what a woken caller gets: the answer, None (done), or the error to raise
+Result = Message | EstimError | None
+
+
+@dataclass
+class Output:
+    """What a runner must now do, in this order."""
+
+    writes: list[bytes] = field(default_factory=list)
+    resolved: list[tuple[object, Result]] = field(default_factory=list)
+    records: list[tuple[SessionPolicy, EventRecord, str]] = field(default_factory=list)
+    ended: list[SessionPolicy] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.writes or self.resolved or self.records or self.ended)
+
+
+class _Call:
+    """A caller's request: who to wake with the answer."""
+
+    __slots__ = ("give_up_after", "sent_at", "token")
+
+    def __init__(self, token: object, sent_at: float, give_up_after: float | None = None) -> None:
+        self.token = token
+        self.sent_at = sent_at
+        #: STOP only: resent until acknowledged or the unit is silent this long
+        self.give_up_after = give_up_after
+
+
+class HostCore:
+    """One unit's host side. Not thread-safe: a runner serialises the calls."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        first_seq: int,
+        response_timeout: float = RESPONSE_TIMEOUT_S,
+        retries: int = RETRIES,
+    ) -> None:
+        self.name = name
+        self.conn = HostConnection(
+            first_seq=first_seq, response_timeout=response_timeout, retries=retries
+        )
+        self.sessions: list[SessionPolicy] = []
+        #: set for good when the port failed or the unit cannot be reached any more
+        self.lost: LinkLost | None = None
+        self._owners: dict[int, SessionPolicy | _Call] = {}
+        self._out = Output()
+
+    # -- the view a session policy has of the link -------------------------------------------
+
+    @property
+    def last_rx(self) -> float | None:
+        return self.conn.last_rx
+
+    def send(
+        self, message: Message, now: float, owner: SessionPolicy, *, retries: Retries = None
+    ) -> int:
+        request, wire = self.conn.send(message, now, retries=retries)
+        self._owners[request.seq] = owner
+        if self.lost is None:
+            self._out.writes.append(wire)
+        return request.seq
+
+    def cancel(self, seq: int) -> None:
+        self.conn.cancel(seq)
+        self._owners.pop(seq, None)
+
+    # -- callers ------------------------------------------------------------------------------
+
+    def request(
+        self, message: Message, now: float, token: object, *, retries: Retries = None
+    ) -> None:
+        """Send ``message``; ``token`` is resolved with its answer, ``LinkTimeout``
+        after its attempts, or at once with ``LinkLost`` if the link is gone."""
+        if self.lost is not None:
+            self._out.resolved.append((token, self.lost))
+            return
+        request, wire = self.conn.send(message, now, retries=retries)
+        self._owners[request.seq] = _Call(token, now)
+        self._out.writes.append(wire)
+
+    def stop(
+        self, reason: StopReason | int, now: float, token: object, *, give_up_after: float
+    ) -> None:
+        """STOP now, whatever else is in flight; resent until acknowledged, or until the
+        unit has been silent for ``give_up_after`` (by then its watchdog has acted):
+        then the link is lost and ``token`` gets ``LinkLost``."""
+        if self.lost is not None:
+            self._out.resolved.append((token, self.lost))
+            return
+        request, wire = self.conn.send(Stop(reason=int(reason)), now, retries="forever")
+        self._owners[request.seq] = _Call(token, now, give_up_after)
+        self._out.writes.append(wire)
+
+    def start(self, policy: SessionPolicy, now: float, token: object) -> None:
+        """Run ``policy``'s session; ``token`` is resolved when START is accepted or
+        the session could not start."""
+        if self.lost is not None:
+            self._out.resolved.append((token, self.lost))
+            return
+        self.sessions.append(policy)
+        policy.begin(now, token)
+        self._collect()
+
+    # -- a running session's commands: safe to call after it ended --------------------------
+
+    def stop_session(
+        self, policy: SessionPolicy, reason: StopReason, detail: str, now: float, token: object
+    ) -> None:
+        if policy in self.sessions:
+            policy.stop(reason, detail, now, token)
+            self._collect()
+        else:
+            self._out.resolved.append((token, None))
+
+    def set_amplitude(
+        self, policy: SessionPolicy, channel: int, ma: float, now: float, token: object
+    ) -> None:
+        if policy in self.sessions:
+            policy.set_amplitude(channel, ma, now, token)
+            self._collect()
+        else:
+            error = EstimError(f"session {policy.id} has ended ({policy.state})")
+            self._out.resolved.append((token, error))
+
+    def journal_durable(self, policy: SessionPolicy, n: int) -> None:
+        policy.journal_durable(n)
+
+    def journal_failed(self, policy: SessionPolicy, error: str, now: float) -> None:
+        if policy in self.sessions:
+            policy.journal_failed(error, now)
+            self._collect()
+        elif policy.journal_error is None:
+            policy.journal_error = error
+
+    def callback_failed(self, policy: SessionPolicy, error: str, now: float) -> None:
+        if policy in self.sessions:
+            policy.callback_failed(error, now)
+            self._collect()
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def receive(self, data: bytes, now: float, *, line_time: float | None = None) -> None:
+        for item in self.conn.receive(data, now, line_time=line_time):
+            if isinstance(item, Answer):
+                owner = self._owners.pop(item.request.seq, None)
+                if isinstance(owner, SessionPolicy):
+                    owner.on_answer(item.request, item.response, now)
+                elif owner is not None:
+                    self._out.resolved.append((owner.token, item.response))
+            else:
+                for policy in list(self.sessions):
+                    policy.on_event(item, now)
+        self._collect()
+
+    def tick(self, now: float) -> None:
+        """Retransmissions, expiries, STOPs given up, and each session's timers."""
+        wires, expired = self.conn.poll(now)
+        if self.lost is None:
+            self._out.writes += wires
+        for gone in expired:
+            owner = self._owners.pop(gone.request.seq, None)
+            if isinstance(owner, SessionPolicy):
+                owner.on_expired(gone.request, now)
+            elif owner is not None:
+                self._out.resolved.append(
+                    (
+                        owner.token,
+                        LinkTimeout(
+                            f"no answer from the unit on {self.name} to {gone.request.TYPE.name} "
+                            f"after {gone.attempts} attempts of "
+                            f"{self.conn.response_timeout * 1000:.0f} ms; check the cable and "
+                            "the unit's power"
+                        ),
+                    )
+                )
+        self._give_up_stops(now)
+        for policy in list(self.sessions):
+            policy.tick(now)
+        self._collect()
+
+    def _give_up_stops(self, now: float) -> None:
+        heard = self.conn.last_rx
+        for seq, owner in list(self._owners.items()):
+            if not isinstance(owner, _Call) or owner.give_up_after is None:
+                continue
+            since = max(owner.sent_at, heard if heard is not None else owner.sent_at)
+            if now - since >= owner.give_up_after:
+                error = LinkLost(
+                    f"STOP was not acknowledged by the unit on {self.name}: nothing heard for "
+                    f"{owner.give_up_after:g} s; its watchdog turns output off"
+                )
+                self.cancel(seq)
+                self._out.resolved.append((owner.token, error))
+                self._lose(error, now)
+
+    def port_failed(self, error: LinkLost, now: float) -> None:
+        """The port itself failed: every caller and session learns it at once."""
+        self._lose(error, now)
+        self._collect()
+
+    def _lose(self, error: LinkLost, now: float) -> None:
+        if self.lost is None:
+            self.lost = error
+        for seq, owner in list(self._owners.items()):
+            if isinstance(owner, _Call):
+                self._out.resolved.append((owner.token, self.lost))
+                self.cancel(seq)
+        for policy in list(self.sessions):
+            policy.on_link_down(self.lost, now)
+
+    # -- what to do now -----------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        times = [self.conn.next_deadline()]
+        times += [p.next_deadline() for p in self.sessions]
+        heard = self.conn.last_rx
+        for owner in self._owners.values():
+            if isinstance(owner, _Call) and owner.give_up_after is not None:
+                since = max(owner.sent_at, heard if heard is not None else owner.sent_at)
+                times.append(since + owner.give_up_after)
+        return min((t for t in times if t is not None), default=None)
+
+    def take(self) -> Output:
+        """Everything to do since the last ``take``; the runner does it in order."""
+        self._collect()
+        out, self._out = self._out, Output()
+        return out
+
+    def _collect(self) -> None:
+        for policy in list(self.sessions):
+            for record, state in policy.records:
+                self._out.records.append((policy, record, state))
+            policy.records.clear()
+            self._out.resolved += policy.resolved
+            policy.resolved.clear()
+            if policy.done:
+                self.sessions.remove(policy)
+                self._out.ended.append(policy)
+                if policy.unit_unreachable and self.lost is None:
+                    self.lost = LinkLost(policy.stop_reason or "the unit cannot be reached")
