@@ -39,6 +39,7 @@ class RefUnit:
         # pyserial flushes the input at open, so BOOTED (sent before) is gone
         self.link = serial.Serial(self.port, timeout=0.05)
         self._rx = b""
+        self._queue: list[dict[str, Any]] = []  # frames read but not yet returned
 
     # --- the JSON log
 
@@ -87,22 +88,27 @@ class RefUnit:
         self.link.flush()
         return time.monotonic()
 
+    def read(self) -> list[dict[str, Any]]:
+        """Wait up to the link's timeout (50 ms) for bytes; return every whole frame
+        received by then, decoded. Each must be a valid frame."""
+        if self._queue:
+            queued, self._queue = self._queue, []
+            return queued
+        self._rx += self.link.read(max(1, self.link.in_waiting)) or b""
+        *wires, self._rx = self._rx.split(b"\0")
+        return [message_to_dict(decode(w + b"\0")) for w in wires]  # raises on a bad frame
+
     def frames(
         self, until: Callable[[dict[str, Any]], bool], timeout: float = 5.0
     ) -> list[dict[str, Any]]:
-        """Every frame the unit sends, decoded, up to and including the first for
-        which ``until`` is true. Each must be a valid frame."""
+        """Every frame the unit sends up to and including the first for which
+        ``until`` is true (none may follow it in the same read)."""
         got: list[dict[str, Any]] = []
         end = time.monotonic() + timeout
-        while True:
-            while b"\0" in self._rx:
-                wire, self._rx = self._rx.split(b"\0", 1)
-                message = message_to_dict(decode(wire + b"\0"))  # raises on a bad frame
-                got.append(message)
-                if until(message):
-                    return got
+        while not any(until(m) for m in got):
             assert time.monotonic() < end, f"no awaited frame within {timeout} s; got {got}"
-            self._rx += self.link.read(max(1, self.link.in_waiting)) or b""
+            got += self.read()
+        return got
 
     def exchange(self, data: bytes | Message) -> list[dict[str, Any]]:
         """Send ``data`` and return everything the unit sends because of it: what
@@ -110,7 +116,9 @@ class RefUnit:
         self.send(data)
         self.send(b"\0" + encode(Heartbeat(seq=FENCE_SEQ, session_id=0)))
         got = self.frames(lambda m: m["type"] == "ACK" and m["seq"] == FENCE_SEQ)
-        return got[:-1]
+        fence = next(i for i, m in enumerate(got) if m["type"] == "ACK" and m["seq"] == FENCE_SEQ)
+        self._queue = got[fence + 1 :]
+        return got[:fence]
 
     # --- the end
 
@@ -122,6 +130,10 @@ class RefUnit:
             self.proc.send_signal(sig)
         code = self.proc.wait(timeout=10)
         err = self._stderr()
+        assert self.proc.stdout is not None
+        self._buffer += self.proc.stdout.read()
+        self.lines += [json.loads(line) for line in self._buffer.decode().splitlines()]
+        self._buffer = b""
         for pipe in (self.proc.stdout, self.proc.stderr):
             if pipe is not None:
                 pipe.close()
