@@ -800,13 +800,10 @@ static void request(struct estim_unit *u, const uint8_t *frame, uint8_t len, uin
     case T_HEARTBEAT:
         send_answer(u, seq, T_HEARTBEAT, heartbeat(u, p, t));
         break;
-    case T_STOP:
-        stop(u, seq, p[0], t);
-        break;
     case T_GET_STATUS:
         status(u, seq, t);
         break;
-    default: /* CONFIGURE_CHANNEL, SET_AMPLITUDE, CLEAR_FAULT */
+    default: /* CONFIGURE_CHANNEL, SET_AMPLITUDE, CLEAR_FAULT (STOP never gets here) */
         remembered(u, frame, len, t);
         break;
     }
