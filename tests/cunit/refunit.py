@@ -31,13 +31,17 @@ class RefUnit:
         )
         self._buffer = b""
         self.lines: list[dict[str, Any]] = []
-        first = self._readline(timeout)
-        assert first is not None, self._stderr()
-        assert first.startswith("PORT "), first
-        self.port = first.split(" ", 1)[1]
-        self.wait_for(lambda e: e["kind"] == "boot", timeout)
-        # pyserial flushes the input at open, so BOOTED (sent before) is gone
-        self.link = serial.Serial(self.port, timeout=0.05)
+        try:
+            first = self._readline(timeout)
+            assert first is not None, self._stderr()
+            assert first.startswith("PORT "), first
+            self.port = first.split(" ", 1)[1]
+            self.wait_for(lambda e: e["kind"] == "boot", timeout)
+            # pyserial flushes the input at open, so BOOTED (sent before) is gone
+            self.link = serial.Serial(self.port, timeout=0.05)
+        except BaseException:
+            self._kill()
+            raise
         self._rx = b""
         self._queue: list[dict[str, Any]] = []  # frames read but not yet returned
 
@@ -128,7 +132,11 @@ class RefUnit:
         self.link.close()
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=10)
+        try:
+            code = self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._kill()
+            raise
         err = self._stderr()
         assert self.proc.stdout is not None
         self._buffer += self.proc.stdout.read()
@@ -143,13 +151,16 @@ class RefUnit:
     def __enter__(self) -> RefUnit:
         return self
 
+    def _kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
     def __exit__(self, *exc: object) -> None:
-        if exc[0] is not None:
-            self.link.close()
-            self.proc.kill()
-            self.proc.wait()
-            for pipe in (self.proc.stdout, self.proc.stderr):
-                if pipe is not None:
-                    pipe.close()
+        if exc[0] is None:
+            self.close()
             return
-        self.close()
+        self.link.close()
+        self._kill()

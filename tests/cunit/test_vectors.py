@@ -28,7 +28,7 @@ def reference_unit(build: Build) -> RefUnit:
             {"type": "ACK", "seq": SETUP_SEQ, "request_type": "CONFIGURE_CHANNEL", "state": "IDLE"}
         ]
     except BaseException:
-        unit.__exit__(AssertionError, None, None)
+        unit.__exit__(AssertionError, None, None)  # kill it
         raise
     return unit
 
