@@ -22,6 +22,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "show": ("estim.cli.records", "show", "Show one recorded session."),
     "export": ("estim.cli.records", "export", "Export one session as JSON or CSV."),
     "simulate": ("estim.cli.simulate", "simulate", "Serve a simulated unit on a pty or TCP."),
+    "conformance": (
+        "estim.cli.conformance",
+        "conformance",
+        "Check a unit against the protocol spec, clause by clause.",
+    ),
 }
 
 
