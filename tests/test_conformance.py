@@ -449,7 +449,7 @@ def test_a_unit_that_ignores_the_inter_byte_gap_fails_it() -> None:
 def test_a_unit_that_never_answers_is_unreachable() -> None:
     report, asked = run_suite(manual_unit(cls=Mute))
     assert report.rows[0].result == FAIL
-    assert report.rows[0].seen == "no answer to HELLO: is this an estim unit?"
+    assert report.rows[0].seen == "no answer to 4 HELLOs: is this an estim unit?"
     assert {row.result for row in report.rows[1:]} == {SKIP}
     assert {row.seen for row in report.rows[1:]} == {"no DEVICE_INFO from the unit"}
     assert asked == []  # never asked about a test load
@@ -696,3 +696,19 @@ def test_on_a_terminal_it_asks_before_driving_current() -> None:
     assert code == 1
     assert b"SKIP  5.1, 5.3  START vectors" in term.output
     assert b"the clauses that drive current were skipped" in term.output
+
+
+class SlowToStart(SimulatedUnit):
+    """Deaf for its first 0.3 s (a unit that resets when its port opens)."""
+
+    def receive(self, data: bytes) -> None:
+        if self.clock.now() < 0.3:
+            return
+        super().receive(data)
+
+
+def test_a_unit_still_starting_gets_the_hello_again() -> None:
+    report, _ = run_suite(manual_unit(cls=SlowToStart), confirm=False)
+    assert report.rows[0].result == PASS
+    assert report.rows[0].seen.endswith("; answered HELLO number 2")
+    assert failures(report) == {}

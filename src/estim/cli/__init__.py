@@ -99,6 +99,8 @@ class LazyGroup(click.Group):
     cls=LazyGroup,
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog=EXIT_CODES_HELP
+    + "estim conformance: 1 the clauses that drive current were skipped, 4 the unit failed "
+    "a clause (see estim conformance --help).\n"
     + "\nEnvironment: ESTIM_PORT (the unit), ESTIM_DB (the journal), ESTIM_CONFIG (the "
     "clinic config file), ESTIM_HOME (where estim keeps its files).\n\nShell completion: "
     'eval "$(_ESTIM_COMPLETE=bash_source estim)" in ~/.bashrc (zsh_source, fish_source likewise).',

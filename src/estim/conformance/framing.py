@@ -35,7 +35,7 @@ RETURN_RULE = ("6.1", "STOP and CLEAR_FAULT bring the unit back to IDLE after ea
 
 #: how much later than 5 ms + wire time the median round trip may be before it fails:
 #: the host's own latency (a USB-serial adapter, a busy machine)
-HOST_LATENCY_S = 0.005
+HOST_LATENCY_S = 0.010
 ROUND_TRIPS = 20
 
 
@@ -109,17 +109,25 @@ def _gap(ctx: Context) -> Row:
 
 
 def _slow(ctx: Context) -> Row:
-    port = ctx.port
-    m = GetStatus(seq=port.next_seq())
-    wire = encode(m)
-    port.write(b"\x00")
-    for piece in (wire[:5], wire[5:10]):
-        port.write(piece)
-        port.read(ctx.clock.now() + 0.01)
-    problem = _answers(ctx, wire[10:], [m], "a GET_STATUS in 3 pieces 10 ms apart")
-    if problem:
-        return Row(*SLOW_RULE, FAIL, problem)
-    return Row(*SLOW_RULE, PASS, "a GET_STATUS in 3 pieces 10 ms apart: answered")
+    """A frame in three pieces 10 ms apart. If the host itself stalls so that a gap
+    reaches 30 ms, that try proves nothing: it tries again, three times at most."""
+    port, clock = ctx.port, ctx.clock
+    for _ in range(3):
+        m = GetStatus(seq=port.next_seq())
+        wire = encode(m)
+        port.write(b"\x00")
+        times = []
+        for piece in (wire[:5], wire[5:10]):
+            times.append(port.write(piece))
+            port.read(clock.now() + 0.01)
+        times.append(clock.now())
+        problem = _answers(ctx, wire[10:], [m], "a GET_STATUS in 3 pieces 10 ms apart")
+        worst = max(b - a for a, b in itertools.pairwise(times))
+        if worst < 0.03:
+            if problem:
+                return Row(*SLOW_RULE, FAIL, problem)
+            return Row(*SLOW_RULE, PASS, "a GET_STATUS in 3 pieces 10 ms apart: answered")
+    return Row(*SLOW_RULE, SKIP, "the host could not write pieces 10 ms apart (it stalled)")
 
 
 def _response_time(ctx: Context) -> Row:

@@ -155,10 +155,12 @@ class UnitPort:
                 return r
         return None
 
-    def ask(self, message: Message, *, wait: float = ANSWER_S) -> Received | None:
-        """Send ``message`` and return its answer (None if none came)."""
+    def ask(
+        self, message: Message, *, seq: int | None = None, wait: float = ANSWER_S
+    ) -> Received | None:
+        """Send ``message`` (with ``seq``, else the next) and return its answer, or None."""
         mark = len(self.log)
-        sent = self.send(message)
+        sent = self.send(message, seq)
         self.read(self.clock.now() + wait, lambda: self.answer(sent.seq, mark) is not None)
         return self.answer(sent.seq, mark)
 

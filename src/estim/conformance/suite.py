@@ -18,6 +18,7 @@ from typing import Any
 from estim.clock import REAL_CLOCK, Clock
 from estim.protocol import DeviceInfo, Stop, StopReason, encode, message_to_dict
 
+from .limits import NoSession
 from .port import PortLost, UnitPort
 from .replies import UnitModel
 
@@ -197,7 +198,7 @@ def check(
                     continue
             try:
                 emit(clause.run(ctx))
-            except Failed as err:
+            except (Failed, NoSession) as err:
                 emit(failed(clause, ctx, str(err)))
             report.info = ctx.info
             if clause.name == "handshake" and ctx.info is None:
