@@ -49,6 +49,7 @@ from estim.protocol import (
     Field,
     FrameError,
     GetStatus,
+    Hello,
     Kind,
     Message,
     MessageType,
@@ -60,6 +61,7 @@ from estim.protocol import (
     message_to_dict,
 )
 from estim.sim import SimulatedUnit, UnitConfig, serve
+from estim.sim.unit import Refused
 
 from . import vectors
 from .harness import Harness
@@ -451,7 +453,9 @@ def test_a_unit_that_never_answers_is_unreachable() -> None:
     assert report.rows[0].result == FAIL
     assert report.rows[0].seen == "no answer to 4 HELLOs: is this an estim unit?"
     assert {row.result for row in report.rows[1:]} == {SKIP}
-    assert {row.seen for row in report.rows[1:]} == {"no DEVICE_INFO from the unit"}
+    assert {row.seen for row in report.rows[1:]} == {
+        "the unit could not be reached: no answer to 4 HELLOs"
+    }
     assert asked == []  # never asked about a test load
     assert report.exit_code == 5
 
@@ -535,7 +539,7 @@ def test_a_unit_that_never_answers_exits_5(runner: CliRunner) -> None:
         result = invoke(runner, "--port", url, "--json")
     assert result.exit_code == 5
     document = json.loads(result.stdout)
-    assert document["unreachable"] == "no DEVICE_INFO in answer to HELLO"
+    assert document["unreachable"] == "no answer to 4 HELLOs"
     assert document["rows"][0]["result"] == FAIL
 
 
@@ -696,6 +700,21 @@ def test_on_a_terminal_it_asks_before_driving_current() -> None:
     assert code == 1
     assert b"SKIP  5.1, 5.3  START vectors" in term.output
     assert b"the clauses that drive current were skipped" in term.output
+
+
+class RefusesHello(SimulatedUnit):
+    """Speaks the protocol, but not version 1."""
+
+    def _hello(self, m: Hello) -> Message:
+        raise Refused(ErrorCode.UNSUPPORTED_VERSION, Field.VERSION)
+
+
+def test_a_unit_that_refuses_hello_is_reached_but_fails() -> None:
+    report, _ = run_suite(manual_unit(cls=RefusesHello))
+    assert report.rows[0].seen.startswith("expected DEVICE_INFO, got NACK(seq=")
+    assert "error=UNSUPPORTED_VERSION, field=VERSION, channel=0, state=IDLE)" in report.rows[0].seen
+    assert {row.seen for row in report.rows[1:]} == {"no DEVICE_INFO from the unit"}
+    assert report.exit_code == 4
 
 
 class SlowToStart(SimulatedUnit):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import statistics
+from collections.abc import Callable
 
 from estim.protocol import (
     INTER_BYTE_GAP_S,
@@ -152,15 +153,12 @@ def _response_time(ctx: Context) -> Row:
     return Row(*RESPONSE_RULE, PASS, seen)
 
 
-def _one(rule: tuple[str, str], name: str, judge: object) -> Clause:
+def _one(rule: tuple[str, str], name: str, judge: Callable[[Context], Row]) -> Clause:
     def rules(ctx: Context) -> list[tuple[str, str]]:
         return [rule]
 
     def run(ctx: Context) -> list[Row]:
-        assert callable(judge)
-        row = judge(ctx)
-        assert isinstance(row, Row)
-        return [row]
+        return [judge(ctx)]
 
     return Clause(name, rules, run)
 

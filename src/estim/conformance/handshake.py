@@ -45,9 +45,8 @@ def _run(ctx: Context) -> list[Row]:
         attempt += 1
         got = port.ask(hello, seq=hello.seq)
     if got is None:
-        return [
-            Row(*HELLO_RULE, FAIL, f"no answer to {HELLO_TRIES} HELLOs: is this an estim unit?")
-        ]
+        ctx.unreachable = f"no answer to {HELLO_TRIES} HELLOs"
+        return [Row(*HELLO_RULE, FAIL, f"{ctx.unreachable}: is this an estim unit?")]
     info = got.message
     if not isinstance(info, DeviceInfo):
         return [Row(*HELLO_RULE, FAIL, f"expected DEVICE_INFO, got {describe(got.as_dict())}")]

@@ -117,10 +117,8 @@ def _stop_rules(ctx: Context) -> list[tuple[str, str]]:
 
 def _stop_run(ctx: Context) -> list[Row]:
     rows = [_stop_at_once(ctx)]
-    to_idle(ctx, "the STOP clause")
-    rows.append(_stop_unknown_reason(ctx))
-    to_idle(ctx, "the STOP clause")
-    return rows
+    to_idle(ctx, "the first STOP")
+    return [*rows, _stop_unknown_reason(ctx)]
 
 
 def _stop_at_once(ctx: Context) -> Row:
@@ -235,26 +233,22 @@ def _watchdog_rules(ctx: Context) -> list[tuple[str, str]]:
 
 
 def _watchdog_run(ctx: Context) -> list[Row]:
-    try:
-        for _ in range(3):  # a try spoilt by the host's own stall does not count
-            trip = _trip(ctx)
-            if not trip.host_stalled:
-                break
-            to_idle(ctx, "a watchdog try the host spoilt")
-        if trip.host_stalled:
-            why = f"the host could not send HEARTBEATs in time: {trip.problem}"
-            return [Row(*r, SKIP, why) for r in _watchdog_rules(ctx)]
-        if trip.problem is not None:
-            rows = [Row(*WATCHDOG_RULE, FAIL, trip.problem)]
-        else:
-            rows = [Row(*WATCHDOG_RULE, PASS, trip.seen)]
-        if trip.fault is None:
-            why = "no fault to test: the watchdog did not trip"
-            return [*rows, *(Row(*r, SKIP, why) for r in _watchdog_rules(ctx)[1:])]
-        rows += _latched(ctx, trip.live)
-        return rows
-    finally:
-        to_idle(ctx, "the watchdog clause")
+    for _ in range(3):  # a try spoilt by the host's own stall does not count
+        trip = _trip(ctx)
+        if not trip.host_stalled:
+            break
+        to_idle(ctx, "a watchdog try the host spoilt")
+    if trip.host_stalled:
+        why = f"the host could not send HEARTBEATs in time: {trip.problem}"
+        return [Row(*r, SKIP, why) for r in _watchdog_rules(ctx)]
+    if trip.problem is not None:
+        rows = [Row(*WATCHDOG_RULE, FAIL, trip.problem)]
+    else:
+        rows = [Row(*WATCHDOG_RULE, PASS, trip.seen)]
+    if trip.fault is None:
+        why = "no fault to test: the watchdog did not trip"
+        return [*rows, *(Row(*r, SKIP, why) for r in _watchdog_rules(ctx)[1:])]
+    return rows + _latched(ctx, trip.live)
 
 
 @dataclass
@@ -587,17 +581,14 @@ class _Run:
 
 
 def _session_run(ctx: Context) -> list[Row]:
-    try:
-        run = _whole_session(ctx)
-        return [
-            _ramp_up(ctx, run),
-            _same_instant(ctx, run),
-            _ramp_down(ctx, run),
-            _completed(ctx, run),
-            _order(ctx, run),
-        ]
-    finally:
-        to_idle(ctx, "the session clause")
+    run = _whole_session(ctx)
+    return [
+        _ramp_up(ctx, run),
+        _same_instant(ctx, run),
+        _ramp_down(ctx, run),
+        _completed(ctx, run),
+        _order(ctx, run),
+    ]
 
 
 def _whole_session(ctx: Context) -> _Run:

@@ -41,7 +41,7 @@ class PortLost(Exception):
     """The port failed (unplugged, closed): the suite cannot go on."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Received:
     """A frame from the unit and the clock time it was complete."""
 
@@ -182,7 +182,11 @@ class UnitPort:
         got = self.answer(fence.seq, mark)
         if got is None:
             return Exchange(self.log[mark:], fenced=False)
-        return Exchange(self.log[mark : self.log.index(got)], fenced=True)
+        return Exchange(self.log[mark : self.index(got)], fenced=True)
+
+    def index(self, frame: Received) -> int:
+        """Where ``frame`` is in the log (frames compare by identity)."""
+        return self.log.index(frame)
 
     def events(self, since: int = 0) -> list[Received]:
         return [r for r in self.log[since:] if isinstance(r.message, Event)]

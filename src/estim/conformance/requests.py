@@ -232,7 +232,6 @@ def _probe(ctx: Context) -> Row:
             )
             continue
         ctx.targets[channel] = amplitude
-    ctx.unconfigured = set(unconfigured)
     if problems:
         return Row(*PROBE_RULE, FAIL, "; ".join(problems))
     if not unconfigured:

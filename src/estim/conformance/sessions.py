@@ -7,7 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from estim.protocol import (
-    OUTPUT_STATES,
     Ack,
     ClearFault,
     Completed,
@@ -198,6 +197,5 @@ def idle_problem(status: Status | None) -> str | None:
         return "no answer to GET_STATUS"
     output = [c.amplitude_ua for c in status.channels]
     if status.state != State.IDLE or status.faults or any(output):
-        state = status.state.name if status.state not in OUTPUT_STATES else f"{status.state.name}"
-        return f"state {state}, faults 0b{status.faults:b}, output {output} uA"
+        return f"state {status.state.name}, faults 0b{status.faults:b}, output {output} uA"
     return None

@@ -62,11 +62,12 @@ class Context:
     clock: Clock
     allowance_s: float = ALLOWANCE_S
     info: DeviceInfo | None = None
-    #: channels the suite configured, and their target; None until it probed them
+    #: channels the suite configured, and their target
     targets: dict[int, int] = field(default_factory=dict)
-    unconfigured: set[int] = field(default_factory=set)
     #: set once output was started, so that a crash or Ctrl-C stops it
     stimulated: bool = False
+    #: set when the unit never answered: what happened
+    unreachable: str | None = None
     #: every return to IDLE after a clause that started output, and what went wrong
     returns: int = 0
     return_problems: list[str] = field(default_factory=list)
@@ -186,7 +187,10 @@ def check(
 
     try:
         for clause in clauses():
-            if report.unreachable is not None or (ctx.info is None and clause.name != "handshake"):
+            if report.unreachable is not None:
+                emit(skipped(clause, ctx, f"the unit could not be reached: {report.unreachable}"))
+                continue
+            if ctx.info is None and clause.name != "handshake":
                 emit(skipped(clause, ctx, "no DEVICE_INFO from the unit"))
                 continue
             if clause.stimulating:
@@ -196,21 +200,32 @@ def check(
                 if not confirmed:
                     emit(skipped(clause, ctx, NEEDS_TEST_LOAD))
                     continue
-            try:
-                emit(clause.run(ctx))
-            except (Failed, NoSession) as err:
-                emit(failed(clause, ctx, str(err)))
+            emit(_run(clause, ctx, report))
             report.info = ctx.info
-            if clause.name == "handshake" and ctx.info is None:
-                report.unreachable = "no DEVICE_INFO in answer to HELLO"
-    except PortLost as err:
-        report.unreachable = str(err)
     finally:
         if ctx.stimulated:
             _stop_quietly(ctx)
-    if confirmed is None:
-        report.test_load = False
     return report
+
+
+def _run(clause: Clause, ctx: Context, report: Report) -> list[Row]:
+    """The clause's rows; a clause that drove current is followed by a return to IDLE."""
+    from .sessions import to_idle
+
+    try:
+        try:
+            return clause.run(ctx)
+        except (Failed, NoSession) as err:
+            return failed(clause, ctx, str(err))
+        finally:
+            if clause.stimulating:
+                to_idle(ctx, f"the {clause.name} clause")
+    except PortLost as err:
+        report.unreachable = str(err)
+        return failed(clause, ctx, f"the port failed: {err}")
+    finally:
+        if ctx.unreachable is not None:
+            report.unreachable = ctx.unreachable
 
 
 def _stop_quietly(ctx: Context) -> None:
