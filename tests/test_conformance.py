@@ -185,7 +185,8 @@ def test_sequence_expectations_list_every_channel_of_the_unit() -> None:
 def test_describe_renders_a_frame_on_one_line() -> None:
     nack = {"type": "NACK", "seq": 5, "error": "OUT_OF_RANGE", "field": "DWELL", "channel": 0}
     assert describe(nack) == "NACK(seq=5, error=OUT_OF_RANGE, field=DWELL, channel=0)"
-    assert describe(nack, {"error": "X"}) == "NACK(error=OUT_OF_RANGE)"
+    assert describe(nack, {"type": "NACK", "error": "X"}) == "NACK(error=OUT_OF_RANGE)"
+    assert describe(nack, {"type": "ACK", "seq": 5}) == describe(nack)
     assert describe(None) == "nothing"
 
 
@@ -428,11 +429,12 @@ def test_a_unit_that_nacks_a_malformed_stop_fails_3_4() -> None:
     line = failed[
         "a STOP without its reason byte while output is on: ACK, output off, STOPPED reason 0"
     ]
-    assert line.startswith("step 3 (STOP without its reason byte, seq ")
-    assert "expected ACK(seq=" in line
+    assert line.startswith("step 3 (STOP without its reason byte): expected ACK(seq=")
     assert "request_type=STOP, state=IDLE), STOPPED(session_id=0x" in line
-    assert ", got NACK(seq=" in line
-    assert "request_type=STOP, state=RAMPING_UP)" in line
+    assert ", reason=UNSPECIFIED), got NACK(seq=" in line
+    assert line.endswith(
+        "request_type=STOP, error=BAD_PAYLOAD, field=NONE, channel=0, state=RAMPING_UP)"
+    )
     flags = failed[INVALID_RULES["flags"][1]]
     assert flags.startswith(
         "flags: STOP with flags 0x01: expected ACK(seq=9, request_type=STOP, state=IDLE), got NACK("

@@ -29,12 +29,12 @@ def matches(expected: Any, actual: Any) -> bool:
 
 
 def describe(frame: dict[str, Any] | None, like: dict[str, Any] | None = None) -> str:
-    """``NACK(seq=5, error=OUT_OF_RANGE, field=DWELL, ...)``; with ``like``, only the
-    fields ``like`` names (so an actual frame reads beside its expectation)."""
+    """``NACK(seq=5, error=OUT_OF_RANGE, field=DWELL, ...)``; with ``like`` of the same
+    type, only the fields ``like`` names (so a frame reads beside its expectation)."""
     if frame is None:
         return "nothing"
     keys = [k for k in frame if k != "type" and k not in _QUIET]
-    if like is not None:
+    if like is not None and like.get("type") == frame.get("type"):
         keys = [k for k in keys if k in like] or keys
     return f"{frame.get('type', '?')}({', '.join(f'{k}={_value(frame[k])}' for k in keys)})"
 
