@@ -329,7 +329,7 @@ def _trip(ctx: Context) -> _Trip:
         problems.append(f"FAULT reached the host {_ms(at.t - hb_sent):.1f} ms after the HEARTBEAT")
     elif late > ctx.allowance_s * 1000 + TICK_MS:
         problems.append(f"FAULT reached the host {late:.0f} ms later than watchdog_ms allows")
-    stopped = _event(ctx, live, Stopped)()
+    stopped = _wait_for(ctx, _event(ctx, live, Stopped), ANSWER_S)  # may come apart
     if stopped is None or not isinstance(stopped.message, Stopped):
         problems.append("no STOPPED after the FAULT")
     else:
