@@ -188,6 +188,8 @@ def test_describe_renders_a_frame_on_one_line() -> None:
     assert describe(nack, {"type": "NACK", "error": "X"}) == "NACK(error=OUT_OF_RANGE)"
     assert describe(nack, {"type": "ACK", "seq": 5}) == describe(nack)
     assert describe(None) == "nothing"
+    event = {"type": "STOPPED", "session_id": 0x5E, "delivered_ms": 480_000}
+    assert describe(event) == "STOPPED(session_id=0x0000005E, delivered_ms=480000)"
 
 
 # --- the suite against the simulated unit, in virtual time -----------------------------------

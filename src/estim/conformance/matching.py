@@ -36,7 +36,7 @@ def describe(frame: dict[str, Any] | None, like: dict[str, Any] | None = None) -
     keys = [k for k in frame if k != "type" and k not in _QUIET]
     if like is not None and like.get("type") == frame.get("type"):
         keys = [k for k in keys if k in like] or keys
-    return f"{frame.get('type', '?')}({', '.join(f'{k}={_value(frame[k])}' for k in keys)})"
+    return f"{frame.get('type', '?')}({', '.join(f'{k}={_value(frame[k], k)}' for k in keys)})"
 
 
 def describe_all(frames: list[dict[str, Any]], like: list[dict[str, Any]] | None = None) -> str:
@@ -49,13 +49,13 @@ def describe_all(frames: list[dict[str, Any]], like: list[dict[str, Any]] | None
     return ", ".join(out)
 
 
-def _value(value: Any) -> str:
+def _value(value: Any, key: str = "") -> str:
     if isinstance(value, dict) and set(value) == {"not"}:
-        return f"not {_value(value['not'])}"
+        return f"not {_value(value['not'], key)}"
     if isinstance(value, list):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
+        return "[" + ", ".join(_value(v, key) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}={_value(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, int) and value > 0xFFFF:
-        return f"0x{value:X}"
+        return "{" + ", ".join(f"{k}={_value(v, k)}" for k, v in value.items()) + "}"
+    if key == "session_id" and isinstance(value, int) and value:
+        return f"0x{value:08X}"
     return str(value)
