@@ -23,7 +23,6 @@ from estim.clock import ManualClock
 from estim.conformance.framing import GAP_RULE
 from estim.conformance.limits import channel_config, session_shape
 from estim.conformance.matching import describe, matches
-from estim.conformance.output import FEED_RULE
 from estim.conformance.port import UnitPort
 from estim.conformance.replies import REFERENCE, UnitModel, reference_reply
 from estim.conformance.requests import INVALID_RULES, PROBE_RULE, REQUEST_RULES
@@ -41,6 +40,7 @@ from estim.conformance.suite import (
     open_port,
 )
 from estim.conformance.vectors import invalid_vectors, valid_vectors
+from estim.conformance.watchdog import FEED_RULE
 from estim.protocol import (
     BootCause,
     Button,

@@ -11,6 +11,7 @@ from estim.protocol import (
     ClearFault,
     Completed,
     ErrorCode,
+    Event,
     FaultRaised,
     Heartbeat,
     Nack,
@@ -23,7 +24,7 @@ from estim.protocol import (
     StopReason,
 )
 
-from .limits import Shape, channel_config
+from .limits import Shape, channel_config, session_shape
 from .matching import describe
 from .port import ANSWER_S, Received
 from .suite import Context, Failed
@@ -69,7 +70,7 @@ def begin(
         configure = channel_config(info, channel, shape.amplitude_ua)
         got = port.ask(configure)
         if got is None or not isinstance(got.message, Ack):
-            raise Failed(f"channel {channel}: CONFIGURE_CHANNEL got {_said(got)}")
+            raise Failed(f"channel {channel}: CONFIGURE_CHANNEL got {said(got)}")
         ctx.targets[channel] = shape.amplitude_ua
     start = Start(
         session_id=port.new_session_id(),
@@ -98,16 +99,12 @@ def begin(
     answer = port.answer(start.seq, mark)
     if answer is None or not isinstance(answer.message, Ack):
         raise Failed(
-            f"START (dwell {start.dwell_ms} ms, ramp {start.ramp_ms} ms) got {_said(answer)}"
+            f"START (dwell {start.dwell_ms} ms, ramp {start.ramp_ms} ms) got {said(answer)}"
         )
     event = started()
     if event is None:
         raise Failed("START was ACKed but no OUTPUT_STARTED followed")
     return Live(start, sent_t, answer.t, event, mark)
-
-
-def _said(got: Received | None) -> str:
-    return describe(got.as_dict()) if got is not None else "no answer"
 
 
 @dataclass
@@ -159,7 +156,7 @@ def heartbeat(ctx: Context, live: Live, problems: list[str]) -> Callable[[], Non
             ctx.port.read(ctx.clock.now() + ANSWER_S, lambda: over() is not None)
             if over() is not None:
                 return
-        problems.append(f"HEARTBEAT got {_said(got)}")
+        problems.append(f"HEARTBEAT got {said(got)}")
 
     return beat
 
@@ -199,3 +196,56 @@ def idle_problem(status: Status | None) -> str | None:
     if status.state != State.IDLE or status.faults or any(output):
         return f"state {status.state.name}, faults 0b{status.faults:b}, output {output} uA"
     return None
+
+
+# --- shared by the clauses that drive current ------------------------------------------------
+
+#: the unit's clock is read in whole milliseconds: two readings may differ by one
+TICK_MS = 1
+#: PROTOCOL.md 9: a device clock drifts less than 100 ppm
+DRIFT = 100e-6
+
+
+def plan(ctx: Context) -> Shape:
+    """The session every clause here runs: the unit's smallest dwell, a ramp of a
+    quarter of it (or the unit's longest), and as much of 12 mA as the slew allows."""
+    info = ctx.unit
+    return session_shape(info, info.dwell_min_ms, ramp_ms=max(1, info.dwell_min_ms // 4))
+
+
+def long_plan(ctx: Context) -> Shape:
+    """The same ramp and amplitude for a session that ends before its dwell."""
+    shape = plan(ctx)
+    return Shape(shape.amplitude_ua, shape.ramp_ms, ctx.unit.dwell_max_ms)
+
+
+def ms(seconds: float) -> float:
+    return seconds * 1000
+
+
+def said(got: Received | None) -> str:
+    return describe(got.as_dict()) if got is not None else "nothing"
+
+
+def wait_for(ctx: Context, find: Callable[[], Received | None], seconds: float) -> Received | None:
+    ctx.port.read(ctx.clock.now() + seconds, lambda: find() is not None)
+    return find()
+
+
+def event_of(
+    ctx: Context, live: Live, cls: type[Event], since: int | None = None
+) -> Callable[[], Received | None]:
+    def find() -> Received | None:
+        for r in ctx.port.log[live.mark if since is None else since :]:
+            if isinstance(r.message, cls) and r.message.session_id == live.session_id:
+                return r
+        return None
+
+    return find
+
+
+def describe_status(status: Status | None) -> str:
+    if status is None:
+        return "no answer"
+    levels = ", ".join(str(c.amplitude_ua) for c in status.channels)
+    return f"{status.state.name}, faults 0b{status.faults:b}, output [{levels}] uA"

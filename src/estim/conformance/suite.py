@@ -147,14 +147,16 @@ class Report:
 
 def clauses() -> list[Clause]:
     """Every clause, in the order they run: those that drive no current first."""
-    from . import framing, handshake, output, requests
+    from . import framing, handshake, ramps, requests, stopping, watchdog
 
     return [
         *handshake.CLAUSES,
         *requests.IDLE_CLAUSES,
         *framing.CLAUSES,
         *requests.OUTPUT_CLAUSES,
-        *output.CLAUSES,
+        *stopping.CLAUSES,
+        *watchdog.CLAUSES,
+        *ramps.CLAUSES,
         *framing.FINAL_CLAUSES,
     ]
 
