@@ -30,6 +30,7 @@ from typing import Any
 from estim.protocol import (
     Ack,
     FrameError,
+    Hello,
     Start,
     cobs_decode,
     cobs_encode,
@@ -163,6 +164,8 @@ def _request_clause(kind: str) -> Clause:
             judged += 1
             if problem is not None:
                 problems.append(problem)
+            if kind == "HELLO":  # a unit that also speaks a later version may have
+                ctx.port.ask(Hello(min_version=1, max_version=1))  # agreed it: back to 1
         return [Row(*REQUEST_RULES[kind], *_summary(problems, judged, "vectors"))]
 
     return Clause(f"requests {kind}", rules, run)
