@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from estim.conformance.matching import matches
 from estim.protocol import DeviceInfo, message_to_dict
 from estim.sim import UnitConfig
 
@@ -77,7 +78,7 @@ def test_sequence_gets_the_prescribed_answers_and_events(sequence: dict[str, Any
         got = [message_to_dict(m) for m in h.send_raw(bytes.fromhex(step["hex"]))]
         assert len(got) == len(step["expect"]), (step, got)
         for expected, actual in zip(step["expect"], got, strict=True):
-            assert vectors.matches(expected, actual), (expected, actual)
+            assert matches(expected, actual), (expected, actual)
     assert h.unit.state == 0
     assert not h.unit.output_on
 
@@ -88,4 +89,4 @@ def test_the_sequences_run_back_to_back_on_one_unit() -> None:
     for sequence in SEQUENCES:
         for step in sequence["steps"]:
             got = [message_to_dict(m) for m in h.send_raw(bytes.fromhex(step["hex"]))]
-            assert vectors.matches(step["expect"], got), (sequence["name"], step, got)
+            assert matches(step["expect"], got), (sequence["name"], step, got)

@@ -25,22 +25,3 @@ def invalid() -> list[dict[str, Any]]:
 
 def sequences() -> list[dict[str, Any]]:
     return load("sequences")
-
-
-def matches(expected: Any, actual: Any) -> bool:
-    """The sequence vectors' rule: every field given must match; a dict given for a
-    nested record matches it partially; ``{"not": v}`` matches anything but v;
-    fields not given (time_ms, an event's seq, delivered_ms) are not checked."""
-    if isinstance(expected, dict) and set(expected) == {"not"}:
-        return bool(actual != expected["not"])
-    if isinstance(expected, dict):
-        return isinstance(actual, dict) and all(
-            k in actual and matches(v, actual[k]) for k, v in expected.items()
-        )
-    if isinstance(expected, list):
-        return (
-            isinstance(actual, list)
-            and len(actual) == len(expected)
-            and all(matches(e, a) for e, a in zip(expected, actual, strict=True))
-        )
-    return bool(expected == actual)

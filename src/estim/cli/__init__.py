@@ -22,6 +22,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "show": ("estim.cli.records", "show", "Show one recorded session."),
     "export": ("estim.cli.records", "export", "Export one session as JSON or CSV."),
     "simulate": ("estim.cli.simulate", "simulate", "Serve a simulated unit on a pty or TCP."),
+    "conformance": (
+        "estim.cli.conformance",
+        "conformance",
+        "Check a unit against the protocol spec, clause by clause.",
+    ),
 }
 
 
@@ -94,6 +99,8 @@ class LazyGroup(click.Group):
     cls=LazyGroup,
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog=EXIT_CODES_HELP
+    + "estim conformance: 1 the clauses that drive current were skipped, 4 the unit failed "
+    "a clause (see estim conformance --help).\n"
     + "\nEnvironment: ESTIM_PORT (the unit), ESTIM_DB (the journal), ESTIM_CONFIG (the "
     "clinic config file), ESTIM_HOME (where estim keeps its files).\n\nShell completion: "
     'eval "$(_ESTIM_COMPLETE=bash_source estim)" in ~/.bashrc (zsh_source, fish_source likewise).',

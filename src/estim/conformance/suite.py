@@ -1,0 +1,281 @@
+"""The conformance suite: clauses run against a unit, one row per rule of the spec.
+
+``run(url)`` opens the port, runs the clauses that drive no current, asks
+``confirm()`` whether a test load (a resistor, not a person) is connected, runs
+the clauses that do if so, and returns a ``Report``. Every clause that starts
+output leaves the unit IDLE with no fault latched.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from estim.clock import REAL_CLOCK, Clock
+from estim.protocol import DeviceInfo, Stop, StopReason, encode, message_to_dict
+
+from .limits import NoSession
+from .port import PortLost, UnitPort
+from .replies import UnitModel
+
+PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
+#: the reason shown for a clause that drives current, without a confirmed test load
+NEEDS_TEST_LOAD = "drives current: needs a test load on every channel (--test-load)"
+#: how much later than the spec allows a unit's answer or event may reach the host
+#: before a clause timed on the host's clock calls it late (clauses timed on the
+#: unit's own clock, by its events' time_ms, allow nothing of the kind)
+ALLOWANCE_S = 0.1
+
+
+@dataclass(frozen=True)
+class Row:
+    """One rule of the spec: its section, the rule in a few words, PASS / FAIL /
+    SKIP, and what was seen (for a FAIL, expected against got)."""
+
+    section: str
+    rule: str
+    result: str
+    seen: str
+
+    def as_json(self) -> dict[str, str]:
+        return {
+            "section": self.section,
+            "rule": self.rule,
+            "result": self.result,
+            "seen": self.seen,
+        }
+
+
+class Failed(Exception):
+    """A clause cannot go on: every row it has not judged yet fails with this line."""
+
+
+@dataclass
+class Context:
+    """What the clauses share: the port, the clock, and what is known of the unit."""
+
+    port: UnitPort
+    clock: Clock
+    allowance_s: float = ALLOWANCE_S
+    info: DeviceInfo | None = None
+    #: channels the suite configured, and their target
+    targets: dict[int, int] = field(default_factory=dict)
+    #: set once output was started, so that a crash or Ctrl-C stops it
+    stimulated: bool = False
+    #: set when the unit never answered: what happened
+    unreachable: str | None = None
+    #: every return to IDLE after a clause that started output, and what went wrong
+    returns: int = 0
+    return_problems: list[str] = field(default_factory=list)
+
+    @property
+    def unit(self) -> DeviceInfo:
+        if self.info is None:
+            raise Failed("no DEVICE_INFO from the unit")
+        return self.info
+
+    def model(self) -> UnitModel:
+        return UnitModel(self.unit, dict(self.targets))
+
+
+@dataclass(frozen=True)
+class Clause:
+    """A group of rows checked together. ``rules`` lists (section, rule) of each row
+    ``run`` returns, in order, so that a skipped clause still shows its rows."""
+
+    name: str
+    rules: Callable[[Context], list[tuple[str, str]]]
+    run: Callable[[Context], list[Row]]
+    stimulating: bool = False
+
+
+def skipped(clause: Clause, ctx: Context, why: str) -> list[Row]:
+    return [Row(section, rule, SKIP, why) for section, rule in clause.rules(ctx)]
+
+
+def failed(clause: Clause, ctx: Context, why: str) -> list[Row]:
+    return [Row(section, rule, FAIL, why) for section, rule in clause.rules(ctx)]
+
+
+@dataclass
+class Report:
+    port: str
+    rows: list[Row] = field(default_factory=list)
+    info: DeviceInfo | None = None
+    #: whether the clauses that drive current ran
+    test_load: bool = False
+    #: the unit never answered, or the port failed: what happened
+    unreachable: str | None = None
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {r: sum(1 for row in self.rows if row.result == r) for r in (PASS, FAIL, SKIP)}
+
+    @property
+    def exit_code(self) -> int:
+        """0 every clause passed; 1 the clauses that drive current were skipped (no
+        test load confirmed); 4 the unit failed a clause; 5 it could not be reached."""
+        if self.unreachable is not None:
+            return 5
+        if any(row.result == FAIL for row in self.rows):
+            return 4
+        if not self.test_load:
+            return 1
+        return 0
+
+    def as_json(self) -> dict[str, Any]:
+        unit = None
+        if self.info is not None:
+            unit = {k: v for k, v in message_to_dict(self.info).items() if k not in ("type", "seq")}
+        counts = self.counts
+        return {
+            "port": self.port,
+            "unit": unit,
+            "test_load": self.test_load,
+            "rows": [row.as_json() for row in self.rows],
+            "passed": counts[PASS],
+            "failed": counts[FAIL],
+            "skipped": counts[SKIP],
+            "unreachable": self.unreachable,
+            "exit_code": self.exit_code,
+        }
+
+
+def clauses() -> list[Clause]:
+    """Every clause, in the order they run: those that drive no current first."""
+    from . import framing, handshake, ramps, requests, stopping, watchdog
+
+    return [
+        *handshake.CLAUSES,
+        *requests.IDLE_CLAUSES,
+        *framing.CLAUSES,
+        *requests.OUTPUT_CLAUSES,
+        *stopping.CLAUSES,
+        *watchdog.CLAUSES,
+        *ramps.CLAUSES,
+        *framing.FINAL_CLAUSES,
+    ]
+
+
+def check(
+    port: Any,
+    *,
+    name: str = "",
+    clock: Clock | None = None,
+    confirm: Callable[[], bool] = lambda: False,
+    on_row: Callable[[Row], None] | None = None,
+    seed: int | None = None,
+    allowance_s: float = ALLOWANCE_S,
+) -> Report:
+    """Run the suite on an open pyserial ``port``. ``confirm()`` is asked once, before
+    the first clause that drives current; it must say whether a test load (not a
+    person) is connected to every channel. Each row goes to ``on_row`` as it is
+    judged. Time is ``clock``'s; by default a ``sim://`` unit's own clock (virtual
+    time for a unit served on a ``ManualClock``), else the real one."""
+    clock = clock or getattr(port, "sim_clock", None) or REAL_CLOCK
+    ctx = Context(UnitPort(port, clock, random.Random(seed)), clock, allowance_s)
+    report = Report(name or str(getattr(port, "port", "") or ""))
+    confirmed: bool | None = None
+
+    def emit(rows: list[Row]) -> None:
+        for row in rows:
+            report.rows.append(row)
+            if on_row is not None:
+                on_row(row)
+
+    try:
+        for clause in clauses():
+            if report.unreachable is not None:
+                emit(skipped(clause, ctx, f"the unit could not be reached: {report.unreachable}"))
+                continue
+            if ctx.info is None and clause.name != "handshake":
+                emit(skipped(clause, ctx, "no DEVICE_INFO from the unit"))
+                continue
+            if clause.stimulating:
+                if confirmed is None:
+                    confirmed = bool(confirm())
+                    report.test_load = confirmed
+                if not confirmed:
+                    emit(skipped(clause, ctx, NEEDS_TEST_LOAD))
+                    continue
+            emit(_run(clause, ctx, report))
+            report.info = ctx.info
+    finally:
+        if ctx.stimulated:
+            _stop_quietly(ctx)
+    return report
+
+
+def _run(clause: Clause, ctx: Context, report: Report) -> list[Row]:
+    """The clause's rows; a clause that drove current is followed by a return to IDLE."""
+    from .sessions import to_idle
+
+    try:
+        try:
+            return clause.run(ctx)
+        except (Failed, NoSession) as err:
+            return failed(clause, ctx, str(err))
+        finally:
+            if clause.stimulating:
+                to_idle(ctx, f"the {clause.name} clause")
+    except PortLost as err:
+        report.unreachable = str(err)
+        return failed(clause, ctx, f"the port failed: {err}")
+    finally:
+        if ctx.unreachable is not None:
+            report.unreachable = ctx.unreachable
+
+
+def _stop_quietly(ctx: Context) -> None:
+    """Whatever happened, a STOP goes out last (it is harmless in IDLE)."""
+    try:
+        ctx.port.write(encode(Stop(seq=ctx.port.next_seq(), reason=StopReason.HOST_SHUTDOWN)))
+    except PortLost:
+        pass
+
+
+class OpenError(Exception):
+    """The port could not be opened. ``not_found``: it does not exist (bad usage),
+    rather than existing and failing."""
+
+    def __init__(self, message: str, *, not_found: bool) -> None:
+        super().__init__(message)
+        self.not_found = not_found
+
+
+def open_port(url: str) -> Any:
+    """``serial.serial_for_url`` at 115200 8N1, exclusively for a device path; knows
+    ``sim://``. Raises ``OpenError`` with a one-line reason."""
+    import serial
+
+    url = url.strip()
+    if not url:
+        raise OpenError("no port given", not_found=True)
+    if url.lower().startswith("sim:"):
+        import estim.sim  # noqa: F401  (registers sim://)
+    try:
+        return serial.serial_for_url(
+            url, baudrate=115_200, timeout=0, exclusive=None if "://" in url else True
+        )
+    except (serial.SerialException, OSError, ValueError) as err:
+        code = getattr(err, "errno", None)
+        text = re.sub(r"^\[Errno \d+\] ", "", " ".join(str(err).split()))
+        if url.lower().startswith("sim:"):  # the simulator's own words say more
+            raise OpenError(text if url in text else f"{url}: {text}", not_found=True) from None
+        if code in (errno.EBUSY, errno.EAGAIN) or "lock" in text or "busy" in text.lower():
+            raise OpenError(
+                f"port {url} is busy: another program has it open", not_found=False
+            ) from None
+        if code == errno.ENOENT or "No such file" in text:
+            raise OpenError(f"port {url} does not exist", not_found=True) from None
+        if "protocol" in text and "not known" in text:
+            raise OpenError(f"{url}: unknown URL scheme", not_found=True) from None
+        if code == errno.ECONNREFUSED or "Connection refused" in text:
+            raise OpenError(f"nothing is listening at {url}", not_found=True) from None
+        if isinstance(err, ValueError):
+            raise OpenError(f"{url}: {text}", not_found=True) from None
+        raise OpenError(f"cannot open {url}: {text}", not_found=False) from None
