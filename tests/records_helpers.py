@@ -135,3 +135,52 @@ def _refused(path: Path, plan: SessionPlan) -> SessionRecord:
             pass
         (record,) = journal.query(limit=1)
         return record
+
+
+def eight_channels(path: Path) -> SessionRecord:
+    channels = [
+        ChannelPlan(channel=n, frequency_hz=2, pulse_width_us=250, amplitude_ma=n)
+        for n in range(1, 9)
+    ]
+    return run(path, make_plan(channels=channels), channels=8, serial="SIM-0008")
+
+
+def live_and_interrupted(path: Path) -> tuple[SessionRecord, SessionRecord, SessionRecord]:
+    """A live session (read by the journal that holds it), and two the host died in:
+    one after output went on, one before."""
+    import os
+
+    unit = {
+        "model": "estim-sim",
+        "serial_number": "SIM-0003",
+        "firmware": "sim-1.0",
+        "simulated": True,
+    }
+    plan = make_plan().model_dump(mode="json")
+    crashed = Journal(path)
+    with_output = crashed.begin(0x0D1E0001, plan=plan, unit=unit, port="sim://", planned_ms=60_000)
+    crashed.append(
+        with_output, "output_started", {"dwell_ms": 60_000, "channel_mask": 1}, unit_ms=0
+    )
+    without_output = crashed.begin(
+        0x0D1E0002, plan=plan, unit=unit, port="sim://", planned_ms=60_000
+    )
+    for sid in (with_output, without_output):  # the host dies: the OS drops its locks
+        os.close(crashed._locks.pop(sid))
+    crashed._db.close()
+    with Journal(path) as journal:
+        live_id = journal.begin(0x11FE0001, plan=plan, unit=unit, port="sim://", planned_ms=60_000)
+        journal.append(
+            live_id, "output_started", {"dwell_ms": 60_000, "channel_mask": 1}, unit_ms=0
+        )
+        live = journal.get(live_id)
+        journal.finish(
+            live_id,
+            outcome="stopped",
+            stop_reason="operator",
+            ended_by=None,
+            delivered_ms=1000,
+            started_utc=None,
+            ended_utc="2026-11-22T09:00:00.000Z",
+        )
+        return live, journal.get(with_output), journal.get(without_output)
