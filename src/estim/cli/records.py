@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from estim.cli.common import JOURNAL, OK, echo_json, error_line, fail
+from estim.cli.common import JOURNAL, OK, USAGE, echo_json, error_line, fail
 
 if TYPE_CHECKING:
     from estim.journal import Journal
@@ -26,16 +26,17 @@ OUTCOMES = ["completed", "stopped", "aborted", "faulted", "link_lost", "refused"
 
 def _journal(db: str | None) -> Journal | None:
     """The journal to read; None if no journal was named and the default one does not
-    exist yet. Never creates a file."""
+    exist yet. Never creates a file: a named journal that does not exist is bad usage."""
     from estim.errors import JournalError
     from estim.journal import Journal, default_path
 
-    if db is None and not default_path().exists():
+    path = Path(db).expanduser() if db is not None else default_path()
+    if db is None and not path.exists():
         return None
     try:
-        return Journal.open_existing(db if db is not None else default_path())
+        return Journal.open_existing(path)
     except JournalError as err:
-        fail(str(err), 2 if "no journal at" in str(err) else JOURNAL)
+        fail(str(err), JOURNAL if path.is_file() else USAGE)
 
 
 def _need_journal(db: str | None) -> Journal:

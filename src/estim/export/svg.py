@@ -18,7 +18,7 @@ PLANNED, REACHED, END = "#6b6b6b", "#1f4e9c", "#b00020"
 def nice_step(span: float, ticks: int) -> float:
     raw = span / max(1, ticks)
     power = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1
-    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw * 0.999)  # 60.01 s: 10 s ticks
 
 
 def channel_plot(record: SessionRecord, channel: int) -> str:
