@@ -9,7 +9,7 @@ host's idea of when it stopped.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 from estim.record import EventRecord, SessionRecord
 from estim.words import parse_utc
@@ -44,10 +44,7 @@ def output_period(record: SessionRecord) -> OutputPeriod | None:
     return OutputPeriod(on.utc, off.utc, on.t, off.t)
 
 
-def utc_text(when: object) -> str:
-    from datetime import datetime, timezone
-
-    assert isinstance(when, datetime)
+def utc_text(when: datetime) -> str:
     return when.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
