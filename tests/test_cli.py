@@ -264,8 +264,11 @@ def test_history_show_and_export(runner: CliRunner, estim_url: str, tmp_path: Pa
     record = json.loads(invoke(runner, "show", sid, "--json", "--db", db).stdout)
     assert record["id"] == sid
     exported = invoke(runner, "export", sid, "--format", "csv", "--db", db).stdout.splitlines()
-    assert exported[0] == "session,n,utc,t_s,unit_ms,kind,data"
-    assert any(",ramp_done," in line for line in exported)
+    assert exported[0].startswith("session,schema_version,patient_ref,clinician,")
+    assert exported[1].startswith(f"{sid},1,P-1,")
+    events = invoke(runner, "export", sid, "--format", "events-csv", "--db", db).stdout
+    assert events.splitlines()[0].startswith("session,n,utc,local,t_s,unit_ms,kind,")
+    assert any(",ramp_done," in line for line in events.splitlines())
     out = tmp_path / "s.json"
     assert (
         invoke(runner, "export", sid, "--format", "json", "-o", str(out), "--db", db).exit_code == 0

@@ -332,6 +332,7 @@ OTHER_CASES: list[tuple[str, list[str], int, str]] = [
         2,
         "--since 'yesterday-ish' is not a date",
     ),
+    ("history until garbage", ["history", "--until", "soon"], 2, "--until 'soon' is not a date"),
     ("export an unknown format", ["export", "abc", "--format", "xml"], 2, "'xml' is not one of"),
     ("an unknown command", ["launch"], 2, "No such command 'launch'"),
     ("simulate with a bad option", ["simulate", "channels=0"], 2, "channels=0 is outside 1..8"),
@@ -345,6 +346,9 @@ OTHER_CASES: list[tuple[str, list[str], int, str]] = [
 def test_bad_input_elsewhere(
     runner: CliRunner, tmp_path: Path, args: list[str], code: int, expected: str
 ) -> None:
+    from estim.journal import Journal
+
+    Journal(tmp_path / "j.db").close()  # an empty journal: reading commands never create one
     result = runner.invoke(
         cli,
         [

@@ -50,6 +50,7 @@ _EXPORTS: dict[str, str] = {
     "DwellLimitError": "estim.errors",
     "OutputLimitError": "estim.errors",
     "JournalError": "estim.errors",
+    "SessionNotFound": "estim.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -79,6 +80,7 @@ if TYPE_CHECKING:
         PortNotFound as PortNotFound,
         ProtocolError as ProtocolError,
         RemoteProtocolError as RemoteProtocolError,
+        SessionNotFound as SessionNotFound,
         VersionMismatch as VersionMismatch,
     )
     from estim.info import UnitInfo as UnitInfo, UnitStatus as UnitStatus

@@ -126,3 +126,7 @@ class OutputLimitError(PlanError):
 
 class JournalError(EstimError):
     """The session journal could not be written or read."""
+
+
+class SessionNotFound(JournalError, LookupError):
+    """No session in the journal matches an id or prefix, or more than one does."""

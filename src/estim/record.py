@@ -56,6 +56,10 @@ class AmplitudePoint(BaseModel):
     kind: Literal["planned", "set", "reached"]
 
 
+#: the version of the record's shape (``SessionRecord.schema_version``); raised when
+#: a field changes meaning or is removed, not when one is added
+RECORD_SCHEMA_VERSION = 1
+
 Outcome = Literal[
     "completed", "stopped", "aborted", "faulted", "link_lost", "refused", "interrupted"
 ]
@@ -66,6 +70,10 @@ class SessionRecord(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
+    schema_version: int = Field(
+        default=RECORD_SCHEMA_VERSION,
+        description="the version of this record's shape (schemas/session-record.schema.json)",
+    )
     id: str = Field(description="8 hex digits; the session id sent to the unit")
     unit: UnitRecord
     plan: SessionPlan

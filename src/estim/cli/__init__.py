@@ -20,7 +20,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "presets": ("estim.cli.units", "presets", "List session presets."),
     "history": ("estim.cli.records", "history", "List recorded sessions."),
     "show": ("estim.cli.records", "show", "Show one recorded session."),
-    "export": ("estim.cli.records", "export", "Export one session as JSON or CSV."),
+    "export": (
+        "estim.cli.records",
+        "export",
+        "Export sessions: JSON, CSV, FHIR or an HTML report.",
+    ),
     "simulate": ("estim.cli.simulate", "simulate", "Serve a simulated unit on a pty or TCP."),
     "conformance": (
         "estim.cli.conformance",

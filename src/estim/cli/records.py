@@ -1,30 +1,55 @@
-"""``estim history``, ``show`` and ``export``: reading the journal."""
+"""``estim history``, ``show`` and ``export``: reading the journal.
+
+These commands never create a journal: a ``--db`` (or ``$ESTIM_DB``) that does not
+exist is an error, and with neither, a missing default journal means nothing has
+been recorded yet.
+"""
 
 from __future__ import annotations
 
-import csv
-import io
+import os
 import sys
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from estim.cli.common import JOURNAL, OK, echo_json, fail
+from estim.cli.common import JOURNAL, OK, USAGE, echo_json, error_line, fail
 
-
-def _journal(db: str | None) -> Any:
-    from estim.errors import JournalError
+if TYPE_CHECKING:
     from estim.journal import Journal
+    from estim.record import SessionRecord
 
+OUTCOMES = ["completed", "stopped", "aborted", "faulted", "link_lost", "refused", "interrupted"]
+
+
+def _journal(db: str | None) -> Journal | None:
+    """The journal to read; None if no journal was named and the default one does not
+    exist yet. Never creates a file: a named journal that does not exist is bad usage."""
+    from estim.errors import JournalError
+    from estim.journal import Journal, default_path
+
+    path = Path(db).expanduser() if db is not None else default_path()
+    if db is None and not path.exists():
+        return None
     try:
-        return Journal(db) if db else Journal()
+        return Journal.open_existing(path)
     except JournalError as err:
-        fail(str(err), JOURNAL)
+        fail(str(err), JOURNAL if path.is_file() else USAGE)
 
 
-def parse_since(text: str) -> str:
-    """An ISO date or time (UTC), or an age: 7d, 12h, 30m."""
+def _need_journal(db: str | None) -> Journal:
+    journal = _journal(db)
+    if journal is None:
+        from estim.journal import default_path
+
+        fail(f"no journal at {default_path()}: nothing has been recorded yet (or pass --db PATH)")
+    return journal
+
+
+def parse_when(text: str, option: str) -> str:
+    """An ISO date or time (no offset: local time), or an age: 7d, 12h, 30m, 2w."""
     text = text.strip()
     units = {"d": "days", "h": "hours", "m": "minutes", "w": "weeks"}
     if text[:-1].isdigit() and text[-1:] in units:
@@ -34,10 +59,11 @@ def parse_since(text: str) -> str:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         fail(
-            f"--since {text!r} is not a date (2026-11-22), a time (2026-11-22T09:00) or an age (7d, 12h, 30m)"
+            f"{option} {text!r} is not a date (2026-11-22), a local time (2026-11-22T09:00) "
+            "or an age (7d, 12h, 30m)"
         )
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.astimezone()  # a time without an offset is local, as history shows it
     return parsed.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -45,111 +71,120 @@ db_option = click.option(
     "--db",
     envvar="ESTIM_DB",
     metavar="PATH",
-    help="The journal (default: $ESTIM_DB, else estim.db in the app directory).",
+    help="The journal (default: $ESTIM_DB, else estim.db in the app directory). Never created here.",
+)
+since_option = click.option(
+    "--since",
+    metavar="WHEN",
+    help="Only sessions started at or after WHEN: a date, a local time (2026-11-22T09:00) or an age (7d, 12h).",
+)
+until_option = click.option(
+    "--until",
+    metavar="WHEN",
+    help="Only sessions started before WHEN (same forms as --since).",
+)
+patient_option = click.option("--patient", metavar="REF", help="Only this patient reference.")
+clinician_option = click.option(
+    "--clinician", metavar="NAME", help="Only this clinician (exactly as recorded)."
 )
 
 
 @click.command()
-@click.option(
-    "--since", metavar="WHEN", help="Only sessions since a date, a time or an age (7d, 12h)."
-)
-@click.option("--patient", metavar="REF", help="Only this patient reference.")
+@since_option
+@until_option
+@patient_option
+@clinician_option
 @click.option("--unit", "unit_serial", metavar="SERIAL", help="Only this unit's serial number.")
 @click.option(
     "--outcome",
-    type=click.Choice(
-        [
-            "completed",
-            "stopped",
-            "aborted",
-            "faulted",
-            "link_lost",
-            "refused",
-            "interrupted",
-            "live",
-        ]
-    ),
-    help="Only sessions that ended this way.",
+    type=click.Choice([*OUTCOMES, "live"]),
+    help="Only sessions that ended this way (live: still running).",
 )
-@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON list.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 100_000),
+    default=50,
+    show_default=True,
+    help="Show at most this many sessions, the newest.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON list (times in UTC).")
 @db_option
 def history(
     since: str | None,
+    until: str | None,
     patient: str | None,
+    clinician: str | None,
     unit_serial: str | None,
     outcome: str | None,
     limit: int,
     as_json: bool,
     db: str | None,
 ) -> int:
-    """List recorded sessions, newest first."""
-    since_utc = parse_since(since) if since else None
-    with _journal(db) as journal:
-        rows = journal.session_rows(
-            since=since_utc,
-            patient_ref=patient,
-            unit_serial=unit_serial,
-            outcome=outcome,
-            limit=limit,
-        )
+    """List recorded sessions, newest first, in local time."""
+    since_utc = parse_when(since, "--since") if since else None
+    until_utc = parse_when(until, "--until") if until else None
+    journal = _journal(db)
+    records: list[SessionRecord] = []
+    if journal is not None:
+        with journal:
+            records = journal.query(
+                since=since_utc,
+                until=until_utc,
+                patient=patient,
+                clinician=clinician,
+                unit=unit_serial,
+                outcome=outcome,
+                limit=limit,
+            )
     if as_json:
-        echo_json([_summary(r) for r in rows])
+        echo_json([_summary(r) for r in records])
         return OK
-    if not rows:
-        click.echo(
-            "No sessions recorded"
-            + (" that match" if any((since, patient, unit_serial, outcome)) else "")
-            + "."
-        )
+    if not records:
+        filtered = any((since, until, patient, clinician, unit_serial, outcome))
+        click.echo("No sessions recorded" + (" that match" if filtered else "") + ".")
         return OK
+    from estim import words
+
     click.echo(
-        f"{'session':<9} {'started (UTC)':<20} {'outcome':<12} {'delivered':>9} {'planned':>8}  patient / site"
+        f"{'session':<9} {'started (local)':<20} {'outcome':<12} {'delivered':>9} {'planned':>8}  "
+        f"{'clinician':<20} patient / site"
     )
-    for r in rows:
-        s = _summary(r)
-        delivered = "-" if s["delivered_s"] is None else f"{s['delivered_s']:.1f}s"
-        who = " / ".join(x for x in (s["patient_ref"], s["site"]) if x)
+    for r in records:
+        delivered = "-" if r.delivered_s is None else f"{r.delivered_s:.1f}s"
+        who = " / ".join(x for x in (r.plan.patient_ref, r.plan.site) if x)
         click.echo(
-            f"{s['id']:<9} {s['created_utc'][:19].replace('T', ' '):<20} {s['outcome'] or 'live':<12} "
-            f"{delivered:>9} {s['planned_s']:>7.0f}s  {who}"
+            f"{r.id:<9} {words.local_time(r.created_utc, seconds=False)[:16]:<20} "
+            f"{r.outcome or 'live':<12} {delivered:>9} {r.planned_s:>7.0f}s  "
+            f"{(r.plan.clinician or '-')[:20]:<20} {who}"
         )
     return OK
 
 
-def _summary(row: dict[str, Any]) -> dict[str, Any]:
-    import json
-
-    plan = json.loads(row["plan"])
+def _summary(r: SessionRecord) -> dict[str, Any]:
     return {
-        "id": row["id"],
-        "created_utc": row["created_utc"],
-        "outcome": row["outcome"],
-        "stop_reason": row["stop_reason"],
-        "delivered_s": None if row["delivered_ms"] is None else row["delivered_ms"] / 1000,
-        "planned_s": row["planned_ms"] / 1000,
-        "patient_ref": row["patient_ref"],
-        "site": plan.get("site"),
-        "unit": f"{row['unit_model']} {row['unit_serial']}",
+        "id": r.id,
+        "created_utc": r.created_utc,
+        "started_utc": r.started_utc,
+        "ended_utc": r.ended_utc,
+        "outcome": r.outcome,
+        "stop_reason": r.stop_reason,
+        "delivered_s": r.delivered_s,
+        "planned_s": r.planned_s,
+        "patient_ref": r.plan.patient_ref,
+        "clinician": r.plan.clinician,
+        "site": r.plan.site,
+        "condition": r.plan.condition,
+        "unit": f"{r.unit.model} {r.unit.serial_number}",
     }
 
 
-def _record(journal: Any, session_id: str) -> Any:
-    from estim.record import SessionRecord
+def _get(journal: Journal, session_id: str) -> SessionRecord:
+    from estim.errors import SessionNotFound
 
-    key = session_id.strip().lower()
-    row = journal.session_row(key)
-    if row is None:
-        matches = (
-            [r for r in journal.session_rows(limit=100_000) if r["id"].startswith(key)]
-            if key
-            else []
-        )
-        if len(matches) != 1:
-            known = "several sessions start with it" if matches else "no such session"
-            fail(f"session {session_id!r}: {known}; see estim history")
-        row = matches[0]
-    return SessionRecord.from_journal(row, journal.event_rows(row["id"]))
+    try:
+        return journal.get(session_id)
+    except SessionNotFound as err:
+        fail(str(err))
 
 
 @click.command()
@@ -157,88 +192,174 @@ def _record(journal: Any, session_id: str) -> Any:
 @click.option("--json", "as_json", is_flag=True, help="The whole record as one JSON object.")
 @db_option
 def show(session_id: str, as_json: bool, db: str | None) -> int:
-    """Show one session: plan, unit, outcome and every event."""
-    with _journal(db) as journal:
-        record = _record(journal, session_id)
+    """Show one session in words: plan, unit, outcome and every event."""
+    with _need_journal(db) as journal:
+        record = _get(journal, session_id)
     if as_json:
         echo_json(record.model_dump(mode="json"))
         return OK
-    from estim.plan import format_duration
-
-    delivered = "unknown" if record.delivered_s is None else f"{record.delivered_s:.3f} s"
-    lines = [
-        f"Session   {record.id}",
-        f"Outcome   {record.outcome or 'live'}: {record.stop_reason or ''}",
-        f"Dwell     planned {format_duration(record.planned_s)}, delivered {delivered}"
-        + (f" (ended by the {record.ended_by})" if record.ended_by else ""),
-        f"Unit      {record.unit.model} {record.unit.serial_number} fw {record.unit.firmware} on {record.unit.port}"
-        + (" (simulated)" if record.unit.simulated else ""),
-        f"Times     created {record.created_utc}, started {record.started_utc or '-'}, ended {record.ended_utc or '-'}",
-    ]
-    plan = record.plan
-    for label, value in (
-        ("Patient", plan.patient_ref),
-        ("Site", plan.site),
-        ("Condition", plan.condition),
-        ("Clinician", plan.clinician),
-        ("Notes", plan.notes),
-    ):
-        if value:
-            lines.append(f"{label:<9} {value}")
-    for ch in plan.channels:
-        lines.append(
-            f"Channel {ch.channel} {ch.amplitude_ma:g} mA {ch.frequency_hz:g} Hz {ch.pulse_width_us} us {ch.waveform} {ch.mode}"
-        )
-    for fault in record.faults:
-        lines.append(f"FAULT     {fault.name} channel {fault.channel} at {fault.t:.3f} s")
-    lines.append("Events")
-    for e in record.events:
-        data = " ".join(f"{k}={v}" for k, v in e.data.items() if k not in ("plan", "unit"))
-        lines.append(f"  {e.t:9.3f}s  {e.kind:<18} {data}")
-    click.echo("\n".join(lines))
+    click.echo("\n".join(describe(record)))
     return OK
 
 
+def describe(r: SessionRecord) -> list[str]:
+    """The record in words, one fact a line."""
+    from estim import words
+    from estim.export.facts import fault_names, output_period
+    from estim.plan import format_duration
+
+    plan, unit, period = r.plan, r.unit, output_period(r)
+    delivered = "unknown" if r.delivered_s is None else f"{r.delivered_s:.3f} s by the unit's clock"
+    lines = [
+        f"Session   {r.id}",
+        f"Outcome   {words.outcome(r.outcome)}" + (f": {r.stop_reason}" if r.stop_reason else ""),
+        f"Dwell     planned {format_duration(r.planned_s)}, delivered {delivered}"
+        + (f"; ended by {words.ENDED_BY[r.ended_by]}" if r.ended_by in words.ENDED_BY else ""),
+        f"Ramp      {format_duration(plan.ramp)} up and down; watchdog {plan.watchdog:g} s",
+        f"Unit      {unit.model} serial {unit.serial_number}, firmware {unit.firmware}, on {unit.port}"
+        + (" (simulated)" if unit.simulated else ""),
+        f"Requested {words.local_time(r.created_utc)}",
+        "Output    "
+        + (
+            f"on {words.local_time(period.start_utc)}, off "
+            + (words.local_time(period.end_utc) if period.end_utc else "at an unknown time")
+            if period
+            else "never on: nothing was delivered"
+        ),
+    ]
+    for label, value in (
+        ("Patient", plan.patient_ref),
+        ("Clinician", plan.clinician),
+        ("Site", plan.site),
+        ("Condition", plan.condition),
+        ("Notes", plan.notes),
+    ):
+        lines.append(f"{label:<9} {words.text(value)}")
+    for ch in plan.channels:
+        lines.append(f"Channel {ch.channel} {words.channel(ch)}")
+    lines.append(f"Faults    {'; '.join(fault_names(r)) or 'none'}")
+    if r.journal_error:
+        lines.append(f"Journal   could not be written: {r.journal_error}")
+    lines.append("Events (seconds since the start was requested)")
+    for e in r.events:
+        lines.append(f"  {e.t:9.3f} s  {words.event(e)}")
+    return lines
+
+
+def _formats() -> Any:
+    from estim.export import FORMATS
+
+    return FORMATS
+
+
 @click.command()
-@click.argument("session_id")
+@click.argument("session_ids", metavar="[SESSION_ID]...", nargs=-1)
+@since_option
+@until_option
+@patient_option
+@clinician_option
 @click.option(
-    "--format", "fmt", type=click.Choice(["json", "csv"]), default="json", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(list(_formats())),
+    default="json",
+    show_default=True,
+    help="; ".join(f"{name}: {f.help}" for name, f in _formats().items())
+    + ". json and html take exactly one session.",
 )
 @click.option(
     "--output",
     "-o",
-    type=click.Path(dir_okay=False, writable=True),
-    help="Write here instead of stdout.",
+    metavar="FILE",
+    help="Write here instead of stdout; an existing FILE is refused unless --force.",
 )
+@click.option("--force", is_flag=True, help="Replace an existing --output FILE.")
 @db_option
-def export(session_id: str, fmt: str, output: str | None, db: str | None) -> int:
-    """Export one session: the record as JSON, or its events as CSV."""
-    import json
-
-    with _journal(db) as journal:
-        record = _record(journal, session_id)
-    if fmt == "json":
-        text = json.dumps(record.model_dump(mode="json"), indent=2) + "\n"
+def export(
+    session_ids: tuple[str, ...],
+    since: str | None,
+    until: str | None,
+    patient: str | None,
+    clinician: str | None,
+    fmt: str,
+    output: str | None,
+    force: bool,
+    db: str | None,
+) -> int:
+    """Export sessions: the ones named (an id or a unique prefix each), or those the
+    filters match, or, with neither, every session."""
+    filters = {"--since": since, "--until": until, "--patient": patient, "--clinician": clinician}
+    given = [name for name, value in filters.items() if value is not None]
+    if session_ids and given:
+        fail(f"give session ids or {given[0]}, not both")
+    since_utc = parse_when(since, "--since") if since else None
+    until_utc = parse_when(until, "--until") if until else None
+    target = Path(output).expanduser() if output else None
+    if target is not None:
+        _check_target(target, force)
+    with _need_journal(db) as journal:
+        if session_ids:
+            records = []
+            for sid in session_ids:
+                record = _get(journal, sid)
+                if record not in records:
+                    records.append(record)
+        else:
+            records = list(
+                reversed(
+                    journal.query(
+                        since=since_utc, until=until_utc, patient=patient, clinician=clinician
+                    )
+                )
+            )  # oldest first, as a chart reads
+    chosen = _formats()[fmt]
+    if chosen.one_session and len(records) != 1:
+        what = "no session matches" if not records else f"{len(records)} sessions match"
+        fail(
+            f"--format {fmt} holds exactly one session and {what}; name one session, "
+            "or use jsonl, csv or fhir for several"
+        )
+    data = chosen.render(records)
+    if not records:
+        error_line(f"no session matches; the {fmt} export is empty")
+    if target is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
     else:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["session", "n", "utc", "t_s", "unit_ms", "kind", "data"])
-        for e in record.events:
-            writer.writerow(
-                [
-                    record.id,
-                    e.n,
-                    e.utc,
-                    f"{e.t:.6f}",
-                    "" if e.unit_ms is None else e.unit_ms,
-                    e.kind,
-                    json.dumps(e.data),
-                ]
-            )
-        text = buffer.getvalue()
-    if output:
-        with open(output, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-    else:
-        sys.stdout.write(text)
+        _write(target, data, force)
     return OK
+
+
+def _check_target(target: Path, force: bool) -> None:
+    if target.is_dir():
+        fail(f"-o {target} is a directory; give a file name")
+    if target.exists() and not force:
+        fail(f"-o {target} exists; add --force to replace it, or choose another name")
+    if not target.parent.is_dir():
+        fail(f"-o {target}: the directory {target.parent} does not exist")
+
+
+def _write(target: Path, data: bytes, force: bool) -> None:
+    """Write whole or not at all, private (0600, like the journal): a temporary file
+    beside the target, then a rename; without --force never over a file, even one
+    that appeared meanwhile."""
+    import contextlib
+    import tempfile
+
+    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if force:
+            os.replace(temp, target)
+        else:
+            os.link(temp, target)  # refuses an existing target, atomically
+    except FileExistsError:
+        fail(f"-o {target} exists; add --force to replace it, or choose another name")
+    except OSError as err:
+        fail(f"-o {target}: cannot write: {err.strerror or err}")
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)

@@ -1,0 +1,83 @@
+"""An example charting integration: run a plan on a simulated unit, stream its events,
+and file the session in the chart as a FHIR bundle and a printable HTML report.
+
+    python examples/charting_app.py PLAN.json OUTDIR           # virtual time: instant
+    python examples/charting_app.py - OUTDIR < PLAN.json       # the plan on stdin
+    python examples/charting_app.py PLAN.json OUTDIR --real-time   # sim:// in real time
+
+PLAN.json is what a charting app sends (schemas/session-plan.schema.json), e.g.
+{"dwell": "1m", "patient_ref": "P-0042", "site": "left vastus lateralis",
+ "channels": [{"channel": 1, "frequency_hz": 2, "pulse_width_us": 250, "amplitude_ma": 12}]}
+
+Each event is one JSON line on stdout as it happens. At the end OUTDIR holds the
+journal (estim.db) and, for the session, SESSION_ID.fhir.json and SESSION_ID.html,
+made from the journal's record. A real unit: replace the simulated one with
+``estim.connect("/dev/ttyUSB0")``. This uses the threaded API; an asyncio version
+will follow ``estim.aio``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import estim
+from estim.export import FORMATS
+
+
+@contextlib.contextmanager
+def simulated_unit(real_time: bool) -> Iterator[str]:
+    """The URL of a simulated unit: on a virtual clock (a session takes no time), or
+    ``sim://`` in real time."""
+    if real_time:
+        yield "sim://"
+        return
+    from estim.sim import SimulatedUnit, serve
+
+    with serve(SimulatedUnit(clock=estim.ManualClock())) as url:
+        yield url
+
+
+def print_event(event: estim.EventRecord) -> None:
+    print(json.dumps({"t": event.t, "kind": event.kind, **event.data}, default=str), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("plan", help="the plan as JSON: a file, or - for stdin")
+    parser.add_argument("outdir", type=Path, help="where the journal, bundle and report go")
+    parser.add_argument("--real-time", action="store_true", help="sim:// on the real clock")
+    args = parser.parse_args(argv)
+
+    text = sys.stdin.read() if args.plan == "-" else Path(args.plan).read_text(encoding="utf-8")
+    try:
+        plan = estim.SessionPlan.model_validate_json(text)
+    except ValueError as err:
+        print(f"charting_app: the plan is not valid: {err}", file=sys.stderr)
+        return 2
+    args.outdir.mkdir(parents=True, exist_ok=True)
+    with (
+        estim.Journal(args.outdir / "estim.db") as journal,
+        simulated_unit(args.real_time) as url,
+        estim.connect(url) as device,
+    ):
+        session = device.start(plan, journal=journal, on_event=print_event)
+        session.wait(timeout=plan.dwell + 60)
+        record = journal.get(session.id)  # the journal's record: what the chart files
+    for name, suffix in (("fhir", "fhir.json"), ("html", "html")):
+        (args.outdir / f"{record.id}.{suffix}").write_bytes(FORMATS[name].render([record]))
+    print(
+        json.dumps(
+            {"session": record.id, "outcome": record.outcome, "delivered_s": record.delivered_s}
+        ),
+        flush=True,
+    )
+    return 0 if record.outcome == "completed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Facts several export formats derive from a record, computed once here so the
+CSV, the FHIR bundle and the HTML report can never disagree.
+
+Output time is the unit's own: it starts when the unit reported output on and
+lasts the unit's delivered time (``delivered_s``, from its own clock), not the
+host's idea of when it stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from estim.record import EventRecord, SessionRecord
+from estim.words import parse_utc
+
+#: events after which the unit's output is off
+OFF_EVENTS = ("unit_completed", "unit_stopped")
+
+
+@dataclass(frozen=True)
+class OutputPeriod:
+    start_utc: str
+    end_utc: str | None  # None: output went on, and when it went off is unknown
+    start_t: float  # host seconds since the start was requested (the record's ``t``)
+    end_t: float | None
+
+
+def first(record: SessionRecord, *kinds: str) -> EventRecord | None:
+    return next((e for e in record.events if e.kind in kinds), None)
+
+
+def output_period(record: SessionRecord) -> OutputPeriod | None:
+    """When the unit's output was on; None if it never went on (as far as the record knows)."""
+    on = first(record, "output_started")
+    if on is None:
+        return None
+    if record.delivered_s is not None:
+        end = parse_utc(on.utc) + timedelta(seconds=record.delivered_s)
+        return OutputPeriod(on.utc, utc_text(end), on.t, on.t + record.delivered_s)
+    off = first(record, *OFF_EVENTS, "ended")
+    if off is None:
+        return OutputPeriod(on.utc, None, on.t, None)
+    return OutputPeriod(on.utc, off.utc, on.t, off.t)
+
+
+def utc_text(when: datetime) -> str:
+    return when.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+Trace = list[tuple[float, float]]  # (seconds since output on, mA)
+
+
+def planned_trace(record: SessionRecord, channel: int) -> Trace:
+    """What the plan asked of ``channel``: the ramp up, the amplitude (changed where the
+    operator set a new one), and the ramp down to zero at the end of the dwell."""
+    plan = record.plan
+    planned = next(c.amplitude_ma for c in plan.channels if c.channel == channel)
+    on = first(record, "output_started")
+    t_on = on.t if on is not None else 0.0
+    points: Trace = [(0.0, 0.0), (plan.ramp, planned)]
+    level = planned
+    for p in record.amplitude:
+        if (
+            p.channel == channel
+            and p.kind == "set"
+            and plan.ramp < p.t - t_on < plan.dwell - plan.ramp
+        ):
+            points += [(p.t - t_on, level), (p.t - t_on, p.ma)]
+            level = p.ma
+    return [*points, (plan.dwell - plan.ramp, level), (plan.dwell, 0.0)]
+
+
+def reached_trace(record: SessionRecord, channel: int) -> Trace:
+    """What the unit reported doing on ``channel``: output on at zero, the ramp done, each
+    level reached, the ramp down, output off. Between reports the line is the linear
+    slew the protocol specifies. Empty if output never went on."""
+    on = first(record, "output_started")
+    if on is None:
+        return []
+    ramp = record.plan.ramp
+    target = next(c.amplitude_ma for c in record.plan.channels if c.channel == channel)
+    points: Trace = [(0.0, 0.0)]
+    phase = "up"  # up (the start ramp), hold, down (the end ramp)
+    down_from = (0.0, 0.0, 1.0)  # (t, mA, seconds to zero) when the end ramp began
+
+    def level_at(t: float) -> float:
+        if phase == "up":
+            return target * min(1.0, t / ramp) if ramp > 0 else target
+        if phase == "down":
+            t0, ma, span = down_from
+            return ma * max(0.0, 1.0 - (t - t0) / span)
+        return points[-1][1]
+
+    for e in record.events[record.events.index(on) + 1 :]:
+        t = e.unit_ms / 1000 if e.unit_ms is not None else e.t - on.t  # the unit's clock first
+        if e.kind == "amplitude_set" and e.data.get("channel") == channel:
+            points.append((t, level_at(t)))
+            target = float(e.data["ma"])
+        elif e.kind == "ramp_done":
+            phase = "hold"
+            points.append((t, target))
+        elif e.kind == "amplitude_reached" and e.data.get("channel") == channel:
+            points.append((t, float(e.data["ma"])))
+        elif e.kind == "ramp_down":
+            level = level_at(t)
+            down_from = (t, level, max(1e-3, (e.data.get("remaining_ms") or 0) / 1000))
+            phase = "down"
+            points.append((t, level))
+        elif e.kind == "unit_completed":
+            points.append((t, 0.0))
+            break
+        elif e.kind in ("unit_stopped", "unit_restarted"):
+            points += [(t, level_at(t)), (t, 0.0)]
+            break
+    return points
+
+
+def highest_reached(record: SessionRecord, channel: int) -> float | None:
+    """The highest amplitude the unit reported on ``channel`` (mA); None if output
+    never went on or no level was reported."""
+    levels = [ma for _, ma in reached_trace(record, channel)]
+    return max(levels) if len(levels) > 1 and max(levels) > 0 else None
+
+
+def fault_names(record: SessionRecord) -> list[str]:
+    return [f.name + (f" (channel {f.channel})" if f.channel else "") for f in record.faults]
