@@ -147,7 +147,7 @@ def test_query_by_time_with_datetimes_and_iso_strings(
     offset = as_datetime.astimezone(timezone(timedelta(hours=5, minutes=30))).isoformat()
     assert [r.id for r in journal.query(since=offset)] == newer
     assert journal.query(since=third, until=third) == []
-    day = as_datetime.date().isoformat()
+    day = local.date().isoformat()  # a bare date is local midnight, like a naive time
     assert len(journal.query(since=day)) >= 1
 
 

@@ -3,7 +3,8 @@ what the unit sends after each step must be exactly the step's ``expect``."""
 
 from __future__ import annotations
 
-from tests.vectors import load, matches
+from estim.conformance.matching import matches
+from tests.vectors import load
 
 from .conftest import Build
 from .refunit import FENCE_SEQ, RefUnit

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from estim.conformance.matching import matches
 from estim.protocol import encode, message_from_dict
-from tests.vectors import load, matches
+from tests.vectors import load
 
 from .conftest import Build
 from .refunit import RefUnit
