@@ -9,7 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from .cbuild import cunit
+
 pytest_plugins = ["pytester"]
+__all__ = ["cunit"]  # the C reference unit, built once per session
 
 
 def _open_fds() -> set[int]:

@@ -14,11 +14,12 @@ from typing import Any
 
 
 class SimProcess:
-    """``estim simulate ARGS``; ``port`` is what its first line names."""
+    """``estim simulate ARGS``, or another unit served the same way (the C reference
+    unit: ``command=[binary]``); ``port`` is what its first line names."""
 
-    def __init__(self, *args: str, timeout: float = 20.0) -> None:
+    def __init__(self, *args: str, timeout: float = 20.0, command: list[str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "estim", "simulate", *args],
+            [*(command or [sys.executable, "-m", "estim", "simulate"]), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )

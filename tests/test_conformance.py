@@ -592,10 +592,19 @@ def estim_command(*args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
     )
 
 
-def test_the_suite_passes_over_a_pty_in_real_time() -> None:
-    """What a vendor runs: the command against a unit on a serial port, here
-    ``estim simulate --pty`` in another process, at its smallest dwell of 2 s."""
-    with SimProcess("--pty", "--json", "dwell_min_s=2") as sim:
+@pytest.mark.parametrize("unit", ["python", "c"])
+def test_the_suite_passes_over_a_pty_in_real_time(
+    unit: str, request: pytest.FixtureRequest
+) -> None:
+    """What a vendor runs: the command against a unit on a serial port, at its
+    smallest dwell of 2 s: ``estim simulate --pty`` in another process, and the C
+    reference unit (firmware_protocol/reference/, built with the sanitizers)."""
+    if unit == "c":
+        binary = request.getfixturevalue("cunit").unit
+        sim = SimProcess("--json", "dwell_min_s=2", command=[str(binary)])
+    else:
+        sim = SimProcess("--pty", "--json", "dwell_min_s=2")
+    with sim:
         began = time.monotonic()
         run = estim_command("conformance", "--port", sim.port, "--test-load", "--json")
         try:

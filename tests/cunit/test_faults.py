@@ -19,8 +19,8 @@ from estim.protocol import (
     Stop,
     Waveform,
 )
+from tests.cbuild import Build
 
-from .conftest import Build
 from .refunit import RefUnit
 
 SESSION = 0x0FA17001

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import subprocess
 
-from .conftest import Build
+from tests.cbuild import Build
 
 
 def test_a_million_bad_frames_and_none_accepted(cunit: Build) -> None:

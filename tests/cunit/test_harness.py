@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from estim.protocol import ConfigureChannel, GetStatus, Hello, Mode, Start, Waveform
+from tests.cbuild import CORE, SOURCES, Build, compile_c
 from tests.vectors import load
 
-from .conftest import CORE, SOURCES, Build, compile_c
 from .refunit import RefUnit
 
 #: what the device core may call: no heap, no stdio, no floating point helpers

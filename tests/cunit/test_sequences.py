@@ -4,9 +4,9 @@ what the unit sends after each step must be exactly the step's ``expect``."""
 from __future__ import annotations
 
 from estim.conformance.matching import matches
+from tests.cbuild import Build
 from tests.vectors import load
 
-from .conftest import Build
 from .refunit import FENCE_SEQ, RefUnit
 
 SEQUENCES = load("sequences")

@@ -9,8 +9,8 @@ import time
 from typing import Any
 
 from estim.protocol import ClearFault, ConfigureChannel, GetStatus, Heartbeat, Mode, Start, Waveform
+from tests.cbuild import Build
 
-from .conftest import Build
 from .refunit import RefUnit
 
 SESSION = 0x5EED0001

@@ -9,9 +9,9 @@ import pytest
 
 from estim.conformance.matching import matches
 from estim.protocol import encode, message_from_dict
+from tests.cbuild import Build
 from tests.vectors import load
 
-from .conftest import Build
 from .refunit import RefUnit
 
 REQUESTS = load("requests")

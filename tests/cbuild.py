@@ -1,5 +1,6 @@
 """Builds the C reference unit (firmware_protocol/reference/) once per test session,
-with the sanitizers. No C compiler, or a build that fails, fails the tests."""
+with the sanitizers: the ``cunit`` fixture (registered in tests/conftest.py). No C
+compiler, or a build that fails, fails the tests."""
 
 from __future__ import annotations
 
