@@ -110,6 +110,11 @@ class Rig:
             if not self.frozen:
                 self.core.tick(self.now)
             self.pump()
+            if not self.frozen:  # a runner would spin: the core must look ahead after a tick
+                asked = self.core.next_deadline()
+                assert asked is None or asked > self.now, (
+                    f"woken in the past: {asked} <= {self.now}"
+                )
             if self.now >= t:
                 return
 

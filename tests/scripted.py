@@ -1,8 +1,8 @@
 """A scripted serial port (pymeasure's ``expected_protocol`` idea): the test sees
 every byte the host writes and decides what the "unit" answers, and when.
 
-It stands in for the wire, not for the code under test: the driver's Link, its
-reader thread and its retries all run for real on top of it.
+It stands in for the wire, not for the code under test: the driver's I/O thread,
+its core and its retries all run for real on top of it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class ScriptedPort:
         self._broken: str | None = None
         self._decoder = Decoder()
 
-    # the part of pyserial's SerialBase that estim's Link uses
+    # the part of pyserial's SerialBase that estim's driver uses
     @property
     def in_waiting(self) -> int:
         with self._cond:
@@ -34,8 +34,8 @@ class ScriptedPort:
 
     def read(self, size: int = 1) -> bytes:
         with self._cond:
-            while not self._rx and not self._cancel and self._broken is None:
-                self._cond.wait()
+            if not self._rx and not self._cancel and self._broken is None:
+                self._cond.wait(self.timeout)  # a real port's read timeout (None: forever)
             if self._broken is not None:
                 raise serial.SerialException(self._broken)
             self._cancel = False

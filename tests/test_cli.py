@@ -74,7 +74,7 @@ def test_json_output_is_one_object_per_line_and_the_record_last(
     assert lines[-1]["record"]["outcome"] == "completed"
     assert lines[-1]["record"]["delivered_s"] == 60.0
     kinds = [line["kind"] for line in lines[:-1]]
-    assert kinds[0] == "start_accepted"
+    assert kinds[:2] == ["start_requested", "start_accepted"]
     assert "ramp_done" in kinds
     assert kinds[-1] == "ended"
     assert "Unit " in result.stderr  # the summary goes to stderr with --json

@@ -1,8 +1,13 @@
-"""The driver against the simulated unit (sim://, manual clock) and a scripted port."""
+"""The threaded driver against the simulated unit (sim://, manual clock) and a
+scripted port: connecting, each operation, refusals, retries, link loss, STOP
+jumping the queue, the exact bytes, and clear errors at connect."""
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,10 +15,12 @@ import serial
 
 import estim
 from estim.clock import REAL_CLOCK, ManualClock
-from estim.device import Device, channel_message, connect, list_ports
+from estim.core import HostCore
+from estim.device import Device, connect, list_ports
 from estim.errors import (
     DeviceError,
     LinkLost,
+    LinkTimeout,
     NoAnswer,
     OutputLimitError,
     PortBusy,
@@ -21,11 +28,11 @@ from estim.errors import (
     VersionMismatch,
 )
 from estim.info import UnitInfo
-from estim.link import EventGap, Link, LinkDown
-from estim.plan import ChannelPlan
+from estim.journal import Journal
+from estim.plan import ChannelPlan, SessionPlan
+from estim.policy import _configure
 from estim.protocol import (
     Ack,
-    Completed,
     DeviceInfo,
     ErrorCode,
     Fault,
@@ -33,14 +40,11 @@ from estim.protocol import (
     Heartbeat,
     MessageType,
     Nack,
-    OutputStarted,
-    RampDone,
     State,
-    Stop,
     StopReason,
-    decode,
     encode,
 )
+from estim.refusals import describe_refusal
 from estim.sim import FaultWindow, LinkFaults, SimulatedUnit, UnitConfig, serve
 
 from . import vectors
@@ -49,11 +53,14 @@ from .scripted import ScriptedPort
 CH1 = ChannelPlan(channel=1, frequency_hz=2, pulse_width_us=250, amplitude_ma=12)
 
 
-def start_one(device: Device, session_id: int = 7, dwell_s: float = 600, ramp_s: float = 5) -> None:
-    device.configure(CH1)
-    device.start_output(
-        session_id=session_id, dwell_s=dwell_s, ramp_s=ramp_s, watchdog_s=0.5, channels=[1]
-    )
+def plan(dwell: float = 600, **changes: Any) -> SessionPlan:
+    return SessionPlan(**{"dwell": dwell, "ramp": 5, "channels": [CH1], **changes})
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    with Journal(tmp_path / "estim.db") as j:
+        yield j
 
 
 # --- handshake and operations ----------------------------------------------------------
@@ -76,258 +83,230 @@ def test_handshake(estim_url: str, estim_clock: ManualClock) -> None:
         )
         assert (info.dwell_min_s, info.dwell_max_s, info.watchdog_min_s) == (60, 600, 0.2)
         assert info.waveforms == {"biphasic_symmetric", "biphasic_asymmetric", "monophasic"}
+        assert device.limits.unit is info
 
 
-def test_every_operation(
-    estim_url: str, estim_unit: SimulatedUnit, estim_clock: ManualClock
+def test_status_stop_and_clear_fault(
+    estim_url: str, estim_unit: SimulatedUnit, estim_clock: ManualClock, journal: Journal
 ) -> None:
-    events: list[Any] = []
     with connect(estim_url) as device:
-        device.subscribe(events.append)
-        device.configure(CH1)
-        state = device.start_output(
-            session_id=7, dwell_s=600, ramp_s=5, watchdog_s=0.5, channels=[1]
-        )
-        assert state == State.RAMPING_UP
-        for _ in range(60):  # 6 s of heartbeats
-            estim_clock.advance(0.1)
-            assert device.heartbeat(7) in (State.RAMPING_UP, State.RUNNING)
-        assert device.set_amplitude(1, 14.0, session_id=7) == State.RUNNING
+        session = device.start(plan(), journal=journal)
+        estim_clock.advance(6)
         status = device.status()
-        assert (status.state, status.session_id) == (State.RUNNING, 7)
+        assert (status.state, status.session_id) == (State.RUNNING, session.session_id)
         assert status.channels[0].amplitude_ma == 12.0
-        assert status.channels[0].setpoint_ma == 14.0
         assert status.channels[0].impedance_ohm == 2000
         assert status.channels[1].impedance_ohm is None
         assert device.stop(StopReason.OPERATOR) == State.IDLE
         assert estim_unit.output_ua(1) == 0
+        assert session.wait(timeout=5).outcome == "stopped"
         assert device.clear_fault() == State.IDLE
-    kinds = [type(e).__name__ for e in events]
-    assert kinds[:2] == ["OutputStarted", "RampDone"]
-    assert "Stopped" in kinds
 
 
 def test_leaving_the_block_stops_output_and_closes(
-    estim_url: str, estim_unit: SimulatedUnit, estim_clock: ManualClock
+    estim_url: str, estim_unit: SimulatedUnit, estim_clock: ManualClock, journal: Journal
 ) -> None:
     with connect(estim_url) as device:
-        start_one(device)
-        estim_clock.advance(0.3)
-        device.heartbeat(7)
-        estim_clock.advance(0.3)
+        session = device.start(plan(), journal=journal)
+        estim_clock.advance(0.6)
         assert estim_unit.output_on
     assert not estim_unit.output_on
     assert estim_unit.events("output_off")[-1].data["reason"] == "stop"
     assert estim_unit.faults == set()
-    # the port is free again
-    with connect(estim_url):
+    assert session.record().outcome == "stopped"
+    with connect(estim_url):  # the port is free again
         pass
 
 
-def test_events_arrive_in_order_as_typed_objects(estim_url: str, estim_clock: ManualClock) -> None:
-    events: list[Any] = []
-    with connect(estim_url) as device:
-        device.subscribe(events.append)
-        start_one(device, dwell_s=60, ramp_s=5)
-        for i in range(610):
-            estim_clock.advance(0.1)
-            device.heartbeat(7 if i < 599 else 0)  # the session ends at 60 s
-    assert [type(e) for e in events][:2] == [OutputStarted, RampDone]
-    completed = [e for e in events if isinstance(e, Completed)]
-    assert completed[0].delivered_ms == 60_000
-    assert [e.seq for e in events] == sorted(e.seq for e in events)
+# --- refusals -------------------------------------------------------------------------------
 
 
-# --- refusals ---------------------------------------------------------------------------------
-
-
-def test_nack_becomes_a_typed_error_with_an_actionable_message(estim_url: str) -> None:
-    with connect(estim_url) as device:
-        device.configure(CH1)
-        with pytest.raises(DeviceError) as caught:
-            device.start_output(session_id=7, dwell_s=59, ramp_s=5, watchdog_s=0.5, channels=[1])
-        assert (caught.value.code, caught.value.field) == (ErrorCode.OUT_OF_RANGE, Field.DWELL)
-        assert "the dwell is outside the unit's range" in str(caught.value)
-        with pytest.raises(DeviceError, match="no longer running"):
-            device.heartbeat(12345)
-        with pytest.raises(DeviceError, match="channel 2 is not configured"):
-            device.start_output(session_id=8, dwell_s=60, ramp_s=5, watchdog_s=0.5, channels=[1, 2])
-
-
-def test_lead_off_refusal_names_the_channel(estim_url: str, estim_unit: SimulatedUnit) -> None:
+def test_a_refusal_is_a_typed_error_with_an_actionable_message(
+    estim_url: str, estim_unit: SimulatedUnit, journal: Journal
+) -> None:
     estim_unit.pull_electrode(1)
-    with connect(estim_url) as device:
-        device.configure(CH1)
-        with pytest.raises(DeviceError, match="channel 1: electrode not connected"):
-            device.start_output(session_id=7, dwell_s=60, ramp_s=5, watchdog_s=0.5, channels=[1])
+    with connect(estim_url) as device, pytest.raises(DeviceError) as caught:
+        device.start(plan(), journal=journal)
+    assert (caught.value.code, caught.value.field, caught.value.channel) == (
+        ErrorCode.LEAD_OFF,
+        Field.CHANNEL,
+        1,
+    )
+    assert "channel 1: electrode not connected; check the clip and the needle" in str(caught.value)
 
 
 @pytest.mark.parametrize(
-    ("plan", "message"),
+    ("code", "field", "channel", "text"),
     [
-        (CH1.model_copy(update={"amplitude_ma": 50.1}), "above the unit's maximum 50 mA"),
-        (
-            CH1.model_copy(update={"amplitude_ma": 12.05}),
-            "not a multiple of the unit's step 0.1 mA",
-        ),
-        (
-            CH1.model_copy(update={"frequency_hz": 0.5}),
-            "frequency 0.5 Hz is outside the unit's 1-150 Hz",
-        ),
-        (
-            CH1.model_copy(update={"pulse_width_us": 600}),
-            "pulse width 600 us is outside the unit's 50-500 us",
-        ),
-        (CH1.model_copy(update={"channel": 3}), "channel 3 does not exist on this unit"),
+        (ErrorCode.OUT_OF_RANGE, Field.DWELL, 0, "the dwell is outside the unit's range"),
+        (ErrorCode.OUT_OF_RANGE, Field.AMPLITUDE, 2, "the amplitude on channel 2 is outside"),
+        (ErrorCode.NOT_CONFIGURED, Field.CHANNEL, 2, "channel 2 is not configured"),
+        (ErrorCode.NO_SESSION, Field.SESSION_ID, 0, "no longer running"),
+        (ErrorCode.FAULT_LATCHED, Field.NONE, 0, "fault latched; check the electrodes"),
+        (200, 99, 0, "unknown error code 200"),
     ],
 )
-def test_out_of_limit_values_are_refused_before_anything_is_sent(
-    estim_url: str, estim_unit: SimulatedUnit, plan: ChannelPlan, message: str
+def test_every_refusal_reads_as_what_to_do(code: int, field: int, channel: int, text: str) -> None:
+    nack = Nack(seq=1, request_type=3, error=code, field=field, channel=channel, state=State.IDLE)
+    assert text in describe_refusal(nack, "start")
+
+
+def test_out_of_limit_plans_are_refused_before_anything_is_sent(
+    estim_url: str, estim_unit: SimulatedUnit, journal: Journal
 ) -> None:
     with connect(estim_url) as device:
-        with pytest.raises(OutputLimitError, match=message):
-            device.configure(plan)
-        with pytest.raises(OutputLimitError):
-            device.set_amplitude(1, 50.1, session_id=1)
-        with pytest.raises(OutputLimitError):
-            device.set_amplitude(1, float("nan"), session_id=1)
+        for bad in (
+            CH1.model_copy(update={"amplitude_ma": 50.1}),
+            CH1.model_copy(update={"frequency_hz": 0.5}),
+            CH1.model_copy(update={"pulse_width_us": 600}),
+            CH1.model_copy(update={"channel": 3}),
+        ):
+            with pytest.raises(OutputLimitError):
+                device.start(plan(channels=[bad]), journal=journal)
     assert estim_unit.requests_seen[MessageType.CONFIGURE_CHANNEL] == 0
-    assert estim_unit.requests_seen[MessageType.SET_AMPLITUDE] == 0
+    assert journal.query() == []
 
 
-# --- retries and link loss -------------------------------------------------------------
+def test_a_clinic_limit_given_at_connect_holds_for_every_plan_and_change(
+    estim_url: str, estim_unit: SimulatedUnit, estim_clock: ManualClock, journal: Journal
+) -> None:
+    five = CH1.model_copy(update={"amplitude_ma": 5})
+    with connect(estim_url, clinic=estim.ClinicLimits(amplitude_max_ma=6)) as device:
+        with pytest.raises(OutputLimitError, match="clinic's maximum 6 mA"):
+            device.start(plan(), journal=journal)
+        session = device.start(plan(channels=[five]), journal=journal)
+        estim_clock.advance(6)
+        with pytest.raises(OutputLimitError, match="clinic's maximum 6 mA"):
+            session.set_amplitude(1, 6.1)
+        session.set_amplitude(1, 6.0)
+        session.stop()
+    assert estim_unit.requests_seen[MessageType.SET_AMPLITUDE] == 1
 
 
-def test_retries_through_a_lossy_link_never_start_twice() -> None:
+# --- retries and link loss -------------------------------------------------------------------
+
+
+def test_retries_through_a_lossy_link_never_start_twice(tmp_path: Path) -> None:
     clock = ManualClock()
     unit = SimulatedUnit(clock=clock)
     with (
+        Journal(tmp_path / "j.db") as journal,
         serve(unit) as url,
         connect(f"{url}?drop=0.005&corrupt=0.005&seed=11", retries=8) as device,
     ):
-        for session in range(1, 31):
-            device.configure(CH1)
-            device.start_output(
-                session_id=session, dwell_s=60, ramp_s=5, watchdog_s=2.0, channels=[1]
-            )
+        sessions = []
+        for _ in range(30):
+            session = device.start(plan(60), journal=journal)
             clock.advance(0.2)
-            device.stop(StopReason.OPERATOR, give_up_after=2.0)
-        assert device.link.stats.retries > 0
+            session.stop()
+            sessions.append(session.wait(timeout=10))
+        assert device.stats.retries > 0
     starts = unit.events("output_on")
-    assert [e.data["session_id"] for e in starts] == list(range(1, 31))  # each exactly once
-    assert unit.requests_seen[MessageType.START] >= 30
+    assert [e.data["session_id"] for e in starts] == [int(s.id, 16) for s in sessions]
 
 
-def test_link_loss_mid_session_is_reported_within_the_response_deadline(
-    estim_url: str, estim_unit: SimulatedUnit, estim_clock: ManualClock
-) -> None:
-    downs: list[Any] = []
-    with connect(estim_url) as device:
-        device.subscribe(lambda e: downs.append(e) if isinstance(e, LinkDown) else None)
-        start_one(device)
-        estim_clock.advance(0.1)
-        device.heartbeat(7)
-        powered = device.link.port.sim_connection
-        t = estim_clock.now()
-        powered.unplug()
-        with pytest.raises(LinkLost):
-            device.heartbeat(7)
-        assert estim_clock.now() - t <= device.link.response_timeout
-        assert downs
-        with pytest.raises(LinkLost):
-            device.stop()  # at once: the link is gone
-    # the unit's watchdog is the backstop
-    estim_clock.advance(1.0)
-    assert estim_unit.faults == {Fault.WATCHDOG}
-    assert not estim_unit.output_on
-
-
-def test_no_answer_after_retries_is_link_lost() -> None:
+def test_no_answer_after_retries_is_a_timeout_not_a_lost_link() -> None:
     clock = ManualClock()
     unit = SimulatedUnit(clock=clock)
     with serve(unit) as url, connect(f"{url}?cut_at=1:100") as device:
         clock.advance(1.0)
         t = clock.now()
-        with pytest.raises(LinkLost, match="after 3 attempts of 100 ms"):
+        with pytest.raises(LinkTimeout, match="after 3 attempts of 100 ms"):
             device.status()
         assert clock.now() - t == pytest.approx(0.3)
-        assert device.link.lost is not None
+        assert device.lost is None
 
 
-def test_an_event_gap_is_reported(estim_url: str, estim_clock: ManualClock) -> None:
-    seen: list[Any] = []
+def test_a_pulled_cable_is_link_lost_at_once_and_the_unit_watchdog_acts(
+    estim_url: str, estim_unit: SimulatedUnit, estim_clock: ManualClock, journal: Journal
+) -> None:
     with connect(estim_url) as device:
-        device.subscribe(seen.append)
-        start_one(device)  # at t=0; RAMP_DONE comes at t=5.0
-        conn = device.link.port.sim_connection
-        conn.d2h.windows = (FaultWindow(4.95, 5.05, LinkFaults(drop=1.0)),)  # lose it on the wire
-        for _ in range(60):
-            estim_clock.advance(0.1)
-            device.heartbeat(7)
-        device.set_amplitude(1, 13, session_id=7)  # AMPLITUDE_REACHED follows
-        for _ in range(10):
-            estim_clock.advance(0.1)
-            device.heartbeat(7)
-    assert [e for e in seen if isinstance(e, EventGap)] == [EventGap(expected=2, received=3)]
-    assert device.link.stats.missed_events == 1
+        session = device.start(plan(), journal=journal)
+        estim_clock.advance(1)
+        device.port.sim_connection.unplug()
+        record = session.wait(timeout=5)
+        assert record.outcome == "link_lost"
+        assert device.lost is not None
+        with pytest.raises(LinkLost):
+            device.status()
+        with pytest.raises(LinkLost):
+            device.stop()
+    estim_clock.advance(1.0)
+    assert estim_unit.faults == {Fault.WATCHDOG}
+    assert not estim_unit.output_on
+
+
+def test_a_lost_event_is_recorded_as_a_gap(
+    estim_url: str, estim_clock: ManualClock, journal: Journal
+) -> None:
+    with connect(estim_url) as device:
+        conn = device.port.sim_connection
+        now = estim_clock.now()
+        conn.d2h.windows = (FaultWindow(now + 4.95, now + 5.05, LinkFaults(drop=1.0)),)
+        session = device.start(plan(), journal=journal)  # RAMP_DONE at 5.0 s is lost
+        estim_clock.advance(7)
+        session.stop()
+        record = session.wait(timeout=5)
+    gaps = [e for e in record.events if e.kind == "events_missed"]
+    assert len(gaps) == 1
+    assert device.stats.missed_events == 1
+    assert record.outcome == "stopped"
 
 
 # --- STOP jumps the queue (scripted port) ------------------------------------------------
 
 
-def scripted_device(first_seq: int = 0x2A) -> tuple[Device, ScriptedPort]:
+def scripted_device(
+    first_seq: int = 0x2A, response_timeout: float = 5.0
+) -> tuple[Device, ScriptedPort]:
     port = ScriptedPort()
-    link = Link(port, REAL_CLOCK, name="scripted", response_timeout=5.0, first_seq=first_seq)  # type: ignore[arg-type]
-    info = UnitInfo.from_message(UnitConfig().device_info())
-    return Device(link, info, "scripted"), port
+    core = HostCore(name="scripted", first_seq=first_seq, response_timeout=response_timeout)
+    device = Device(port, REAL_CLOCK, url="scripted", core=core)  # type: ignore[arg-type]
+    device.info = UnitInfo.from_message(UnitConfig().device_info())
+    return device, port
+
+
+def close_scripted(device: Device, port: ScriptedPort) -> None:
+    closer = threading.Thread(target=device.close)
+    closer.start()
+    stop = port.next_request()
+    port.answer(encode(Ack(seq=stop.seq, request_type=MessageType.STOP, state=State.IDLE)))
+    closer.join(5)
 
 
 def test_stop_from_another_thread_while_a_request_is_in_flight() -> None:
     device, port = scripted_device()
     results: list[Any] = []
-    status = threading.Thread(target=lambda: results.append(device.heartbeat(7)))
+    status = threading.Thread(target=lambda: results.append(device.clear_fault()))
     status.start()
     first = port.next_request()
-    assert first.TYPE == MessageType.HEARTBEAT  # in flight, not answered
+    assert first.TYPE == MessageType.CLEAR_FAULT  # in flight, not answered
     stopper = threading.Thread(target=lambda: results.append(device.stop(StopReason.OPERATOR)))
     stopper.start()
-    stop = port.next_request()  # written without waiting for the heartbeat's answer
+    stop = port.next_request()  # written without waiting for the first one's answer
     assert stop.TYPE == MessageType.STOP
     port.answer(encode(Ack(seq=stop.seq, request_type=MessageType.STOP, state=State.IDLE)))
     stopper.join(5)
-    assert results == [State.IDLE]  # STOP finished while the heartbeat still waits
-    port.answer(encode(Ack(seq=first.seq, request_type=MessageType.HEARTBEAT, state=State.IDLE)))
+    assert results == [State.IDLE]  # STOP finished while the other still waits
+    port.answer(encode(Ack(seq=first.seq, request_type=MessageType.CLEAR_FAULT, state=State.IDLE)))
     status.join(5)
     assert results == [State.IDLE, State.IDLE]
-    port.answer(
-        encode(Ack(seq=(stop.seq + 1) & 0xFFFF, request_type=MessageType.STOP, state=State.IDLE))
-    )
-    closer = threading.Thread(target=device.close)
-    closer.start()
-    final = port.next_request()
-    port.answer(encode(Ack(seq=final.seq, request_type=MessageType.STOP, state=State.IDLE)))
-    closer.join(5)
+    close_scripted(device, port)
 
 
-def test_stop_is_resent_until_acknowledged_and_then_gives_up() -> None:
-    port = ScriptedPort()
-    clock = REAL_CLOCK
-    link = Link(port, clock, name="scripted", response_timeout=0.02, first_seq=1)  # type: ignore[arg-type]
+def test_stop_is_resent_with_the_same_bytes_until_acknowledged_then_given_up() -> None:
+    device, port = scripted_device(first_seq=1, response_timeout=0.02)
     try:
         with pytest.raises(LinkLost, match="STOP was not acknowledged"):
-            link.stop(StopReason.OPERATOR, give_up_after=0.1)
+            device.stop(StopReason.OPERATOR, give_up_after=0.1)
         sent = []
         while not port.writes.empty():
             sent.append(port.writes.get())
         assert len(sent) >= 4
-        assert len(set(sent[:-1])) == 1  # the same bytes, the same seq, every time
-        # giving up on the link: one last, blind STOP with a new sequence number
-        last = decode(sent[-1])
-        assert isinstance(last, Stop)
-        assert last.reason == StopReason.HOST_ERROR
-        assert last.seq != decode(sent[0]).seq
+        assert len(set(sent)) == 1  # the same bytes, the same seq, every time
+        assert device.lost is not None
     finally:
-        link.close()
+        device.close()
 
 
 def test_a_port_failure_wakes_every_waiter_with_link_lost() -> None:
@@ -345,7 +324,6 @@ def test_a_port_failure_wakes_every_waiter_with_link_lost() -> None:
     port.next_request()
     port.break_("device reports readiness to read but returned no data")
     thread.join(5)
-    assert errors
     assert "returned no data" in str(errors[0])
     device.close()
 
@@ -364,11 +342,7 @@ def _exchange(operation: Any, vector_name: str, answer: Any) -> Any:
     assert port.next_write().hex() == vector["hex"]
     port.answer(encode(answer(vector["message"]["seq"])))
     thread.join(5)
-    closer = threading.Thread(target=device.close)
-    closer.start()
-    stop = port.next_request()
-    port.answer(encode(Ack(seq=stop.seq, request_type=MessageType.STOP, state=State.IDLE)))
-    closer.join(5)
+    close_scripted(device, port)
     return result[0] if result else None
 
 
@@ -376,34 +350,7 @@ def ack(kind: MessageType, state: State = State.IDLE) -> Any:
     return lambda seq: Ack(seq=seq, request_type=kind, state=state)
 
 
-def test_configure_writes_the_golden_bytes() -> None:
-    _exchange(
-        lambda d: d.configure(CH1), "CONFIGURE_CHANNEL typical", ack(MessageType.CONFIGURE_CHANNEL)
-    )
-
-
-def test_start_writes_the_golden_bytes() -> None:
-    _exchange(
-        lambda d: d.start_output(
-            session_id=0x5E551011, dwell_s=480, ramp_s=5, watchdog_s=0.5, channels=[1]
-        ),
-        "START typical",
-        ack(MessageType.START, State.RAMPING_UP),
-    )
-
-
-def test_heartbeat_and_set_amplitude_and_stop_write_the_golden_bytes() -> None:
-    assert (
-        _exchange(
-            lambda d: d.heartbeat(0x5E551011), "HEARTBEAT typical", ack(MessageType.HEARTBEAT)
-        )
-        == State.IDLE
-    )
-    _exchange(
-        lambda d: d.set_amplitude(1, 12, session_id=0x5E551011),
-        "SET_AMPLITUDE typical",
-        ack(MessageType.SET_AMPLITUDE),
-    )
+def test_stop_and_clear_fault_write_the_golden_bytes() -> None:
     _exchange(lambda d: d.stop(StopReason.OPERATOR), "STOP typical", ack(MessageType.STOP))
     _exchange(lambda d: d.clear_fault(), "CLEAR_FAULT typical", ack(MessageType.CLEAR_FAULT))
 
@@ -428,12 +375,11 @@ def test_status_writes_the_golden_bytes() -> None:
     assert status.channels[0].impedance_ohm is None
 
 
-def test_channel_message_matches_the_vector() -> None:
-    info = UnitInfo.from_message(UnitConfig().device_info())
-    message = channel_message(CH1, info)
+def test_a_channel_plan_becomes_the_golden_configure_bytes() -> None:
+    message = _configure(CH1)
     assert (
         encode(message.__class__(**{**message.__dict__, "seq": 0x2A})).hex()
-        == BY_NAME["CONFIGURE_CHANNEL typical"]["hex"]
+        == (BY_NAME["CONFIGURE_CHANNEL typical"]["hex"])
     )
 
 
@@ -458,8 +404,6 @@ def test_a_busy_port(estim_url: str) -> None:
 
 
 def test_a_busy_real_port_is_reported_as_busy() -> None:
-    import os
-
     master, slave = os.openpty()
     try:
         path = os.ttyname(slave)
@@ -475,8 +419,6 @@ def test_a_busy_real_port_is_reported_as_busy() -> None:
 
 
 def test_nothing_answering_is_no_answer() -> None:
-    import os
-
     master, slave = os.openpty()
     try:
         with pytest.raises(NoAnswer, match=f"no estim unit answered on {os.ttyname(slave)}"):
@@ -487,8 +429,6 @@ def test_nothing_answering_is_no_answer() -> None:
 
 
 def test_a_device_answering_garbage_is_not_an_estim_unit() -> None:
-    import os
-
     master, slave = os.openpty()
     path = os.ttyname(slave)
     stop = threading.Event()
@@ -514,22 +454,19 @@ def test_a_device_answering_garbage_is_not_an_estim_unit() -> None:
 
 
 def test_a_unit_speaking_another_protocol_version() -> None:
-    device_port = ScriptedPort()
-    link = Link(device_port, REAL_CLOCK, name="v2", first_seq=5)  # type: ignore[arg-type]
-    from estim.device import _hello
-
-    result: list[Any] = []
+    device, port = scripted_device(first_seq=5)
+    errors: list[BaseException] = []
 
     def hello() -> None:
         try:
-            _hello(link, "v2")
+            device._hello()
         except VersionMismatch as err:
-            result.append(err)
+            errors.append(err)
 
     thread = threading.Thread(target=hello)
     thread.start()
-    request = device_port.next_request()
-    device_port.answer(
+    request = port.next_request()
+    port.answer(
         encode(
             Nack(
                 seq=request.seq,
@@ -542,8 +479,8 @@ def test_a_unit_speaking_another_protocol_version() -> None:
         )
     )
     thread.join(5)
-    link.close()
-    assert "speaks a protocol version this software (version 1) does not" in str(result[0])
+    close_scripted(device, port)
+    assert "speaks a protocol version this software (version 1) does not" in str(errors[0])
 
 
 def test_a_manual_clock_cannot_drive_a_real_port() -> None:
@@ -552,8 +489,7 @@ def test_a_manual_clock_cannot_drive_a_real_port() -> None:
 
 
 def test_list_ports_returns_port_infos() -> None:
-    ports = list_ports()
-    assert all(p.device for p in ports)
+    assert all(p.device for p in list_ports())
 
 
 def test_device_info_round_trips_through_unit_info() -> None:
@@ -563,8 +499,9 @@ def test_device_info_round_trips_through_unit_info() -> None:
 
 
 class _StarvedClock:
-    """Real signals and threads, but ``now`` jumps 60 ms each time the port is read:
-    a reader thread starved of CPU between two reads of bytes that were already there."""
+    """Real signals and threads, but ``now`` jumps 60 ms each time the port is
+    asked what is waiting: a reader starved of CPU between two reads of bytes that
+    were already there."""
 
     def __init__(self) -> None:
         self.t = 1000.0
@@ -583,9 +520,8 @@ class _StarvedClock:
 
 
 class _OneByteThenRest(ScriptedPort):
-    """Hands out each answer one byte first and the rest on the next read, as a
-    reader asking for ``max(1, in_waiting)`` sees it; the reader is starved for
-    60 ms between the two reads."""
+    """Hands out each answer one byte first and the rest on the next read; the
+    reader is starved for 60 ms between the two reads."""
 
     def __init__(self, clock: _StarvedClock) -> None:
         super().__init__()
@@ -609,11 +545,12 @@ class _OneByteThenRest(ScriptedPort):
 def test_time_a_starved_reader_spends_between_reads_is_not_a_silence_on_the_line() -> None:
     clock = _StarvedClock()
     port = _OneByteThenRest(clock)
-    link = Link(port, clock, name="starved", first_seq=7)  # type: ignore[arg-type]
+    core = HostCore(name="starved", first_seq=7, response_timeout=3600)
+    device = Device(port, clock, url="starved", core=core)  # type: ignore[arg-type]
     try:
         result: list[Any] = []
         thread = threading.Thread(
-            target=lambda: result.append(link.request(Heartbeat(session_id=0), timeout=5.0))
+            target=lambda: result.append(device._request(Heartbeat(session_id=0), "heartbeat"))
         )
         thread.start()
         request = port.next_request()
@@ -622,25 +559,27 @@ def test_time_a_starved_reader_spends_between_reads_is_not_a_silence_on_the_line
         )
         thread.join(10)
         assert isinstance(result[0], Ack)
-        assert link.stats.rejected_frames == 0
+        assert device.stats.rejected_frames == 0
     finally:
-        link.close()
+        device._closed = True
+        device._closing = True
+        port.close()
+        device._thread.join(5)
 
 
 def test_connecting_to_a_unit_with_orphaned_output_stops_it(
-    estim_url: str, estim_unit: SimulatedUnit, estim_clock: ManualClock
+    estim_url: str, estim_unit: SimulatedUnit, estim_clock: ManualClock, journal: Journal
 ) -> None:
     # A host died or gave up mid-session; whoever opens the port now cannot be the
     # one running that session: a reconnect means output zero (SAFETY.md 4).
-    with connect(estim_url) as first:
-        start_one(first, session_id=41)
-        estim_clock.advance(0.3)
-        first.heartbeat(41)
-        first.link.port.sim_connection.unplug()  # the old host is gone without a STOP
-        with pytest.raises(LinkLost):
-            first.heartbeat(41)
-    assert estim_unit.output_on
+    first = connect(estim_url)
+    session = first.start(plan(), journal=journal)
+    estim_clock.advance(0.3)
+    first.port.sim_connection.unplug()  # the old host is gone without a STOP
+    assert session.wait(timeout=5).outcome == "link_lost"
+    first.close()
+    assert estim_unit.output_on  # until its watchdog acts, the orphaned output goes on
     with connect(estim_url) as second:
         assert not estim_unit.output_on
-        assert second.stopped_orphan == 41
+        assert second.stopped_orphan == session.session_id
         assert estim_unit.events("output_off")[-1].data["reason"] == "stop"

@@ -32,7 +32,7 @@ def test_the_example_runs_a_plan_and_files_it(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     kinds = [line.get("kind") for line in lines[:-1]]
-    assert kinds[:3] == ["start_accepted", "output_started", "ramp_done"]
+    assert kinds[:4] == ["start_requested", "start_accepted", "output_started", "ramp_done"]
     assert kinds[-1] == "ended"
     final = lines[-1]
     assert (final["outcome"], final["delivered_s"]) == ("completed", 60.0)

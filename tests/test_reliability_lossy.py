@@ -62,7 +62,7 @@ class LossyHost:
     def ready(self) -> Device:
         """A connected device, with no fault latched on the unit."""
         for _ in range(20):
-            if self.device is not None and self.device.link.lost is not None:
+            if self.device is not None and self.device.lost is not None:
                 self.close()
             if self.device is None:
                 self.connections += 1
@@ -73,7 +73,7 @@ class LossyHost:
                 except LinkError:
                     self.failed_connects += 1
                     continue
-                conn = self.device.link.port.sim_connection
+                conn = self.device.port.sim_connection
                 self._lines += [conn.h2d, conn.d2h]
             if self.unit.state == State.FAULT:
                 try:
@@ -207,7 +207,7 @@ def test_a_reconnected_host_does_not_keep_an_orphaned_output_alive(
         estim_clock.advance(10)
         assert estim_unit.output_ua(1) == 5_000
         # the unit's answers stop arriving; the host's requests still reach the unit
-        lines = device.link.port.sim_connection
+        lines = device.port.sim_connection
         lines.d2h.windows = (FaultWindow(0, 1e9, LinkFaults(drop=1.0)),)
         record = session.wait(timeout=5)
         let_go = estim_clock.now()

@@ -3,7 +3,7 @@
 A served ``SimulatedUnit``, a ``Device`` connected to it and a ``Journal`` in a
 temporary directory share one ``ManualClock``. Rules start sessions (dwell
 60-600 s, one or two channels), change amplitude, stop, let time pass (small and
-large steps), hang the session loop in its ``on_event`` callback, mangle the
+large steps), hang the session loop itself (in its port read), mangle the
 bytes on either line for a while (drop, corrupt, duplicate, delay), pull the
 cable, close the device, make the journal refuse writes, pull electrodes, raise
 faults on the unit, reset it, clear faults and reconnect. ``stop()`` and
@@ -94,7 +94,7 @@ class HostAndUnit(RuleBasedStateMachine):
             self.url = self._stack.enter_context(serve(self.unit))
             self.journal = Journal(self.tmp / "estim.db")
             self._stack.callback(self.journal.close)
-            self.device: Device = connect(self.url)
+            self.device: Device = self.connect()
         except BaseException:
             self._stack.close()
             raise
@@ -111,13 +111,26 @@ class HostAndUnit(RuleBasedStateMachine):
     # -- helpers ------------------------------------------------------------------------
 
     def on_event(self, event: EventRecord, ended: dict[str, float]) -> None:
-        """The session's callback: notes when the session ended, and hangs the
-        loop (on the clock) once when asked."""
+        """The session's callback: notes when the session ended."""
         if event.kind == "ended":
             ended.setdefault("t", self.clock.now())
-        if self.hang_for:
-            seconds, self.hang_for = self.hang_for, 0.0
-            self.clock.sleep(seconds)
+
+    def connect(self) -> Device:
+        """A device whose session loop hangs (on the clock) once when asked: its
+        I/O thread is stuck ``hang_for`` seconds where a real one can stall, in the
+        port, so no heartbeat goes out meanwhile (a STOP from another thread still
+        does)."""
+        device = connect(self.url)
+        read = device._read
+
+        def maybe_hang(timeout: float | None) -> tuple[bytes, float]:
+            if self.hang_for:
+                seconds, self.hang_for = self.hang_for, 0.0
+                self.clock.sleep(seconds)
+            return read(timeout)
+
+        device._read = maybe_hang  # type: ignore[method-assign]
+        return device
 
     @property
     def session(self) -> Session | None:
@@ -136,7 +149,7 @@ class HostAndUnit(RuleBasedStateMachine):
         return s is not None and not s.state.is_end
 
     def link_up(self) -> bool:
-        return self.device.link.lost is None
+        return self.device.lost is None
 
     def finish_sessions(self) -> None:
         """Every session to its end (time moves while waiting)."""
@@ -194,7 +207,7 @@ class HostAndUnit(RuleBasedStateMachine):
     @rule(plan=plans)
     def start_afresh(self, plan: SessionPlan) -> None:
         """As an operator would: reconnect if need be, fix the electrodes, clear the fault."""
-        if not self.link_up() or self.device.link.port.sim_connection.unplugged:
+        if not self.link_up() or self.device.port.sim_connection.unplugged:
             self.reconnect()
         for channel in (1, 2):
             self.unit.set_impedance(channel, 2_000)
@@ -265,7 +278,7 @@ class HostAndUnit(RuleBasedStateMachine):
         faults = LinkFaults(**{kind: rate}, delay_s=delay_s if kind == "delay" else 0.0)
         now = self.clock.now()
         window = FaultWindow(now, now + duration, faults)
-        conn = self.device.link.port.sim_connection
+        conn = self.device.port.sim_connection
         for name in ("h2d", "d2h") if direction == "both" else (direction,):
             line = getattr(conn, name)
             line.windows = (window,)
@@ -276,25 +289,25 @@ class HostAndUnit(RuleBasedStateMachine):
     @precondition(lambda self: self.link_up())
     @rule()
     def pull_the_cable(self) -> None:
-        self.device.link.port.sim_connection.unplug()
+        self.device.port.sim_connection.unplug()
 
-    @precondition(lambda self: not self.link_up() or self.device.link.port.sim_connection.unplugged)
+    @precondition(lambda self: not self.link_up() or self.device.port.sim_connection.unplugged)
     @rule()
     def reconnect(self) -> None:
         self.finish_sessions()
         self.device.close()
-        self.device = connect(self.url)
+        self.device = self.connect()
         self.connections += 1
 
     @rule()
     def close_the_device(self) -> None:
         """Closing the device stops its live session and any output, then reconnect."""
-        was_up = self.link_up() and not self.device.link.port.sim_connection.unplugged
+        was_up = self.link_up() and not self.device.port.sim_connection.unplugged
         self.device.close()
         if was_up:
             assert not self.unit.output_on, "output on after Device.close() returned"
         self.finish_sessions()
-        self.device = connect(self.url)
+        self.device = self.connect()
         self.connections += 1
 
     # -- rules: the journal -----------------------------------------------------------------
@@ -502,7 +515,7 @@ def test_the_state_machine_exercises_what_it_claims() -> None:
         assert machine.unit.output_on
         machine.output_only_inside_a_live_bounded_session()
         machine.hang_the_loop(2.0)
-        machine.advance_a_little(1.5)  # the callback hangs; the unit's watchdog acts
+        machine.advance_a_little(1.5)  # the loop hangs; the unit's watchdog acts
         machine.every_period_recorded_and_within_its_plan()
         machine.wait_for_the_end()
         record = machine.sessions[-1].record()

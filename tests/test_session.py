@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from estim.clock import ManualClock
 from estim.device import Device, connect
-from estim.errors import DeviceError, DwellLimitError, JournalError, OutputLimitError
+from estim.errors import DeviceError, DwellLimitError, EstimError, JournalError, OutputLimitError
 from estim.journal import Journal
 from estim.plan import ChannelPlan, SessionPlan
 from estim.protocol import Fault, StopReason
@@ -179,19 +179,45 @@ def test_the_unit_deadline_is_the_backstop_when_the_host_timer_is_late(
 def test_a_hung_loop_is_stopped_by_the_unit_watchdog(
     device: Device, journal: Journal, estim_unit: SimulatedUnit, estim_clock: ManualClock
 ) -> None:
-    def hang(event: EventRecord) -> None:
-        if event.kind == "ramp_done":
-            estim_clock.sleep(30)  # the loop is stuck in its callback for 30 s
+    session = device.start(plan(600, watchdog=0.5), journal=journal)
+    estim_clock.advance(10)
+    read = device._read
 
-    session = device.start(plan(600, watchdog=0.5), journal=journal, on_event=hang)
+    def stuck_once(timeout: float | None) -> tuple[bytes, float]:
+        device._read = read  # type: ignore[method-assign]
+        estim_clock.sleep(30)  # the session loop is stuck in its port for 30 s
+        return read(timeout)
+
+    device._read = stuck_once  # type: ignore[method-assign]
     record = session.wait(timeout=100)
     assert estim_unit.faults == {Fault.WATCHDOG}
     watchdog = estim_unit.events("watchdog")[-1]
     off = estim_unit.events("output_off")[-1]
     assert off.t - watchdog.data["last_frame"] == pytest.approx(0.5)
-    assert off.t - estim_unit.events("output_on")[-1].t == pytest.approx(5.0 + 0.5, abs=0.11)
+    assert off.t - estim_unit.events("output_on")[-1].t == pytest.approx(10.0 + 0.5, abs=0.11)
     assert record.outcome == "faulted"
     assert "WATCHDOG" in (record.stop_reason or "")
+    assert "stalled" in (record.stop_reason or "")  # the host knows it was its own silence
+    assert record.delivered_s == pytest.approx(10.5, abs=0.11)
+
+
+@pytest.mark.parametrize("seconds", [0.7, 30.0])
+def test_a_slow_callback_never_delays_a_heartbeat(
+    device: Device,
+    journal: Journal,
+    estim_unit: SimulatedUnit,
+    estim_clock: ManualClock,
+    seconds: float,
+) -> None:
+    # issue 10: on main, an on_event callback sleeping 0.7 s faulted the session
+    def slow(event: EventRecord) -> None:
+        if event.kind in ("ramp_done", "start_accepted"):
+            estim_clock.sleep(seconds)
+
+    record = device.start(plan(60), journal=journal, on_event=slow).wait(timeout=200)
+    assert (record.outcome, record.delivered_s) == ("completed", 60.0)
+    assert estim_unit.faults == set()
+    assert estim_unit.events("output_off")[-1].data["max_frame_gap_ms"] <= 100.0
 
 
 def test_heartbeats_are_at_most_100_ms_apart(
@@ -301,7 +327,7 @@ def test_link_loss(
 ) -> None:
     session = device.start(plan(), journal=journal)
     advance_until_running(session, estim_clock)
-    device.link.port.sim_connection.unplug()
+    device.port.sim_connection.unplug()
     record = session.wait(timeout=5)
     assert record.outcome == "link_lost"
     estim_clock.advance(1)
@@ -330,8 +356,9 @@ def test_a_journal_write_failure_stops_output(
     for i in range(500):  # amplitude changes until the journal needs a page it cannot have
         try:
             session.set_amplitude(1, 12.5 if i % 2 else 12.0)
-        except JournalError:
+        except EstimError:  # the session ended: the journal failed and output was stopped
             break
+        estim_clock.advance(0.05)
     else:
         pytest.fail("the journal never failed")
     record = session.wait(timeout=5)
@@ -565,7 +592,7 @@ def test_a_silent_unit_gets_a_best_effort_stop_before_the_link_is_declared_lost(
 
     session = device.start(plan(), journal=journal)
     advance_until_running(session, estim_clock)
-    conn = device.link.port.sim_connection
+    conn = device.port.sim_connection
     conn.d2h.windows = (FaultWindow(0, 1e9, LinkFaults(drop=1.0)),)  # the unit's answers are lost
     record = session.wait(timeout=5)
     assert record.outcome == "link_lost"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import importlib
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -26,9 +28,19 @@ HELLO = encode(Hello(seq=1, min_version=1, max_version=1))
 
 def test_the_handler_module_imports() -> None:
     # pyserial reports an ImportError inside a handler as "protocol not known"
-    module = importlib.import_module("estim.sim.protocol_sim")
+    module = importlib.import_module("estim.urlhandler.protocol_sim")
     assert hasattr(module, "Serial")
-    assert "estim.sim" in serial.protocol_handler_packages
+    assert "estim.urlhandler" in serial.protocol_handler_packages
+
+
+def test_the_driver_finds_sim_urls_without_importing_the_simulator() -> None:
+    code = (
+        "import sys, estim.device; assert 'estim.sim' not in sys.modules, 'imported'; "
+        "import serial; serial.serial_for_url('sim://').close(); "
+        "assert 'estim.sim' in sys.modules"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
 
 
 def read_messages(
@@ -73,7 +85,7 @@ def test_served_unit_shares_its_manual_clock(
     estim_unit: SimulatedUnit, estim_url: str, estim_clock: ManualClock
 ) -> None:
     with serial.serial_for_url(estim_url, timeout=0.25) as port:
-        assert port.sim_clock is estim_clock
+        assert port.estim_clock is estim_clock
         port.write(HELLO)
         (info,) = read_messages(port, 1)
         assert isinstance(info, DeviceInfo)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from estim.errors import JournalError, SessionNotFound
 
 if TYPE_CHECKING:
-    from estim.record import SessionRecord
+    from estim.record import EventRecord, SessionRecord
 
 try:
     import fcntl
@@ -78,6 +78,19 @@ MIGRATIONS: list[str] = [
 ]
 
 
+#: how long an ordinary write waits for another program's lock on the journal
+BUSY_TIMEOUT_MS = 10_000
+
+
+class JournalBusy(JournalError):
+    """Another program holds the journal's write lock right now (try again soon)."""
+
+
+def _is_busy(err: sqlite3.Error) -> bool:
+    code = getattr(err, "sqlite_errorcode", None)  # Python 3.11+
+    return code in (5, 6) or "locked" in str(err)  # SQLITE_BUSY, SQLITE_LOCKED
+
+
 def default_path() -> Path:
     """``$ESTIM_DB``, else ``estim.db`` in estim's application directory."""
     from estim.paths import db_path
@@ -104,7 +117,10 @@ class Journal:
         try:
             self._create_private()
             self._db = sqlite3.connect(
-                self.path, check_same_thread=False, isolation_level=None, timeout=10.0
+                self.path,
+                check_same_thread=False,
+                isolation_level=None,
+                timeout=BUSY_TIMEOUT_MS / 1000,
             )
         except (OSError, sqlite3.Error) as err:
             raise JournalError(f"cannot open the journal {self.path}: {err}") from None
@@ -113,6 +129,8 @@ class Journal:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
+            #: sessions whose final records came back from a sidecar file
+            self.imported = self._import_sidecars()
             self.interrupted = self._recover()
         except sqlite3.Error as err:
             self._db.close()
@@ -156,15 +174,30 @@ class Journal:
                     raise
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
+    def _transaction(self, *, wait: bool = True) -> Iterator[None]:
+        """One transaction. With ``wait=False`` a journal locked by another program
+        raises ``JournalBusy`` at once instead of waiting up to 10 s: the session's
+        writer retries on its own clock, and the control loop never waits at all."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            if not wait:
+                self._db.execute("PRAGMA busy_timeout = 0")
             try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as err:
+                if not wait and _is_busy(err):
+                    raise JournalBusy(
+                        f"the journal {self.path} is locked by another program"
+                    ) from None
                 raise
-            self._db.execute("COMMIT")
+            finally:
+                if not wait:
+                    self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def _recover(self) -> list[str]:
         """Mark unfinished sessions whose process is gone as interrupted."""
@@ -173,7 +206,7 @@ class Journal:
         ).fetchall()
         interrupted = []
         for session_id, last_event in rows:
-            if self._held_elsewhere(session_id):
+            if self._held_elsewhere(session_id) or self.sidecar_path(session_id).exists():
                 continue
             with self._transaction():
                 n = self._next_n(session_id)
@@ -240,10 +273,12 @@ class Journal:
         unit: dict[str, Any],
         port: str,
         planned_ms: int,
+        utc: str | None = None,
     ) -> str:
-        """Commit "start requested". Raises JournalError: then the session must not start."""
+        """Commit "start requested" (event 0, stamped ``utc``). Raises JournalError:
+        then the session must not start."""
         sid = format_id(session_id)
-        now = utc_now()
+        now = utc or utc_now()
         try:
             self._hold_lock(sid)
             with self._transaction():
@@ -318,6 +353,35 @@ class Journal:
         except sqlite3.Error as err:
             raise JournalError(f"cannot write the journal {self.path}: {err}") from None
 
+    def write_event(
+        self, session_id: str, event: EventRecord, state: str, *, wait: bool = True
+    ) -> None:
+        """One event of a session, numbered by the session; one transaction. Writing
+        the same event again changes nothing. Raises ``JournalBusy`` (``wait=False``
+        only) or ``JournalError``."""
+        try:
+            with self._transaction(wait=wait):
+                self._db.execute(
+                    "INSERT OR IGNORE INTO events (session_id, n, utc, t, unit_ms, kind, data) "
+                    "VALUES (?,?,?,?,?,?,?)",
+                    (
+                        session_id,
+                        event.n,
+                        event.utc,
+                        event.t,
+                        event.unit_ms,
+                        event.kind,
+                        json.dumps(event.data),
+                    ),
+                )
+                self._db.execute(
+                    "UPDATE sessions SET last_event=?, state=? WHERE id=? AND outcome IS NULL",
+                    (event.kind, state, session_id),
+                )
+                self._counters[session_id] = max(self._counters.get(session_id, 0), event.n + 1)
+        except sqlite3.Error as err:
+            raise JournalError(f"cannot write the journal {self.path}: {err}") from None
+
     def finish(
         self,
         session_id: str,
@@ -327,10 +391,12 @@ class Journal:
         ended_by: str | None,
         delivered_ms: int | None,
         started_utc: str | None,
-        ended_utc: str,
+        ended_utc: str | None,
+        wait: bool = True,
     ) -> None:
+        """The session's outcome; its liveness lock is released once this is durable."""
         try:
-            with self._transaction():
+            with self._transaction(wait=wait):
                 self._db.execute(
                     "UPDATE sessions SET state=?, outcome=?, stop_reason=?, ended_by=?, delivered_ms=?, "
                     "started_utc=?, ended_utc=? WHERE id=?",
@@ -347,8 +413,93 @@ class Journal:
                 )
         except sqlite3.Error as err:
             raise JournalError(f"cannot write the journal {self.path}: {err}") from None
-        finally:
-            self._release_lock(session_id)
+        self._release_lock(session_id)
+
+    def give_up(self, session_id: str) -> None:
+        """This process can write no more of a session (its sidecar holds the rest)."""
+        self._release_lock(session_id)
+
+    # -- a sidecar: what could not be written, imported at the next open ---------------------
+
+    def sidecar_path(self, session_id: str) -> Path:
+        return self.path.with_name(f"{self.path.name}.pending-{session_id}.json")
+
+    def write_sidecar(
+        self,
+        session_id: str,
+        events: list[tuple[EventRecord, str]],
+        finish: dict[str, Any] | None,
+    ) -> Path:
+        """Save what the journal would not take, next to it (0600, written whole or
+        not at all). The next ``Journal`` opened on this file imports it. Raises OSError."""
+        path = self.sidecar_path(session_id)
+        body = {
+            "session_id": session_id,
+            "events": [{**e.model_dump(mode="json"), "state": state} for e, state in events],
+            "finish": finish,
+        }
+        temp = path.with_name(path.name + ".tmp")
+        try:
+            fd = os.open(temp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(body, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise
+        return path
+
+    def _import_sidecars(self) -> list[str]:
+        imported = []
+        for path in sorted(self.path.parent.glob(f"{self.path.name}.pending-*.json")):
+            try:
+                body = json.loads(path.read_text(encoding="utf-8"))
+                sid = str(body["session_id"])
+                with self._transaction():
+                    for e in body["events"]:
+                        self._db.execute(
+                            "INSERT OR IGNORE INTO events (session_id, n, utc, t, unit_ms, kind, "
+                            "data) VALUES (?,?,?,?,?,?,?)",
+                            (
+                                sid,
+                                e["n"],
+                                e["utc"],
+                                e["t"],
+                                e["unit_ms"],
+                                e["kind"],
+                                json.dumps(e["data"]),
+                            ),
+                        )
+                    if body["events"]:
+                        last = body["events"][-1]
+                        self._db.execute(
+                            "UPDATE sessions SET last_event=?, state=? WHERE id=? AND outcome IS NULL",
+                            (last["kind"], last["state"], sid),
+                        )
+                    finish = body["finish"]
+                    if finish is not None:
+                        self._db.execute(
+                            "UPDATE sessions SET state=?, outcome=?, stop_reason=?, ended_by=?, "
+                            "delivered_ms=?, started_utc=?, ended_utc=? WHERE id=? AND outcome IS NULL",
+                            (
+                                finish["outcome"],
+                                finish["outcome"],
+                                finish["stop_reason"],
+                                finish["ended_by"],
+                                finish["delivered_ms"],
+                                finish["started_utc"],
+                                finish["ended_utc"],
+                                sid,
+                            ),
+                        )
+            except (OSError, ValueError, KeyError, TypeError, sqlite3.Error):
+                continue  # left for the next open; the session is not marked interrupted
+            path.unlink()
+            imported.append(sid)
+        return imported
 
     def _hold_lock(self, sid: str) -> None:
         if fcntl is None:

@@ -213,7 +213,7 @@ class SessionPolicy:
         if phase is Phase.DONE:
             return None
         times: list[float] = []
-        if self._undurable:
+        if self._undurable and self.journal_error is None:
             times.append(min(self._undurable.values()) + JOURNAL_DURABLE_S)
         if phase is Phase.LIVE:
             times += [self._next_beat, self._next_status, self._silence_deadline()]
@@ -225,7 +225,8 @@ class SessionPolicy:
             stop = self._stop
             if stop is not None and stop.acked_at is not None:
                 times.append(stop.acked_at + END_EVENT_WAIT_S)
-            times.append(self._silence_deadline())
+            else:
+                times.append(self._silence_deadline())
         elif phase is Phase.RECOVERING:
             times += [self._next_poll, self._recover_until]
         return min(times) if times else None
@@ -299,11 +300,14 @@ class SessionPolicy:
         phase = self.phase
         if phase is Phase.DONE:
             return
-        if self._undurable and now - min(self._undurable.values()) >= JOURNAL_DURABLE_S:
-            if self.journal_error is None:
-                self.journal_error = (
-                    f"an event could not be made durable within {JOURNAL_DURABLE_S:g} s"
-                )
+        if (
+            self._undurable
+            and self.journal_error is None  # (once failed, it has stopped output already)
+            and now - min(self._undurable.values()) >= JOURNAL_DURABLE_S
+        ):
+            self.journal_error = (
+                f"an event could not be made durable within {JOURNAL_DURABLE_S:g} s"
+            )
             self._halt(StopReason.HOST_ERROR, f"journal: {self.journal_error}", now)
             phase = self.phase
         if phase is Phase.LIVE:
@@ -465,7 +469,8 @@ class SessionPolicy:
             self._send(Stop(reason=int(StopReason.HOST_ERROR)), now, "stop", retries="forever")
         self.phase = Phase.RECOVERING
         self._recover_until = now + LINK_RECOVERY_S
-        self._next_poll = now
+        self._next_poll = now + RECOVERY_POLL_S
+        self._poll_truth(now)
 
     def _poll_truth(self, now: float) -> None:
         self._send(GetStatus(), now, "truth", retries=0)
@@ -502,8 +507,9 @@ class SessionPolicy:
         if self.phase is Phase.STARTING:  # (STOPPING if a stop came while starting)
             self.phase = Phase.LIVE
             self._silence_ref = now
-            self._next_status = now
             self._send_heartbeat(now)
+            self._next_status = now + self.status_every
+            self._send(GetStatus(), now, "status", retries=0)
 
     def _answer_heartbeat(self, tag: Any, request: Message, response: Message, now: float) -> None:
         if self._beat is not None and self._beat[0] == request.seq:

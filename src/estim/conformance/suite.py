@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from estim.clock import REAL_CLOCK, Clock
+from estim.ports import port_clock
 from estim.protocol import DeviceInfo, Stop, StopReason, encode, message_to_dict
 
 from .limits import NoSession
@@ -176,7 +177,7 @@ def check(
     person) is connected to every channel. Each row goes to ``on_row`` as it is
     judged. Time is ``clock``'s; by default a ``sim://`` unit's own clock (virtual
     time for a unit served on a ``ManualClock``), else the real one."""
-    clock = clock or getattr(port, "sim_clock", None) or REAL_CLOCK
+    clock = clock or port_clock(port) or REAL_CLOCK
     ctx = Context(UnitPort(port, clock, random.Random(seed)), clock, allowance_s)
     report = Report(name or str(getattr(port, "port", "") or ""))
     confirmed: bool | None = None

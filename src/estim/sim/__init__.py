@@ -21,8 +21,8 @@ from .registry import serve
 from .transport import Connection, PoweredUnit
 from .unit import OPEN_CIRCUIT_OHM, LogEntry, SimulatedUnit
 
-if "estim.sim" not in serial.protocol_handler_packages:
-    serial.protocol_handler_packages.append("estim.sim")
+if "estim.urlhandler" not in serial.protocol_handler_packages:
+    serial.protocol_handler_packages.append("estim.urlhandler")
 
 __all__ = [
     "OPEN_CIRCUIT_OHM",

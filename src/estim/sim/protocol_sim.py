@@ -97,8 +97,8 @@ class Serial(SerialBase):
     # -- what a test or the driver may want to know ------------------------------
 
     @property
-    def sim_clock(self) -> Clock:
-        """The unit's clock: a host on this port should wait on it too."""
+    def estim_clock(self) -> Clock:
+        """The unit's clock: a host on this port must wait on it too (``estim.ports.port_clock``)."""
         return self._connection().clock
 
     @property

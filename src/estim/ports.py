@@ -1,0 +1,113 @@
+"""Finding and opening the port a unit is on.
+
+Every port is opened with ``serial.serial_for_url``, so ``/dev/ttyUSB0``, ``COM3``,
+``socket://``, ``rfc2217://``, ``spy://`` and estim's own ``sim://`` all work;
+``sim://`` is found through ``estim.urlhandler`` like any pyserial URL handler,
+without this module importing the simulator. Open errors become typed errors
+whose one line says what to do.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from typing import Any
+
+import serial
+
+from estim.clock import Clock
+from estim.errors import LinkError, PortBusy, PortNotFound
+
+if "estim.urlhandler" not in serial.protocol_handler_packages:
+    serial.protocol_handler_packages.append("estim.urlhandler")
+
+
+def open_port(url: str, *, baudrate: int = 115200) -> serial.SerialBase:
+    """Open ``url`` for a host: 8N1 at ``baudrate``, exclusive for a local device
+    path, blocking reads that ``cancel_read`` interrupts where the port can."""
+    if not isinstance(url, str) or not url.strip():
+        raise PortNotFound(f"no port given; {ports_hint()}")
+    url = url.strip()
+    try:
+        port = serial.serial_for_url(url, do_not_open=True)
+        port.baudrate = baudrate
+        port.write_timeout = 1.0
+        port.timeout = None if callable(getattr(port, "cancel_read", None)) else 0.05
+        if "://" not in url:
+            port.exclusive = True
+        port.open()
+    except (serial.SerialException, OSError, ValueError) as err:
+        raise _open_error(url, err) from None
+    return port
+
+
+def port_clock(port: Any) -> Clock | None:
+    """The clock an in-process port runs on, if it says so (``sim://`` does: a
+    simulated unit on a ``ManualClock`` and a host on it must share that clock)."""
+    clock = getattr(port, "estim_clock", None)
+    return clock if clock is not None and callable(getattr(clock, "now", None)) else None
+
+
+def _open_error(url: str, err: BaseException) -> LinkError:
+    code = getattr(err, "errno", None)
+    text = str(err)
+    if code in (errno.EBUSY, errno.EAGAIN) or "exclusively lock" in text or "busy" in text.lower():
+        return PortBusy(f"port {url} is busy: another program has it open; close it and try again")
+    if code == errno.ENOENT or "No such file" in text:
+        return PortNotFound(f"port {url} does not exist; {ports_hint()}")
+    if code == errno.EACCES:
+        return LinkError(f"no permission to open {url}; add your user to the 'dialout' group")
+    if "protocol" in text and "not known" in text:
+        return PortNotFound(f"{url}: unknown URL scheme; {ports_hint()}")
+    if code == errno.ECONNREFUSED or "Connection refused" in text:
+        return PortNotFound(f"nothing is listening at {url}")
+    return LinkError(f"cannot open {url}: {text}")
+
+
+#: USB vendor/product ids of units known to speak this protocol. Small on purpose:
+#: add a unit here only once it passes the conformance vectors.
+KNOWN_UNITS: dict[tuple[int, int], str] = {
+    (0x1209, 0xE571): "estim reference unit (pid.codes test id)",
+}
+
+
+@dataclass(frozen=True)
+class PortInfo:
+    device: str
+    description: str
+    hwid: str
+    vid: int | None
+    pid: int | None
+    #: the name of the known unit, if the USB ids match one
+    known_unit: str | None
+
+    @property
+    def looks_like_estim(self) -> bool:
+        return self.known_unit is not None
+
+
+def list_ports() -> list[PortInfo]:
+    """Serial ports on this machine, known estim units marked. ``sim://`` is always
+    available too (a simulated unit), but is not listed."""
+    from serial.tools import list_ports as serial_list_ports
+
+    out = []
+    for p in sorted(serial_list_ports.comports(), key=lambda p: p.device):
+        ids = (p.vid, p.pid) if p.vid is not None and p.pid is not None else None
+        out.append(
+            PortInfo(
+                device=p.device,
+                description=p.description or "",
+                hwid=p.hwid or "",
+                vid=p.vid,
+                pid=p.pid,
+                known_unit=KNOWN_UNITS.get(ids) if ids else None,
+            )
+        )
+    return out
+
+
+def ports_hint() -> str:
+    ports = [p.device for p in list_ports()]
+    listed = ", ".join(ports) if ports else "none found"
+    return f"serial ports here: {listed}; sim:// is a simulated unit"
