@@ -5,6 +5,7 @@ simulator's own JSON log; waits are for events, with generous real-time limits."
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import select
 import signal
@@ -261,3 +262,34 @@ def test_estim_stop_reaches_the_unit_directly_when_no_estim_holds_it(
     )
     assert done.returncode == 0, done.stderr
     assert "Output stopped on estim-sim SIM-0001" in done.stdout
+
+
+def test_keys_never_pass_the_clinic_limit(
+    sim: SimProcess, env: dict[str, str], tmp_path: Path
+) -> None:
+    # issue 10: with amplitude_max_ma = 6 and a 5 mA plan, forty presses of the up
+    # key set 9 mA on main; the live view only checked the unit's maximum
+    config = tmp_path / "config.toml"
+    config.write_text("[limits]\namplitude_max_ma = 6\n")
+    env = {**env, "ESTIM_CONFIG": str(config)}
+    term = Terminal(["run", "--port", sim.port, "--dwell", "1m", "--yes", "-c", "1:2:250:5"], env)
+    try:
+        sim.wait_for(lambda e: e["kind"] == "output_on")
+        term.read_until(b"(set 5 of 6)")  # the view shows the top of the range
+        for _ in range(40):
+            term.send(b"+")
+        setpoint(sim, 1, 6000)
+        term.read_until(b"above the clinic's maximum 6 mA")
+        term.send(b"q")
+        assert term.wait() == 3
+    finally:
+        term.close()
+    setpoints = [e["ua"] for e in map(json.loads, sim.lines[1:]) if e["kind"] == "setpoint"]
+    assert max(setpoints) == 6000
+    from estim.journal import Journal
+
+    with Journal(env["ESTIM_DB"]) as journal:
+        (record,) = journal.query()
+    kinds = [e.kind for e in record.events]
+    assert kinds.count("amplitude_set") == 10
+    assert kinds.count("amplitude_refused") == 30

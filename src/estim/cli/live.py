@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 UP = (b"\x1b[A", b"\x1bOA", b"+", b"=")
 DOWN = (b"\x1b[B", b"\x1bOB", b"-", b"_")
 STOP_KEYS = (b" ", b"q", b"Q", b"\x03")
-KEYS_HELP = "keys: up/down or +/- amplitude   1-8 select channel   space or q: STOP"
+KEYS_HELP = "keys: up/down or +/- amplitude   {channels} select channel   space or q: STOP"
 
 
 def _clock(seconds: float) -> str:
@@ -54,6 +54,11 @@ class LiveView:
         self.stdout = stdout
         self.describe = describe
         self.channels = [c.channel for c in session.plan.channels]
+        self.channel_keys = "/".join(map(str, self.channels))
+        #: the top of each channel's range: the unit's, the clinic's and SAFETY.md's
+        self.maxima = {
+            c.channel: session.device.limits.amplitude_max_ma(c) for c in session.plan.channels
+        }
         self.selected = self.channels[0]
         self.setpoints = {c.channel: c.amplitude_ma for c in session.plan.channels}
         self.step_ua = round(session.device.info.amplitude_step_ma * 1000)
@@ -181,12 +186,14 @@ class LiveView:
             mark = ">" if ch == self.selected else " "
             shown = "  -  " if now_ma is None else f"{now_ma:5.1f}"
             imp = "" if impedance is None else f"  {impedance / 1000:.1f} kohm"
-            parts.append(f"{mark}ch{ch} {shown} mA (set {self.setpoints[ch]:g}){imp}")
+            parts.append(
+                f"{mark}ch{ch} {shown} mA (set {self.setpoints[ch]:g} of {self.maxima[ch]:g}){imp}"
+            )
         return [
             head[:width],
             bar[:width],
             "   ".join(parts)[:width],
-            KEYS_HELP[:width],
+            KEYS_HELP.format(channels=self.channel_keys)[:width],
             self.message[:width],
         ]
 

@@ -332,18 +332,22 @@ def run(
     from estim.signals import SignalLatch, stop_on_signals
 
     with own(url):
-        try:
-            device = connect(url)
+        try:  # the clinic's limits hold for the plan and every live change on this unit
+            device = connect(url, clinic=config.limits)
         except PortNotFound as err:
             fail(str(err), USAGE)
         except (LinkError, RemoteProtocolError) as err:
             fail(str(err), UNREACHABLE)
         with device:
-            from estim.limits import Limits
-
-            problems = Limits(device.info, config.limits).plan_problems(plan)
+            problems = device.limits.plan_problems(plan)
             if problems:
-                fail(problems[0])
+                fail(
+                    f"{problems[0]} (clinic config {config.path})"
+                    if "clinic" in problems[0]
+                    else problems[0]
+                )
+            for warning in device.limits.clinic_wider_than_unit():
+                error_line(f"warning: {warning} (clinic config {config.path})")
             out = sys.stderr if as_json else sys.stdout
             for line in summary(plan, device):
                 click.echo(line, file=out)
