@@ -16,7 +16,7 @@ import pytest
 from pydantic import ValidationError
 
 from estim.clock import ManualClock
-from estim.device import Device, connect
+from estim.device import Device
 from estim.errors import DeviceError, DwellLimitError, EstimError, JournalError, OutputLimitError
 from estim.journal import Journal
 from estim.plan import ChannelPlan, SessionPlan
@@ -25,6 +25,8 @@ from estim.record import EventRecord, SessionRecord
 from estim.session import Session
 from estim.session_state import SessionState
 from estim.sim import SimulatedUnit, UnitConfig, serve
+
+from .runners import RUNNERS, connector, hang_the_loop
 
 CH1 = ChannelPlan(channel=1, frequency_hz=2, pulse_width_us=250, amplitude_ma=12)
 
@@ -47,8 +49,15 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
         yield j
 
 
+@pytest.fixture(params=RUNNERS)
+def connect(request: pytest.FixtureRequest, estim_clock: ManualClock) -> Any:
+    """``connect`` of the threaded runner, or of the asyncio one (tests/runners.py):
+    every session test runs against both."""
+    return connector(request.param, estim_clock)
+
+
 @pytest.fixture
-def device(estim_url: str) -> Iterator[Device]:
+def device(estim_url: str, connect: Any) -> Iterator[Device]:
     with connect(estim_url) as d:
         yield d
 
@@ -181,14 +190,7 @@ def test_a_hung_loop_is_stopped_by_the_unit_watchdog(
 ) -> None:
     session = device.start(plan(600, watchdog=0.5), journal=journal)
     estim_clock.advance(10)
-    read = device._read
-
-    def stuck_once(timeout: float | None) -> tuple[bytes, float]:
-        device._read = read  # type: ignore[method-assign]
-        estim_clock.sleep(30)  # the session loop is stuck in its port for 30 s
-        return read(timeout)
-
-    device._read = stuck_once  # type: ignore[method-assign]
+    hang_the_loop(device, estim_clock, 30)  # the session loop itself is stuck for 30 s
     record = session.wait(timeout=100)
     assert estim_unit.faults == {Fault.WATCHDOG}
     watchdog = estim_unit.events("watchdog")[-1]
@@ -297,7 +299,11 @@ def test_leaving_the_with_block(
 
 
 def test_closing_the_device_ends_its_session(
-    estim_url: str, journal: Journal, estim_unit: SimulatedUnit, estim_clock: ManualClock
+    estim_url: str,
+    journal: Journal,
+    estim_unit: SimulatedUnit,
+    estim_clock: ManualClock,
+    connect: Any,
 ) -> None:
     with connect(estim_url) as device:
         session = device.start(plan(), journal=journal)
@@ -556,8 +562,10 @@ def test_a_newer_journal_schema_is_refused(tmp_path: Path) -> None:
         Journal(path)
 
 
-def test_two_units_two_sessions_one_journal(tmp_path: Path) -> None:
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_two_units_two_sessions_one_journal(tmp_path: Path, runner: str) -> None:
     clock = ManualClock()
+    connect = connector(runner, clock)
     units = [SimulatedUnit(UnitConfig(serial_number=f"SIM-{i}"), clock=clock) for i in range(2)]
     with (
         Journal(tmp_path / "estim.db") as journal,

@@ -53,7 +53,7 @@ _EXPORTS: dict[str, str] = {
     "SessionNotFound": "estim.errors",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = ["__version__", "aio", *_EXPORTS]
 
 if TYPE_CHECKING:
     from estim.clock import ManualClock as ManualClock, RealClock as RealClock
@@ -94,6 +94,8 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "aio":  # the asyncio runner, a module: estim.aio.connect(url)
+        return importlib.import_module("estim.aio")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'estim' has no attribute {name!r}")

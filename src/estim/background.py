@@ -46,8 +46,10 @@ class JournalWriter:
         *,
         on_durable: Callable[[int], None],
         on_failed: Callable[[str], None],
+        on_done: Callable[[], None] | None = None,
     ) -> None:
         self.journal = journal
+        self._on_done = on_done
         self.session_id = session_id
         self.clock = clock
         self._on_durable = on_durable
@@ -82,6 +84,8 @@ class JournalWriter:
             self._to_sidecar()
         finally:
             self.done.set()
+            if self._on_done is not None:
+                self._on_done()
 
     def _write_all(self) -> None:
         while True:
@@ -150,8 +154,10 @@ class Notifier:
         clock: Clock,
         *,
         on_failed: Callable[[str], None],
+        on_done: Callable[[], None] | None = None,
     ) -> None:
         self._on_event = on_event
+        self._on_done = on_done
         self._on_failed = on_failed
         self._queue: deque[EventRecord] = deque()
         self._ending = False
@@ -184,3 +190,5 @@ class Notifier:
                 self._wake.wait(None)
         finally:
             self.done.set()
+            if self._on_done is not None:
+                self._on_done()

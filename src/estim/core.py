@@ -12,9 +12,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from estim.errors import EstimError, LinkLost, LinkTimeout
+from estim.errors import (
+    EstimError,
+    LinkError,
+    LinkLost,
+    LinkTimeout,
+    NoAnswer,
+    RemoteProtocolError,
+    VersionMismatch,
+)
+from estim.info import UnitInfo
 from estim.policy import SessionPolicy
-from estim.protocol import Answer, HostConnection, Message, Stop, StopReason
+from estim.protocol import (
+    PROTOCOL_VERSION,
+    Answer,
+    DeviceInfo,
+    ErrorCode,
+    Hello,
+    HostConnection,
+    Message,
+    Nack,
+    Stop,
+    StopReason,
+)
 from estim.protocol.host import RESPONSE_TIMEOUT_S, RETRIES, Retries
 from estim.record import EventRecord
 
@@ -261,3 +281,38 @@ class HostCore:
                 self._out.ended.append(policy)
                 if policy.unit_unreachable and self.lost is None:
                     self.lost = LinkLost(policy.stop_reason or "the unit cannot be reached")
+
+
+# --- the handshake, for either runner ---------------------------------------------------
+
+#: the first bytes a host sends: a 0x00 ends any partial frame the unit holds, then HELLO
+GREETING = b"\x00"
+HELLO = Hello(min_version=PROTOCOL_VERSION, max_version=PROTOCOL_VERSION)
+
+
+def unit_from_hello(url: str, answer: Result, rejected_frames: int) -> UnitInfo:
+    """What the answer to HELLO means: the unit's identity and limits, or the typed
+    error whose one line says what to do."""
+    if isinstance(answer, LinkError):
+        if rejected_frames:
+            raise NoAnswer(
+                f"{url} answered, but not in the estim protocol ({rejected_frames} bad frames): "
+                "is this the right port, and the right baud rate?"
+            )
+        raise NoAnswer(f"no estim unit answered on {url}; check the cable, the power and the port")
+    if isinstance(answer, EstimError):
+        raise answer
+    if isinstance(answer, Nack) and answer.error == ErrorCode.UNSUPPORTED_VERSION:
+        raise VersionMismatch(
+            f"the unit on {url} speaks a protocol version this software (version "
+            f"{PROTOCOL_VERSION}) does not; update estim or the unit's firmware"
+        )
+    if not isinstance(answer, DeviceInfo):
+        name = answer.TYPE.name if answer is not None else "nothing"
+        raise RemoteProtocolError(f"the unit on {url} answered HELLO with {name}")
+    if answer.protocol_version != PROTOCOL_VERSION:
+        raise VersionMismatch(
+            f"the unit on {url} chose protocol version {answer.protocol_version}; this software "
+            f"speaks {PROTOCOL_VERSION}; update estim or the unit's firmware"
+        )
+    return UnitInfo.from_message(answer)

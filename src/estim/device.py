@@ -21,41 +21,32 @@ even while the loop waits.
 from __future__ import annotations
 
 import logging
-import os
 import random
-import select
 import threading
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any
 
 import serial
 
 from estim.clock import REAL_CLOCK, Clock, ManualClock
-from estim.core import HostCore, Output, Result
+from estim.core import GREETING, HELLO, HostCore, Output, Result, unit_from_hello
 from estim.errors import (
     EstimError,
     LinkError,
     LinkLost,
-    NoAnswer,
     RemoteProtocolError,
-    VersionMismatch,
 )
 from estim.info import UnitInfo, UnitStatus
 from estim.limits import ClinicLimits, Limits
 from estim.plan import SessionPlan
 from estim.policy import HEARTBEAT_S, STATUS_EVERY_S, SessionPolicy
-from estim.ports import list_ports, open_port, port_clock, ports_hint
+from estim.ports import list_ports, open_port, port_clock, port_reader, ports_hint
 from estim.protocol import (
     OUTPUT_STATES,
-    PROTOCOL_VERSION,
     Ack,
     ClearFault,
-    DeviceInfo,
-    ErrorCode,
     GetStatus,
-    Hello,
     Message,
     Nack,
     State,
@@ -68,9 +59,6 @@ from estim.refusals import device_error
 log = logging.getLogger("estim.device")
 
 __all__ = ["Device", "connect", "list_ports", "ports_hint"]
-
-#: how long a reader without ``cancel_read`` (socket://, rfc2217://) waits at most
-_POLL_S = 0.02
 
 
 class _Waiter:
@@ -111,7 +99,7 @@ class Device:
         self._io_deadline: float | None = None
         self._closing = False
         self._closed = False
-        self._read = _reader(port, clock)
+        self._read = port_reader(port, clock)
         self._thread = clock.start_thread(self._run, name=f"estim-io {url}")
 
     def __repr__(self) -> str:
@@ -293,38 +281,9 @@ class Device:
     # -- connecting and closing -----------------------------------------------------------------
 
     def _hello(self) -> None:
-        try:
-            self.port.write(b"\x00")  # ends any partial frame the unit holds
-            answer = self._request(
-                Hello(min_version=PROTOCOL_VERSION, max_version=PROTOCOL_VERSION), "HELLO"
-            )
-        except LinkError:
-            rejected = self.stats.rejected_frames
-            if rejected:
-                raise NoAnswer(
-                    f"{self.url} answered, but not in the estim protocol ({rejected} bad frames): "
-                    "is this the right port, and the right baud rate?"
-                ) from None
-            raise NoAnswer(
-                f"no estim unit answered on {self.url}; check the cable, the power and the port"
-            ) from None
-        except EstimError as err:
-            if getattr(err, "code", None) == ErrorCode.UNSUPPORTED_VERSION:
-                raise VersionMismatch(
-                    f"the unit on {self.url} speaks a protocol version this software (version "
-                    f"{PROTOCOL_VERSION}) does not; update estim or the unit's firmware"
-                ) from None
-            raise
-        if not isinstance(answer, DeviceInfo):
-            raise RemoteProtocolError(
-                f"the unit on {self.url} answered HELLO with {answer.TYPE.name}"
-            )
-        if answer.protocol_version != PROTOCOL_VERSION:
-            raise VersionMismatch(
-                f"the unit on {self.url} chose protocol version {answer.protocol_version}; this "
-                f"software speaks {PROTOCOL_VERSION}; update estim or the unit's firmware"
-            )
-        self.info = UnitInfo.from_message(answer)
+        self.port.write(GREETING)
+        answer = self._call(lambda now, token: self._core.request(HELLO, now, token))
+        self.info = unit_from_hello(self.url, answer, self.stats.rejected_frames)
         self.limits = Limits(self.info, self.clinic)
 
     def _stop_orphaned_output(self) -> None:
@@ -415,59 +374,3 @@ def connect(
         port.close()
         raise
     return device
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-# --- reading a port with a deadline -------------------------------------------------------
-
-
-def _reader(port: Any, clock: Clock) -> Callable[[float | None], tuple[bytes, float]]:
-    """A function ``read(timeout) -> (bytes, seconds waited on a silent line)``:
-    whatever has arrived, or b"" at the timeout or when ``cancel_read`` wakes it.
-
-    On a POSIX serial port or pty: one ``select`` and one ``os.read`` of the whole
-    answer. Elsewhere through pyserial (``sim://``, ``socket://``, ...)."""
-    fd = getattr(port, "fd", None)
-    abort = getattr(port, "pipe_abort_read_r", None)
-    if isinstance(fd, int) and isinstance(abort, int):
-
-        def posix(timeout: float | None) -> tuple[bytes, float]:
-            ready, _, _ = select.select([fd, abort], [], [], 0)
-            waited = 0.0
-            if not ready:
-                before = clock.now()
-                ready, _, _ = select.select([fd, abort], [], [], timeout)
-                waited = clock.now() - before
-            if abort in ready:
-                os.read(abort, 1000)
-            if fd not in ready:
-                return b"", waited
-            data = os.read(fd, 4096)
-            if not data:
-                raise serial.SerialException(
-                    "device reports readiness to read but returned no data (device disconnected?)"
-                )
-            return data, waited
-
-        return posix
-
-    cancellable = callable(getattr(port, "cancel_read", None))
-
-    def generic(timeout: float | None) -> tuple[bytes, float]:
-        waiting = int(port.in_waiting)
-        if waiting:
-            return bytes(port.read(min(waiting, 4096))), 0.0
-        cap = timeout if cancellable else min(_POLL_S, timeout if timeout is not None else _POLL_S)
-        port.timeout = cap
-        before = clock.now()
-        data = bytes(port.read(1))
-        waited = clock.now() - before
-        more = int(port.in_waiting) if data else 0
-        if more:
-            data += bytes(port.read(min(more, 4096)))
-        return data, waited
-
-    return generic

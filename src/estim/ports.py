@@ -10,6 +10,9 @@ whose one line says what to do.
 from __future__ import annotations
 
 import errno
+import os
+import select
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +20,9 @@ import serial
 
 from estim.clock import Clock
 from estim.errors import LinkError, PortBusy, PortNotFound
+
+#: how long a reader without ``cancel_read`` (socket://, rfc2217://) waits at most
+_POLL_S = 0.02
 
 if "estim.urlhandler" not in serial.protocol_handler_packages:
     serial.protocol_handler_packages.append("estim.urlhandler")
@@ -111,3 +117,52 @@ def ports_hint() -> str:
     ports = [p.device for p in list_ports()]
     listed = ", ".join(ports) if ports else "none found"
     return f"serial ports here: {listed}; sim:// is a simulated unit"
+
+
+def port_reader(port: Any, clock: Clock) -> Callable[[float | None], tuple[bytes, float]]:
+    """A function ``read(timeout) -> (bytes, seconds waited on a silent line)``:
+    whatever has arrived, or b"" at the timeout or when ``cancel_read`` wakes it.
+
+    On a POSIX serial port or pty: one ``select`` and one ``os.read`` of the whole
+    answer. Elsewhere through pyserial (``sim://``, ``socket://``, ...)."""
+    fd = getattr(port, "fd", None)
+    abort = getattr(port, "pipe_abort_read_r", None)
+    if isinstance(fd, int) and isinstance(abort, int):
+
+        def posix(timeout: float | None) -> tuple[bytes, float]:
+            ready, _, _ = select.select([fd, abort], [], [], 0)
+            waited = 0.0
+            if not ready:
+                before = clock.now()
+                ready, _, _ = select.select([fd, abort], [], [], timeout)
+                waited = clock.now() - before
+            if abort in ready:
+                os.read(abort, 1000)
+            if fd not in ready:
+                return b"", waited
+            data = os.read(fd, 4096)
+            if not data:
+                raise serial.SerialException(
+                    "device reports readiness to read but returned no data (device disconnected?)"
+                )
+            return data, waited
+
+        return posix
+
+    cancellable = callable(getattr(port, "cancel_read", None))
+
+    def generic(timeout: float | None) -> tuple[bytes, float]:
+        waiting = int(port.in_waiting)
+        if waiting:
+            return bytes(port.read(min(waiting, 4096))), 0.0
+        cap = timeout if cancellable else min(_POLL_S, timeout if timeout is not None else _POLL_S)
+        port.timeout = cap
+        before = clock.now()
+        data = bytes(port.read(1))
+        waited = clock.now() - before
+        more = int(port.in_waiting) if data else 0
+        if more:
+            data += bytes(port.read(min(more, 4096)))
+        return data, waited
+
+    return generic

@@ -8,18 +8,22 @@ handle only asks it things (``set_amplitude``, ``stop``), reads its state, and
 waits for its record. Journal writes and ``on_event`` callbacks run on threads
 of their own (``estim.background``): a slow disk or a slow callback never delays
 a heartbeat, and an exception in a callback still stops output.
+
+``SessionHandle`` is what this and the asyncio session (``estim.aio``) share:
+the policy, its journal writer and callback thread, and the record.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from estim.background import JournalWriter, Notifier
 from estim.errors import EstimError, JournalError
-from estim.info import UnitStatus
+from estim.info import UnitInfo, UnitStatus
 from estim.journal import Journal
+from estim.limits import Limits
 from estim.plan import SessionPlan
 from estim.policy import HEARTBEAT_S, STATUS_EVERY_S, SessionPolicy
 from estim.protocol import StopReason
@@ -27,120 +31,120 @@ from estim.record import EventRecord, SessionRecord, UnitRecord
 from estim.session_state import SessionState
 
 if TYPE_CHECKING:
+    from estim.clock import Clock
+    from estim.core import HostCore
     from estim.device import Device
 
 EventCallback = Callable[[EventRecord], None]
 
 
-class Session:
-    """A running session. Create with ``Device.start(plan)``."""
+class Runner(Protocol):
+    """What a session handle needs of the runner it belongs to."""
+
+    url: str
+    clock: Clock
+    info: UnitInfo
+    limits: Limits
+    _core: HostCore
+
+    def _post(self, act: Callable[[float], None], *, urgent: bool = True) -> None: ...
+
+
+def new_policy(
+    runner: Runner,
+    plan: SessionPlan,
+    journal: Journal,
+    now: float,
+    *,
+    heartbeat: float,
+    status_every: float,
+) -> SessionPolicy:
+    """Check ``plan``, make its policy, and commit "start requested" to the journal:
+    the one write that blocks, on purpose (no record, no START). Raises before
+    anything is sent."""
+    runner.limits.check_plan(plan)
+    if runner._core.lost is not None:
+        raise runner._core.lost
+    session_id = journal.new_session_id()
+    unit = runner.info.as_dict()
+    dumped = plan.model_dump(mode="json")
+    policy = SessionPolicy(
+        plan=plan,
+        limits=runner.limits,
+        session_id=session_id,
+        link=runner._core,
+        now=now,
+        created_utc=datetime.now(timezone.utc),
+        start_requested={"plan": dumped, "unit": unit, "port": runner.url},
+        heartbeat=heartbeat,
+        status_every=status_every,
+    )
+    journal.begin(
+        session_id,
+        plan=dumped,
+        unit=unit,
+        port=runner.url,
+        planned_ms=round(plan.dwell * 1000),
+        utc=policy.events[0].utc,
+    )
+    return policy
+
+
+class SessionHandle:
+    """A session's policy, journal writer, callback thread and record."""
 
     def __init__(
         self,
-        device: Device,
+        runner: Runner,
         policy: SessionPolicy,
         journal: Journal,
         *,
         owns_journal: bool,
         on_event: EventCallback | None,
+        on_settled: Callable[[], None] | None = None,
     ) -> None:
-        self.device = device
         self.plan = policy.plan
-        self.clock = device.clock
+        self.clock = runner.clock
         self.session_id = policy.session_id
         self.id = policy.id
         self.journal = journal
+        self._runner = runner
         self._policy = policy
         self._owns_journal = owns_journal
-        self._ended_signal = self.clock.signal()
-        self._settled = False
+        self._closed = False
         self._unit = UnitRecord(
-            model=device.info.model,
-            serial_number=device.info.serial_number,
-            firmware=device.info.firmware,
-            simulated=device.info.simulated,
-            port=device.url,
+            model=runner.info.model,
+            serial_number=runner.info.serial_number,
+            firmware=runner.info.firmware,
+            simulated=runner.info.simulated,
+            port=runner.url,
         )
+        core = runner._core
         self._writer = JournalWriter(
             journal,
             self.id,
             self.clock,
-            on_durable=lambda n: device._post(
-                lambda now: device._core.journal_durable(policy, n), urgent=False
+            on_durable=lambda n: runner._post(
+                lambda now: core.journal_durable(policy, n), urgent=False
             ),
-            on_failed=lambda error: device._post(
-                lambda now: device._core.journal_failed(policy, error, now)
+            on_failed=lambda error: runner._post(
+                lambda now: core.journal_failed(policy, error, now)
             ),
+            on_done=on_settled,
         )
         self._notifier = (
             Notifier(
                 on_event,
                 self.id,
                 self.clock,
-                on_failed=lambda error: device._post(
-                    lambda now: device._core.callback_failed(policy, error, now)
+                on_failed=lambda error: runner._post(
+                    lambda now: core.callback_failed(policy, error, now)
                 ),
+                on_done=on_settled,
             )
             if on_event is not None
             else None
         )
-
-    # -- starting -------------------------------------------------------------------------------
-
-    @classmethod
-    def begin(
-        cls,
-        device: Device,
-        plan: SessionPlan,
-        *,
-        journal: Journal | None = None,
-        on_event: EventCallback | None = None,
-        heartbeat: float = HEARTBEAT_S,
-        status_every: float = STATUS_EVERY_S,
-    ) -> Session:
-        device.limits.check_plan(plan)
-        if device.lost is not None:
-            raise device.lost
-        owns = journal is None
-        journal = journal if journal is not None else Journal()
-        try:
-            session_id = journal.new_session_id()
-            unit = device.info.as_dict()
-            dumped = plan.model_dump(mode="json")
-            with device._lock:
-                policy = SessionPolicy(
-                    plan=plan,
-                    limits=device.limits,
-                    session_id=session_id,
-                    link=device._core,
-                    now=device.clock.now(),
-                    created_utc=datetime.now(timezone.utc),
-                    start_requested={"plan": dumped, "unit": unit, "port": device.url},
-                    heartbeat=heartbeat,
-                    status_every=status_every,
-                )
-            journal.begin(  # the one write that blocks on purpose: no record, no START
-                session_id,
-                plan=dumped,
-                unit=unit,
-                port=device.url,
-                planned_ms=round(plan.dwell * 1000),
-                utc=policy.events[0].utc,
-            )
-        except BaseException:
-            if owns:
-                journal.close()
-            raise
-        session = cls(device, policy, journal, owns_journal=owns, on_event=on_event)
-        with device._lock:
-            device._sessions[policy] = session
-        result = device._call(lambda now, token: device._core.start(policy, now, token))
-        if isinstance(result, EstimError):
-            session.wait()  # its end is recorded before the error reaches the caller
-            raise result
-        return session
-
-    # -- the public surface -------------------------------------------------------------------------
 
     @property
     def state(self) -> SessionState:
@@ -159,61 +163,12 @@ class Session:
         return self.plan.dwell - self.remaining
 
     @property
-    def events(self) -> list[EventRecord]:
-        return list(self._policy.events)
-
-    @property
     def last_status(self) -> UnitStatus | None:
         """The unit's last STATUS (polled about once a second)."""
         return self._policy.last_status
 
-    def set_amplitude(self, channel: int, ma: float, *, timeout: float = 2.0) -> None:
-        """Change a channel's amplitude; the unit slews to it at the session's rate.
-        Checked by the same limits as the plan (``OutputLimitError`` before anything
-        is sent); ``DeviceError`` if the unit refuses; ``LinkTimeout`` if it did not
-        answer (it may have taken the change: the record says so)."""
-        result = self.device._call(
-            lambda now, token: self.device._core.set_amplitude(
-                self._policy, channel, ma, now, token
-            ),
-            timeout,
-        )
-        if isinstance(result, EstimError):
-            raise result
-
-    def stop(self, reason: StopReason = StopReason.OPERATOR, detail: str = "") -> None:
-        """Output off now, from this thread (STOP jumps every queue); returns once the
-        unit acknowledged it (or the link was given up). The session then ends and
-        records ``reason``, or the reason of a stop already on its way. Safe from any
-        thread; idempotent."""
-        self.device._call(
-            lambda now, token: self.device._core.stop_session(
-                self._policy, reason, detail or reason.name.lower().replace("_", " "), now, token
-            )
-        )
-
-    def request_stop(self, reason: StopReason = StopReason.OPERATOR, detail: str = "") -> None:
-        """Ask for a stop without blocking (for signal handlers): the I/O thread
-        sends STOP on its next turn."""
-        text = detail or reason.name.lower().replace("_", " ")
-        self.device._post(
-            lambda now: self.device._core.stop_session(self._policy, reason, text, now, None)
-        )
-
-    def wait(self, timeout: float | None = None) -> SessionRecord:
-        """Block until the session has ended and its record is in the journal (or in
-        its sidecar file); return the record. Raises TimeoutError if ``timeout``
-        seconds pass first."""
-        end = None if timeout is None else self.clock.now() + timeout
-        for signal in (self._ended_signal, self._writer.done, *self._notifier_done()):
-            left = None if end is None else max(0.0, end - self.clock.now())
-            if not signal.wait(left):
-                raise TimeoutError(f"session {self.id} is still {self.state} after {timeout} s")
-        self._settle()
-        return self.record()
-
     def record(self) -> SessionRecord:
-        """The record as it stands (the journal's, once ``wait`` has returned)."""
+        """The record as it stands (the journal's, once the session is over)."""
         p = self._policy
         return SessionRecord.build(
             session_id=self.id,
@@ -228,18 +183,12 @@ class Session:
             journal_error=self._writer.error or p.journal_error,
         )
 
-    def __enter__(self) -> Session:
-        return self
+    def _background_done(self) -> list[Any]:
+        """The signals set once every record is written and every callback made."""
+        notifier = [] if self._notifier is None else [self._notifier.done]
+        return [self._writer.done, *notifier]
 
-    def __exit__(self, *exc: object) -> None:
-        if not self.state.is_end:
-            self.stop(StopReason.HOST_SHUTDOWN, "the program left the session's with block")
-        self.wait()
-
-    def __repr__(self) -> str:
-        return f"<Session {self.id} {self.state} on {self.device.url}>"
-
-    # -- from the device's I/O thread (never blocks) ------------------------------------------------
+    # -- from the runner, on its loop (never blocks) -----------------------------------------
 
     def _recorded(self, record: EventRecord, state: str) -> None:
         if record.n > 0:  # event 0 was committed before START
@@ -262,20 +211,119 @@ class Session:
         )
         if self._notifier is not None:
             self._notifier.finish()
-        self._ended_signal.set()
 
-    def _notifier_done(self) -> list[Any]:
-        return [] if self._notifier is None else [self._notifier.done]
-
-    def _settle(self) -> None:
-        if self._settled:
+    def _close_journal(self) -> None:
+        if self._closed:
             return
-        self._settled = True
+        self._closed = True
         if self._owns_journal:
             try:
                 self.journal.close()
             except JournalError:
                 pass
+
+
+class Session(SessionHandle):
+    """A running session. Create with ``Device.start(plan)``."""
+
+    def __init__(self, device: Device, policy: SessionPolicy, journal: Journal, **kw: Any) -> None:
+        super().__init__(device, policy, journal, **kw)
+        self.device = device
+        self._ended_signal = self.clock.signal()
+
+    @classmethod
+    def begin(
+        cls,
+        device: Device,
+        plan: SessionPlan,
+        *,
+        journal: Journal | None = None,
+        on_event: EventCallback | None = None,
+        heartbeat: float = HEARTBEAT_S,
+        status_every: float = STATUS_EVERY_S,
+    ) -> Session:
+        owns = journal is None
+        journal = journal if journal is not None else Journal()
+        try:
+            with device._lock:
+                now = device.clock.now()
+            policy = new_policy(
+                device, plan, journal, now, heartbeat=heartbeat, status_every=status_every
+            )
+        except BaseException:
+            if owns:
+                journal.close()
+            raise
+        session = cls(device, policy, journal, owns_journal=owns, on_event=on_event)
+        with device._lock:
+            device._sessions[policy] = session
+        result = device._call(lambda now, token: device._core.start(policy, now, token))
+        if isinstance(result, EstimError):
+            session.wait()  # its end is recorded before the error reaches the caller
+            raise result
+        return session
+
+    @property
+    def events(self) -> list[EventRecord]:
+        """The session's records so far (``on_event`` gets each as it happens)."""
+        return list(self._policy.events)
+
+    def set_amplitude(self, channel: int, ma: float, *, timeout: float = 2.0) -> None:
+        """Change a channel's amplitude; the unit slews to it at the session's rate.
+        Checked by the same limits as the plan (``OutputLimitError`` before anything
+        is sent); ``DeviceError`` if the unit refuses; ``LinkTimeout`` if it did not
+        answer (it may have taken the change: the record says so)."""
+        core = self.device._core
+        result = self.device._call(
+            lambda now, token: core.set_amplitude(self._policy, channel, ma, now, token), timeout
+        )
+        if isinstance(result, EstimError):
+            raise result
+
+    def stop(self, reason: StopReason = StopReason.OPERATOR, detail: str = "") -> None:
+        """Output off now, from this thread (STOP jumps every queue); returns once the
+        unit acknowledged it (or the link was given up). The session then ends and
+        records ``reason``, or the reason of a stop already on its way. Safe from any
+        thread; idempotent."""
+        text = detail or reason.name.lower().replace("_", " ")
+        core = self.device._core
+        self.device._call(
+            lambda now, token: core.stop_session(self._policy, reason, text, now, token)
+        )
+
+    def request_stop(self, reason: StopReason = StopReason.OPERATOR, detail: str = "") -> None:
+        """Ask for a stop without blocking (for signal handlers): the I/O thread
+        sends STOP on its next turn."""
+        text = detail or reason.name.lower().replace("_", " ")
+        core = self.device._core
+        self.device._post(lambda now: core.stop_session(self._policy, reason, text, now, None))
+
+    def wait(self, timeout: float | None = None) -> SessionRecord:
+        """Block until the session has ended and its record is in the journal (or in
+        its sidecar file); return the record. Raises TimeoutError if ``timeout``
+        seconds pass first."""
+        end = None if timeout is None else self.clock.now() + timeout
+        for signal in (self._ended_signal, *self._background_done()):
+            left = None if end is None else max(0.0, end - self.clock.now())
+            if not signal.wait(left):
+                raise TimeoutError(f"session {self.id} is still {self.state} after {timeout} s")
+        self._close_journal()
+        return self.record()
+
+    def _ended(self) -> None:
+        super()._ended()
+        self._ended_signal.set()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.state.is_end:
+            self.stop(StopReason.HOST_SHUTDOWN, "the program left the session's with block")
+        self.wait()
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id} {self.state} on {self.device.url}>"
 
 
 def run_session(
@@ -299,4 +347,4 @@ def run_session(
             return session.wait()
 
 
-__all__ = ["Session", "run_session"]
+__all__ = ["Session", "SessionHandle", "run_session"]

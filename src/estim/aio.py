@@ -1,0 +1,535 @@
+"""The asyncio runner: the same core as the threaded one, driven by an event loop.
+
+    async with estim.aio.connect("sim://") as unit:
+        session = await unit.start(plan, journal=journal)
+        async for event in session.events():
+            ...
+        record = await session.wait()
+
+Everything is decided by ``estim.core`` (and the session policy under it): this
+module only feeds it bytes (from one reader thread per port, handed to the loop)
+and the loop's time, sets timers at the deadlines it asks for, writes what it
+says, and resolves futures. Journal writes and ``on_event`` callbacks run on
+threads of their own, as in the threaded runner; ``session.events()`` yields the
+same records on the loop.
+
+Cancelling a task that awaits ``session.wait()``, leaving ``async with``, or
+closing the device stops output.
+
+Virtual time: ``estim.aio.run(main(), clock=estim_clock)`` runs a coroutine on an
+event loop whose time is a ``ManualClock`` (as ``trio.testing.MockClock``
+does), so a 10-minute session on a simulated unit runs in seconds and every
+heartbeat happens at its exact instant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import selectors
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import serial
+
+from estim.clock import REAL_CLOCK, Clock, ManualClock
+from estim.core import GREETING, HELLO, HostCore, Output, Result, unit_from_hello
+from estim.errors import EstimError, LinkError, LinkLost, RemoteProtocolError
+from estim.info import UnitInfo, UnitStatus
+from estim.journal import Journal
+from estim.limits import ClinicLimits, Limits
+from estim.plan import SessionPlan
+from estim.policy import HEARTBEAT_S, STATUS_EVERY_S, SessionPolicy
+from estim.ports import open_port, port_clock, port_reader
+from estim.protocol import (
+    OUTPUT_STATES,
+    Ack,
+    ClearFault,
+    GetStatus,
+    Message,
+    Nack,
+    State,
+    Status,
+    StopReason,
+)
+from estim.protocol.host import RESPONSE_TIMEOUT_S, RETRIES
+from estim.record import EventRecord, SessionRecord
+from estim.refusals import device_error
+from estim.session import EventCallback, SessionHandle, new_policy
+
+__all__ = ["AsyncDevice", "AsyncSession", "ManualClockLoop", "connect", "run"]
+
+T = TypeVar("T")
+
+
+class AsyncDevice:
+    """A connected unit, on the running event loop. Create with ``await connect(url)``."""
+
+    def __init__(
+        self,
+        port: serial.SerialBase,
+        clock: Clock,
+        *,
+        url: str,
+        core: HostCore,
+        clinic: ClinicLimits | None,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.port = port
+        self.clock = clock
+        self.url = url
+        self.clinic = clinic
+        self.info: UnitInfo
+        self.limits: Limits
+        self.stopped_orphan: int | None = None
+        self._core = core
+        self._loop = loop
+        self._timer: asyncio.TimerHandle | None = None
+        self._sessions: dict[SessionPolicy, AsyncSession] = {}
+        self._closing = False
+        self._closed = False
+        self._read = port_reader(port, clock)
+        self._reader = clock.start_thread(self._read_loop, name=f"estim-aio-reader {url}")
+
+    @property
+    def lost(self) -> LinkLost | None:
+        return self._core.lost
+
+    @property
+    def stats(self) -> Any:
+        return self._core.conn.stats
+
+    async def __aenter__(self) -> AsyncDevice:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- operations ----------------------------------------------------------------------
+
+    async def status(self) -> UnitStatus:
+        answer = await self._request(GetStatus(), "status")
+        if not isinstance(answer, Status):
+            raise RemoteProtocolError(f"the unit answered GET_STATUS with {answer.TYPE.name}")
+        return UnitStatus.from_message(answer)
+
+    async def clear_fault(self) -> State:
+        answer = await self._request(ClearFault(), "clear fault")
+        assert isinstance(answer, Ack)
+        return answer.state
+
+    async def stop(
+        self, reason: StopReason | int = StopReason.OPERATOR, *, give_up_after: float = 0.5
+    ) -> State:
+        """Output off now, whatever else is in flight (see ``Device.stop``)."""
+        result = await self._call(
+            lambda now, token: self._core.stop(reason, now, token, give_up_after=give_up_after)
+        )
+        if isinstance(result, EstimError):
+            raise result
+        assert isinstance(result, Ack | Nack)
+        return result.state
+
+    async def start(
+        self,
+        plan: SessionPlan,
+        *,
+        journal: Journal | None = None,
+        on_event: EventCallback | None = None,
+        heartbeat: float = HEARTBEAT_S,
+        status_every: float = STATUS_EVERY_S,
+    ) -> AsyncSession:
+        """Run ``plan``; returns once START is accepted. Checked by the device's limits
+        before anything is sent; "start requested" is committed to the journal first."""
+        owns = journal is None
+        journal = journal if journal is not None else Journal()
+        try:
+            policy = new_policy(
+                self,
+                plan,
+                journal,
+                self._loop.time(),
+                heartbeat=heartbeat,
+                status_every=status_every,
+            )
+        except BaseException:
+            if owns:
+                journal.close()
+            raise
+        session = AsyncSession(self, policy, journal, owns_journal=owns, on_event=on_event)
+        self._sessions[policy] = session
+        result = await self._call(lambda now, token: self._core.start(policy, now, token))
+        if isinstance(result, EstimError):
+            await session.wait()
+            raise result
+        return session
+
+    async def _request(self, message: Message, what: str) -> Message:
+        result = await self._call(lambda now, token: self._core.request(message, now, token))
+        if isinstance(result, EstimError):
+            raise result
+        assert result is not None
+        if isinstance(result, Nack):
+            raise device_error(result, what)
+        return result
+
+    # -- the runner ------------------------------------------------------------------------------
+
+    def _call(self, act: Callable[[float, object], None]) -> asyncio.Future[Result]:
+        future: asyncio.Future[Result] = self._loop.create_future()
+        act(self._loop.time(), future)
+        self._carry_out()
+        return future
+
+    def _post(self, act: Callable[[float], None], *, urgent: bool = True) -> None:
+        """From any thread: do ``act(now)`` on the loop."""
+        self._loop.call_soon_threadsafe(self._run_posted, act)
+
+    def _run_posted(self, act: Callable[[float], None]) -> None:
+        act(self._loop.time())
+        self._carry_out()
+
+    def _read_loop(self) -> None:
+        """The reader thread: blocking reads, handed to the loop with the line time
+        (which advances only while the line was silent, for the gap rule)."""
+        line_time = 0.0
+        while not self._closing:
+            try:
+                data, waited = self._read(None)
+            except (serial.SerialException, OSError, TypeError, AttributeError) as err:
+                if not self._closing:
+                    with contextlib.suppress(RuntimeError):  # the loop may be closed
+                        self._loop.call_soon_threadsafe(self._port_failed, err)
+                return
+            line_time += waited
+            if data:
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._received, data, line_time)
+
+    def _received(self, data: bytes, line_time: float) -> None:
+        now = self._loop.time()
+        self._core.receive(data, now, line_time=line_time)
+        self._core.tick(now)
+        self._carry_out()
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._core.tick(self._loop.time())
+        self._carry_out()
+
+    def _port_failed(self, err: BaseException) -> None:
+        self._core.port_failed(LinkLost(f"lost the port {self.url}: {err}"), self._loop.time())
+        out = self._core.take()
+        out.writes.clear()
+        self._do(out)
+
+    def _carry_out(self) -> None:
+        self._do(self._core.take())
+
+    def _do(self, out: Output) -> None:
+        for wire in out.writes:
+            try:
+                self.port.write(wire)
+            except (serial.SerialException, OSError) as err:
+                self._port_failed(err)
+                return
+        for token, result in out.resolved:
+            if isinstance(token, asyncio.Future) and not token.done():
+                token.set_result(result)
+        for policy, record, state in out.records:
+            session = self._sessions.get(policy)
+            if session is not None:
+                session._recorded(record, state)
+        for policy in out.ended:
+            session = self._sessions.pop(policy, None)
+            if session is not None:
+                session._ended()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        deadline = self._core.next_deadline()
+        if self._timer is not None:
+            if deadline is not None and self._timer.when() == deadline:
+                return
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None and not self._closed:
+            self._timer = self._loop.call_at(deadline, self._tick)
+
+    # -- connecting and closing ------------------------------------------------------------------
+
+    async def _hello(self) -> None:
+        self.port.write(GREETING)
+        answer = await self._call(lambda now, token: self._core.request(HELLO, now, token))
+        self.info = unit_from_hello(self.url, answer, self.stats.rejected_frames)
+        self.limits = Limits(self.info, self.clinic)
+        status = await self.status()
+        if status.state in OUTPUT_STATES:  # an orphaned output: a reconnect means output zero
+            await self.stop(StopReason.HOST_SHUTDOWN)
+            self.stopped_orphan = status.session_id
+
+    async def close(self) -> None:
+        """Stop any live session and any output (best effort), then close the port."""
+        if self._closed:
+            return
+        self._closed = True
+        for session in list(self._sessions.values()):
+            await session.stop(StopReason.HOST_SHUTDOWN, "the device was closed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(session.wait(), 5.0)
+        with contextlib.suppress(LinkError):
+            if self.lost is None:
+                await self.stop(StopReason.HOST_SHUTDOWN)
+        self._shut()
+
+    def _shut(self) -> None:
+        self._closed = True
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+        cancel = getattr(self.port, "cancel_read", None)
+        if callable(cancel):
+            with contextlib.suppress(serial.SerialException, OSError):
+                cancel()
+        self._reader.join(timeout=5.0)
+        with contextlib.suppress(serial.SerialException, OSError):
+            self.port.close()
+
+
+class AsyncSession(SessionHandle):
+    """A running session on an ``AsyncDevice``. Create with ``await unit.start(plan)``."""
+
+    def __init__(
+        self, device: AsyncDevice, policy: SessionPolicy, journal: Journal, **kw: Any
+    ) -> None:
+        loop = device._loop
+        self._pending_background = 0
+        self._background = loop.create_future()
+        super().__init__(device, policy, journal, on_settled=self._settled_threadsafe, **kw)
+        self._pending_background = 1 + (self._notifier is not None)
+        self.device = device
+        self._loop = loop
+        self._ended_future: asyncio.Future[None] = loop.create_future()
+        self._events: asyncio.Queue[EventRecord | None] = asyncio.Queue()
+
+    def _settled_threadsafe(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.device._loop.call_soon_threadsafe(self._one_settled)
+
+    def _one_settled(self) -> None:
+        self._pending_background -= 1
+        if self._pending_background <= 0 and not self._background.done():
+            self._background.set_result(None)
+
+    async def set_amplitude(self, channel: int, ma: float) -> None:
+        """Change a channel's amplitude (see ``Session.set_amplitude``)."""
+        core = self.device._core
+        result = await self.device._call(
+            lambda now, token: core.set_amplitude(self._policy, channel, ma, now, token)
+        )
+        if isinstance(result, EstimError):
+            raise result
+
+    async def stop(self, reason: StopReason = StopReason.OPERATOR, detail: str = "") -> None:
+        """Output off now; returns once the unit acknowledged it."""
+        text = detail or reason.name.lower().replace("_", " ")
+        core = self.device._core
+        await self.device._call(
+            lambda now, token: core.stop_session(self._policy, reason, text, now, token)
+        )
+
+    def request_stop(self, reason: StopReason = StopReason.OPERATOR, detail: str = "") -> None:
+        """Ask for a stop from any thread, without blocking (a signal handler)."""
+        text = detail or reason.name.lower().replace("_", " ")
+        core = self.device._core
+        self.device._post(lambda now: core.stop_session(self._policy, reason, text, now, None))
+
+    async def events(self) -> AsyncIterator[EventRecord]:
+        """Every record of the session, in order, from the first; ends after "ended"."""
+        while True:
+            record = await self._events.get()
+            if record is None:
+                return
+            yield record
+
+    async def wait(self) -> SessionRecord:
+        """Wait until the session has ended and its record is in the journal; return
+        it. Cancelling the waiting task stops output."""
+        try:
+            await asyncio.shield(self._ended_future)
+        except asyncio.CancelledError:
+            if not self.state.is_end:
+                self.request_stop(
+                    StopReason.HOST_SHUTDOWN, "the task waiting for the session was cancelled"
+                )
+            raise
+        await self._background
+        self._close_journal()
+        return self.record()
+
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if not self.state.is_end:
+            await self.stop(
+                StopReason.HOST_SHUTDOWN, "the program left the session's async with block"
+            )
+        await self.wait()
+
+    def _recorded(self, record: EventRecord, state: str) -> None:
+        super()._recorded(record, state)
+        self._events.put_nowait(record)
+
+    def _ended(self) -> None:
+        super()._ended()
+        self._events.put_nowait(None)
+        if not self._ended_future.done():
+            self._ended_future.set_result(None)
+
+    def __repr__(self) -> str:
+        return f"<AsyncSession {self.id} {self.state} on {self.device.url}>"
+
+
+class _Connecting:
+    """``connect(...)`` is awaitable and an async context manager."""
+
+    def __init__(self, coro: Coroutine[Any, Any, AsyncDevice]) -> None:
+        self._coro = coro
+        self._device: AsyncDevice | None = None
+
+    def __await__(self) -> Any:
+        return self._coro.__await__()
+
+    async def __aenter__(self) -> AsyncDevice:
+        self._device = await self._coro
+        return self._device
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._device is not None:
+            await self._device.close()
+
+
+def connect(
+    url: str,
+    *,
+    clinic: ClinicLimits | None = None,
+    baudrate: int = 115200,
+    response_timeout: float = RESPONSE_TIMEOUT_S,
+    retries: int = RETRIES,
+) -> _Connecting:
+    """``await connect(url)`` or ``async with connect(url) as unit``: open the port,
+    identify the unit, stop any output it was left delivering (see ``estim.connect``).
+    A simulated unit on a ``ManualClock`` needs a loop on that clock (``estim.aio.run``)."""
+    return _Connecting(
+        _connect(
+            url,
+            clinic=clinic,
+            baudrate=baudrate,
+            response_timeout=response_timeout,
+            retries=retries,
+        )
+    )
+
+
+async def _connect(
+    url: str, *, clinic: ClinicLimits | None, baudrate: int, response_timeout: float, retries: int
+) -> AsyncDevice:
+    loop = asyncio.get_running_loop()
+    port = open_port(url, baudrate=baudrate)
+    own = port_clock(port)
+    loop_clock = getattr(loop, "clock", None)
+    if isinstance(own, ManualClock) and own is not loop_clock:
+        port.close()
+        raise LinkError(
+            f"{url} runs on a manual clock: run the program with estim.aio.run(main(), clock=...) "
+            "on that clock"
+        )
+    core = HostCore(
+        name=url.strip(),
+        first_seq=random.randrange(0x10000),
+        response_timeout=response_timeout,
+        retries=retries,
+    )
+    device = AsyncDevice(
+        port, own or REAL_CLOCK, url=url.strip(), core=core, clinic=clinic, loop=loop
+    )
+    try:
+        await device._hello()
+    except BaseException:
+        device._shut()
+        raise
+    return device
+
+
+# --- virtual time for asyncio ------------------------------------------------------------------
+
+
+class _ClockSelector(selectors.DefaultSelector):
+    """Waits on a ``ManualClock`` instead of the real one: an idle loop lets virtual
+    time move to its next timer, and bytes handed over from another thread
+    (``call_soon_threadsafe``) wake it."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.wake = clock.signal()
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        self.wake.clear()
+        ready = super().select(0)
+        if ready or timeout == 0:
+            return ready
+        self.wake.wait(timeout)
+        return super().select(0)
+
+
+class ManualClockLoop(asyncio.SelectorEventLoop):
+    """An event loop whose time is a ``ManualClock``; run it on a thread started
+    with ``clock.start_thread`` (``estim.aio.run`` does)."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        self.clock = clock
+        self._clock_selector = _ClockSelector(clock)
+        super().__init__(self._clock_selector)
+
+    def time(self) -> float:
+        return self.clock.now()
+
+    def _write_to_self(self) -> None:
+        super()._write_to_self()  # type: ignore[misc]
+        self._clock_selector.wake.set()
+
+
+def run(main: Awaitable[T], *, clock: Clock | None = None) -> T:
+    """``asyncio.run(main)``, or, with a ``ManualClock``, run it on a loop on that
+    clock: the calling thread waits on the clock, so virtual time moves whenever
+    every participant is idle."""
+    if not isinstance(clock, ManualClock):
+        return asyncio.run(_as_coroutine(main))
+    done = clock.signal()
+    outcome: dict[str, Any] = {}
+
+    def body() -> None:
+        loop = ManualClockLoop(clock)
+        try:
+            outcome["result"] = loop.run_until_complete(_as_coroutine(main))
+        except BaseException as err:
+            outcome["error"] = err
+        finally:
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+            done.set()
+
+    thread = clock.start_thread(body, name="estim-aio-loop")
+    done.wait()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]  # type: ignore[no-any-return]
+
+
+async def _as_coroutine(main: Awaitable[T]) -> T:
+    return await main
