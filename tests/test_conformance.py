@@ -20,6 +20,7 @@ from click.testing import CliRunner, Result
 
 from estim.cli import cli
 from estim.clock import ManualClock
+from estim.conformance.clause import FAIL, NEEDS_TEST_LOAD, PASS, SKIP, Context, Row
 from estim.conformance.framing import GAP_RULE
 from estim.conformance.limits import channel_config, session_shape
 from estim.conformance.matching import describe, matches
@@ -27,18 +28,7 @@ from estim.conformance.port import UnitPort
 from estim.conformance.replies import REFERENCE, UnitModel, reference_reply
 from estim.conformance.requests import INVALID_RULES, PROBE_RULE, REQUEST_RULES
 from estim.conformance.sequences import sequence_vectors
-from estim.conformance.suite import (
-    FAIL,
-    NEEDS_TEST_LOAD,
-    PASS,
-    SKIP,
-    Context,
-    Report,
-    Row,
-    check,
-    clauses,
-    open_port,
-)
+from estim.conformance.suite import Report, check, clauses, open_port
 from estim.conformance.vectors import invalid_vectors, valid_vectors
 from estim.conformance.watchdog import FEED_RULE
 from estim.protocol import (

@@ -11,8 +11,9 @@ import pytest
 
 from estim.errors import DwellLimitError, OutputLimitError
 from estim.info import UnitInfo
-from estim.limits import ClinicLimits, Limits, pulse_problems
+from estim.limits import ClinicLimits, Limits
 from estim.plan import ChannelPlan, SessionPlan
+from estim.safety import pulse_problems
 from estim.sim import UnitConfig
 
 UNIT = UnitInfo.from_message(UnitConfig().device_info())

@@ -64,8 +64,9 @@ def test_a_host_frozen_for_4_s_records_the_unit_watchdog_stop(tmp_path: Path) ->
                 host.kill()
                 host.communicate()
     assert fault["fault"] == "WATCHDOG"
-    assert host.returncode == UNIT_FAULT, (out, err)
     record = json.loads(out.strip().splitlines()[-1])["record"]
+    story = [(e["t"], e["kind"], e["data"]) for e in record["events"][1:]]
+    assert host.returncode == UNIT_FAULT, (record["outcome"], record["stop_reason"], story, err)
     assert record["outcome"] == "faulted"
     assert "WATCHDOG" in record["stop_reason"]
     assert "stalled" in record["stop_reason"]

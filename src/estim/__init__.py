@@ -23,7 +23,7 @@ _EXPORTS: dict[str, str] = {
     "SessionPlan": "estim.plan",
     "ChannelPlan": "estim.plan",
     "Session": "estim.session",
-    "run_session": "estim.session",
+    "run_session": "estim.device",
     "SessionState": "estim.session_state",
     "SessionRecord": "estim.record",
     "EventRecord": "estim.record",
@@ -61,6 +61,7 @@ if TYPE_CHECKING:
         Device as Device,
         connect as connect,
         list_ports as list_ports,
+        run_session as run_session,
     )
     from estim.errors import (
         DeviceError as DeviceError,
@@ -89,7 +90,7 @@ if TYPE_CHECKING:
     from estim.plan import ChannelPlan as ChannelPlan, SessionPlan as SessionPlan
     from estim.protocol import StopReason as StopReason
     from estim.record import EventRecord as EventRecord, SessionRecord as SessionRecord
-    from estim.session import Session as Session, run_session as run_session
+    from estim.session import Session as Session
     from estim.session_state import SessionState as SessionState
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import selectors
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -57,6 +58,8 @@ from estim.protocol.host import RESPONSE_TIMEOUT_S, RETRIES
 from estim.record import EventRecord, SessionRecord
 from estim.refusals import device_error
 from estim.session import EventCallback, SessionHandle, new_policy
+
+log = logging.getLogger("estim.aio")
 
 __all__ = ["AsyncDevice", "AsyncSession", "ManualClockLoop", "connect", "run"]
 
@@ -231,6 +234,11 @@ class AsyncDevice:
         for wire in out.writes:
             try:
                 self.port.write(wire)
+            except serial.SerialTimeoutException:
+                # Not a lost port: pyserial also says this when the process was frozen
+                # during a write that went out whole. What goes unanswered is resent;
+                # a port that really is stuck shows as a silent unit.
+                log.warning("a write to %s timed out", self.url)
             except (serial.SerialException, OSError) as err:
                 self._port_failed(err)
                 return

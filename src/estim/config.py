@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from estim.durations import parse_duration
 from estim.errors import EstimError
-from estim.limits import DWELL_MAX_S, DWELL_MIN_S, RMS_MAX_MA, ClinicLimits
+from estim.limits import ClinicLimits
 from estim.paths import config_path
-from estim.plan import parse_duration
+from estim.safety import DWELL_MAX_S, DWELL_MIN_S, RMS_MAX_MA
 
 if sys.version_info >= (3, 11):
     import tomllib

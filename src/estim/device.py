@@ -38,6 +38,7 @@ from estim.errors import (
     RemoteProtocolError,
 )
 from estim.info import UnitInfo, UnitStatus
+from estim.journal import Journal
 from estim.limits import ClinicLimits, Limits
 from estim.plan import SessionPlan
 from estim.policy import HEARTBEAT_S, STATUS_EVERY_S, SessionPolicy
@@ -54,11 +55,13 @@ from estim.protocol import (
     StopReason,
 )
 from estim.protocol.host import RESPONSE_TIMEOUT_S, RETRIES
+from estim.record import SessionRecord
 from estim.refusals import device_error
+from estim.session import EventCallback, Session
 
 log = logging.getLogger("estim.device")
 
-__all__ = ["Device", "connect", "list_ports", "ports_hint"]
+__all__ = ["Device", "connect", "list_ports", "ports_hint", "run_session"]
 
 
 class _Waiter:
@@ -158,10 +161,8 @@ class Device:
         on_event: Any = None,
         heartbeat: float = HEARTBEAT_S,
         status_every: float = STATUS_EVERY_S,
-    ) -> Any:
+    ) -> Session:
         """Run ``plan`` as a session; returns once START is accepted. See ``estim.session``."""
-        from estim.session import Session
-
         return Session.begin(
             self,
             plan,
@@ -241,6 +242,11 @@ class Device:
         for wire in out.writes:
             try:
                 self.port.write(wire)
+            except serial.SerialTimeoutException:
+                # Not a lost port: pyserial also says this when the process was frozen
+                # during a write that went out whole. What goes unanswered is resent;
+                # a port that really is stuck shows as a silent unit.
+                log.warning("a write to %s timed out", self.url)
             except (serial.SerialException, OSError) as err:
                 self._port_failed(err)
                 return
@@ -374,3 +380,23 @@ def connect(
         port.close()
         raise
     return device
+
+
+def run_session(
+    url: str,
+    plan: SessionPlan,
+    *,
+    on_event: EventCallback | None = None,
+    journal: Journal | None = None,
+    handle_signals: bool = True,
+    **connect_options: Any,
+) -> SessionRecord:
+    """Connect, run ``plan`` to its end, and return the record: the blocking API
+    for scripts. Ctrl-C, SIGTERM and SIGHUP stop output and end the session
+    (when called from the main thread)."""
+    from estim.signals import stop_on_signals
+
+    with connect(url, **connect_options) as device:
+        session: Session = device.start(plan, on_event=on_event, journal=journal)
+        with stop_on_signals(session, enabled=handle_signals):
+            return session.wait()

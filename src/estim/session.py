@@ -31,9 +31,10 @@ from estim.record import EventRecord, SessionRecord, UnitRecord
 from estim.session_state import SessionState
 
 if TYPE_CHECKING:
+    import threading
+
     from estim.clock import Clock
-    from estim.core import HostCore
-    from estim.device import Device
+    from estim.core import HostCore, Result
 
 EventCallback = Callable[[EventRecord], None]
 
@@ -48,6 +49,17 @@ class Runner(Protocol):
     _core: HostCore
 
     def _post(self, act: Callable[[float], None], *, urgent: bool = True) -> None: ...
+
+
+class ThreadedRunner(Runner, Protocol):
+    """What the threaded session needs of ``estim.device.Device`` (without importing it)."""
+
+    _lock: threading.RLock
+    _sessions: dict[SessionPolicy, Any]
+
+    def _call(
+        self, act: Callable[[float, object], None], timeout: float | None = None
+    ) -> Result: ...
 
 
 def new_policy(
@@ -226,7 +238,9 @@ class SessionHandle:
 class Session(SessionHandle):
     """A running session. Create with ``Device.start(plan)``."""
 
-    def __init__(self, device: Device, policy: SessionPolicy, journal: Journal, **kw: Any) -> None:
+    def __init__(
+        self, device: ThreadedRunner, policy: SessionPolicy, journal: Journal, **kw: Any
+    ) -> None:
         super().__init__(device, policy, journal, **kw)
         self.device = device
         self._ended_signal = self.clock.signal()
@@ -234,7 +248,7 @@ class Session(SessionHandle):
     @classmethod
     def begin(
         cls,
-        device: Device,
+        device: ThreadedRunner,
         plan: SessionPlan,
         *,
         journal: Journal | None = None,
@@ -326,25 +340,4 @@ class Session(SessionHandle):
         return f"<Session {self.id} {self.state} on {self.device.url}>"
 
 
-def run_session(
-    url: str,
-    plan: SessionPlan,
-    *,
-    on_event: EventCallback | None = None,
-    journal: Journal | None = None,
-    handle_signals: bool = True,
-    **connect_options: Any,
-) -> SessionRecord:
-    """Connect, run ``plan`` to its end, and return the record: the blocking API
-    for scripts. Ctrl-C, SIGTERM and SIGHUP stop output and end the session
-    (when called from the main thread)."""
-    from estim.device import connect
-    from estim.signals import stop_on_signals
-
-    with connect(url, **connect_options) as device:
-        session: Session = device.start(plan, on_event=on_event, journal=journal)
-        with stop_on_signals(session, enabled=handle_signals):
-            return session.wait()
-
-
-__all__ = ["Session", "SessionHandle", "run_session"]
+__all__ = ["Session", "SessionHandle"]

@@ -41,7 +41,8 @@ def conformance(port: str | None, test_load: bool, as_json: bool) -> int:
     run only on a test load: with --test-load, or after a yes to the question
     asked on a terminal; otherwise they show SKIP. Never run it on a person.
     """
-    from estim.conformance.suite import PASS, OpenError, Row, check, open_port
+    from estim.conformance.clause import PASS, Row
+    from estim.conformance.suite import OpenError, check, open_port
 
     if not port:
         fail("no unit given: pass --port URL or set ESTIM_PORT")

@@ -18,12 +18,12 @@ import termios
 import tty
 from typing import TYPE_CHECKING, TextIO
 
+from estim.cli.events import EventQueue, describe
+from estim.durations import format_duration
 from estim.errors import EstimError
-from estim.plan import format_duration
 from estim.protocol import StopReason
 
 if TYPE_CHECKING:
-    from estim.cli.run import EventQueue
     from estim.session import Session
 
 UP = (b"\x1b[A", b"\x1bOA", b"+", b"=")
@@ -46,8 +46,6 @@ class LiveView:
         stdin: TextIO = sys.stdin,
         stdout: TextIO = sys.stdout,
     ) -> None:
-        from estim.cli.run import describe
-
         self.session = session
         self.events = events
         self.stdin = stdin

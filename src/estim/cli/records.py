@@ -205,8 +205,8 @@ def show(session_id: str, as_json: bool, db: str | None) -> int:
 def describe(r: SessionRecord) -> list[str]:
     """The record in words, one fact a line."""
     from estim import words
+    from estim.durations import format_duration
     from estim.export.facts import fault_names, output_period
-    from estim.plan import format_duration
 
     plan, unit, period = r.plan, r.unit, output_period(r)
     delivered = "unknown" if r.delivered_s is None else f"{r.delivered_s:.3f} s by the unit's clock"

@@ -19,8 +19,8 @@ from estim.protocol import (
     encode,
 )
 
+from .clause import FAIL, PASS, SKIP, Clause, Context, Row
 from .matching import describe_all
-from .suite import FAIL, PASS, SKIP, Clause, Context, Row
 
 GARBAGE_RULE = (
     "3.4",

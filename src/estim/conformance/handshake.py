@@ -19,9 +19,9 @@ from estim.protocol import (
     Waveform,
 )
 
+from .clause import FAIL, PASS, Clause, Context, Row
 from .limits import NoSession, channel_config, session_shape
 from .matching import describe
-from .suite import FAIL, PASS, Clause, Context, Row
 
 HELLO_RULE = ("4", "HELLO(1, 1) is answered DEVICE_INFO, protocol version 1")
 INFO_RULE = ("5", "DEVICE_INFO limits are coherent; amplitude step <= 1% of the maximum")

@@ -20,6 +20,7 @@ from estim.protocol import (
     Status,
 )
 
+from .clause import FAIL, PASS, Clause, Context, Failed, Row
 from .limits import Shape, floor_step
 from .sessions import (
     DRIFT,
@@ -36,7 +37,6 @@ from .sessions import (
     plan,
     said,
 )
-from .suite import FAIL, PASS, Clause, Context, Failed, Row
 
 RAMP_UP_RULE = ("7", "the start ramp rises linearly at amplitude/ramp, never faster")
 SAME_INSTANT_RULE = ("6.2", "AMPLITUDE_REACHED before RAMP_DONE when both happen at once")

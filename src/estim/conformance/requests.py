@@ -39,12 +39,12 @@ from estim.protocol import (
     message_to_dict,
 )
 
+from .clause import FAIL, PASS, SKIP, Clause, Context, Failed, Row
 from .limits import NoSession, channel_config, session_shape
 from .matching import describe, describe_all, matches
 from .replies import REFERENCE, UnitModel, reference_reply
 from .sequences import sequence_vectors
 from .sessions import idle_problem, to_idle
-from .suite import FAIL, PASS, SKIP, Clause, Context, Failed, Row
 from .vectors import invalid_vectors, valid_vectors
 
 #: requests a unit remembers by seq (PROTOCOL.md 10)

@@ -24,10 +24,10 @@ from estim.protocol import (
     StopReason,
 )
 
+from .clause import Context, Failed
 from .limits import Shape, channel_config, session_shape
 from .matching import describe
 from .port import ANSWER_S, Received
-from .suite import Context, Failed
 
 
 @dataclass

@@ -14,6 +14,7 @@ from estim.protocol import (
 )
 from estim.protocol.fields import CodeU8
 
+from .clause import FAIL, PASS, Clause, Context, Row
 from .port import ANSWER_S
 from .sessions import (
     DRIFT,
@@ -30,7 +31,6 @@ from .sessions import (
     said,
     to_idle,
 )
-from .suite import FAIL, PASS, Clause, Context, Row
 
 STOP_RULE = ("6.1, 9", "STOP turns output off at once: ACK IDLE, STOPPED with delivered_ms")
 UNKNOWN_REASON_RULE = ("8.4", "a STOP with an unknown reason byte stops; STOPPED echoes it")

@@ -32,6 +32,7 @@ from estim.protocol import (
     encode,
 )
 
+from .clause import FAIL, PASS, SKIP, Clause, Context, Row
 from .limits import channel_config
 from .matching import describe
 from .port import ANSWER_S, Received
@@ -52,7 +53,6 @@ from .sessions import (
     to_idle,
     wait_for,
 )
-from .suite import FAIL, PASS, SKIP, Clause, Context, Row
 
 WATCHDOG_RULE = ("9", "watchdog trips watchdog_ms after the last HEARTBEAT: FAULT, STOPPED")
 LATCHED_RULE = ("5.3, 6.1", "with a fault latched: NACK FAULT_LATCHED, field NONE, channel 0")

@@ -42,8 +42,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from estim import words
+from estim.durations import format_duration
 from estim.export.facts import highest_reached, output_period
-from estim.plan import format_duration
 from estim.record import SessionRecord
 
 SNOMED = "http://snomed.info/sct"

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from html import escape
 
 from estim import __version__, words
+from estim.durations import format_duration
 from estim.export.facts import fault_names, highest_reached, output_period
 from estim.export.svg import channel_plot
-from estim.plan import format_duration
 from estim.record import SessionRecord
 
 STYLE = """
