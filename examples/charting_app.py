@@ -11,9 +11,8 @@ PLAN.json is what a charting app sends (schemas/session-plan.schema.json), e.g.
 
 Each event is one JSON line on stdout as it happens. At the end OUTDIR holds the
 journal (estim.db) and, for the session, SESSION_ID.fhir.json and SESSION_ID.html,
-made from the journal's record. A real unit: replace the simulated one with
-``estim.connect("/dev/ttyUSB0")``. This uses the threaded API; an asyncio version
-will follow ``estim.aio``.
+made from the journal's record. It runs on ``estim.aio``, as an asyncio charting
+app would; a real unit: ``estim.aio.connect("/dev/ttyUSB0")`` under ``asyncio.run``.
 """
 
 from __future__ import annotations
@@ -26,20 +25,32 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import estim
+import estim.aio
 from estim.export import FORMATS
 
 
 @contextlib.contextmanager
-def simulated_unit(real_time: bool) -> Iterator[str]:
-    """The URL of a simulated unit: on a virtual clock (a session takes no time), or
-    ``sim://`` in real time."""
+def simulated_unit(real_time: bool) -> Iterator[tuple[str, estim.ManualClock | None]]:
+    """The URL of a simulated unit and its clock: a virtual clock (a session takes no
+    time), or ``sim://`` in real time (no clock of its own)."""
     if real_time:
-        yield "sim://"
+        yield "sim://", None
         return
     from estim.sim import SimulatedUnit, serve
 
-    with serve(SimulatedUnit(clock=estim.ManualClock())) as url:
-        yield url
+    clock = estim.ManualClock()
+    with serve(SimulatedUnit(clock=clock)) as url:
+        yield url, clock
+
+
+async def run_plan(url: str, plan: estim.SessionPlan, journal: estim.Journal) -> str:
+    """Run ``plan``, print each event as it happens; returns the session's id."""
+    async with estim.aio.connect(url) as unit:
+        session = await unit.start(plan, journal=journal)
+        async for event in session.events():
+            print_event(event)
+        await session.wait()
+        return session.id
 
 
 def print_event(event: estim.EventRecord) -> None:
@@ -62,12 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     args.outdir.mkdir(parents=True, exist_ok=True)
     with (
         estim.Journal(args.outdir / "estim.db") as journal,
-        simulated_unit(args.real_time) as url,
-        estim.connect(url) as device,
+        simulated_unit(args.real_time) as (url, clock),
     ):
-        session = device.start(plan, journal=journal, on_event=print_event)
-        session.wait(timeout=plan.dwell + 60)
-        record = journal.get(session.id)  # the journal's record: what the chart files
+        session_id = estim.aio.run(run_plan(url, plan, journal), clock=clock)
+        record = journal.get(session_id)  # the journal's record: what the chart files
     for name, suffix in (("fhir", "fhir.json"), ("html", "html")):
         (args.outdir / f"{record.id}.{suffix}").write_bytes(FORMATS[name].render([record]))
     print(

@@ -630,3 +630,30 @@ def test_stop_sends_stop_even_when_a_signal_already_asked_for_one(
     session.stop()
     assert not estim_unit.output_on
     assert session.wait(timeout=5).outcome == "stopped"
+
+
+def test_the_record_wait_returns_is_the_record_the_journal_holds(
+    device: Device, journal: Journal, estim_clock: ManualClock
+) -> None:
+    # issue 12: it lacked event 0 and its created_utc differed by 1 ms on main
+    session = device.start(plan(60), journal=journal)
+    estim_clock.advance(10)
+    session.set_amplitude(1, 13.0)
+    record = session.wait(timeout=100)
+    assert record == journal.get(session.id)
+    assert record.events[0].kind == "start_requested"
+    assert record.schema_version == 1
+
+
+def test_utc_stamps_follow_the_session_clock(
+    device: Device, journal: Journal, estim_clock: ManualClock
+) -> None:
+    # issue 12: on a manual clock, utc was wall time while t was virtual
+    from datetime import datetime
+
+    record = device.start(plan(60), journal=journal).wait(timeout=100)
+    first = datetime.fromisoformat(record.events[0].utc.replace("Z", "+00:00"))
+    for event in record.events:
+        stamped = datetime.fromisoformat(event.utc.replace("Z", "+00:00"))
+        assert (stamped - first).total_seconds() == pytest.approx(event.t, abs=0.001)
+    assert record.events[-1].t == pytest.approx(60.0, abs=0.01)
