@@ -311,3 +311,81 @@ def test_a_read_only_journal_mid_session_stops_output_and_exits_6(
         assert row["outcome"] == "aborted"
         assert row["stop_reason"].startswith("journal:")
         assert events[-1]["kind"] == "ended"
+
+
+# --- recovery never rewrites history (issue 13) ------------------------------------------
+
+
+def _begin(journal: Journal, sid: int) -> str:
+    from estim.plan import ChannelPlan, SessionPlan
+
+    plan = SessionPlan(
+        dwell=60,
+        channels=[ChannelPlan(channel=1, frequency_hz=2, pulse_width_us=250, amplitude_ma=5)],
+    )
+    return journal.begin(
+        sid,
+        plan=plan.model_dump(mode="json"),
+        unit={"model": "m", "serial_number": "s", "firmware": "f", "simulated": True},
+        port="sim://",
+        planned_ms=60_000,
+    )
+
+
+def test_recovery_never_overwrites_a_session_finished_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On main, Journal._recover read the unfinished sessions, then checked each one's
+    # lock: a finish() by the live process between the two turned a completed session
+    # into "interrupted". Here that interleaving is forced, not hoped for.
+    db = tmp_path / "estim.db"
+    live = Journal(db)
+    sid = _begin(live, 0x1234)
+    held = Journal._held_elsewhere
+
+    def finishes_meanwhile(self: Journal, session_id: str) -> bool:
+        if session_id == sid:  # after the read, before the check: the live host finishes
+            live.finish(
+                sid,
+                outcome="completed",
+                stop_reason="the dwell elapsed (unit deadline)",
+                ended_by="unit",
+                delivered_ms=60_000,
+                started_utc=None,
+                ended_utc="2026-11-27T10:01:00.000Z",
+            )
+            return False
+        return held(self, session_id)
+
+    monkeypatch.setattr(Journal, "_held_elsewhere", finishes_meanwhile)
+    with Journal(db) as reopened:
+        assert reopened.interrupted == []
+        record = reopened.get(sid)
+    live.close()
+    assert (record.outcome, record.stop_reason) == (
+        "completed",
+        "the dwell elapsed (unit deadline)",
+    )
+    assert [e.kind for e in record.events] == ["start_requested"]
+
+
+def test_interrupted_is_stamped_with_the_last_moment_output_was_known(tmp_path: Path) -> None:
+    from estim.record import EventRecord
+
+    db = tmp_path / "estim.db"
+    crashed = Journal(db)
+    sid = _begin(crashed, 0x99)
+    crashed.write_event(
+        sid,
+        EventRecord(n=1, utc="2026-11-27T10:00:05.002Z", t=5.002, unit_ms=5002, kind="ramp_done"),
+        "running",
+    )
+    os.close(crashed._locks.pop(sid))  # the host dies: the OS drops its lock
+    crashed._db.close()
+    with Journal(db) as reopened:
+        record = reopened.get(sid)
+    last = record.events[-1]
+    assert last.kind == "interrupted"
+    assert (last.t, last.utc) == (5.002, "2026-11-27T10:00:05.002Z")
+    assert "ramp_done at 2026-11-27T10:00:05.002Z" in (record.stop_reason or "")
+    assert "last known" in (record.stop_reason or "")

@@ -505,7 +505,7 @@ def test_an_unfinished_session_is_interrupted_on_the_next_open(tmp_path: Path) -
         row = reopened.session_row(sid)
         assert row is not None
         assert (row["outcome"], row["last_event"]) == ("interrupted", "interrupted")
-        assert "last event: output_started" in row["stop_reason"]
+        assert "last known: output_started at" in row["stop_reason"]
 
 
 def test_a_session_live_in_another_process_is_not_interrupted(tmp_path: Path) -> None:

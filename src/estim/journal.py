@@ -200,37 +200,47 @@ class Journal:
                     self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     def _recover(self) -> list[str]:
-        """Mark unfinished sessions whose process is gone as interrupted."""
-        rows = self._db.execute(
-            "SELECT id, last_event FROM sessions WHERE outcome IS NULL"
-        ).fetchall()
+        """Mark unfinished sessions whose process is gone as interrupted, stamped with
+        their last record: the last moment the host knew the state of output. A
+        session that another process finishes meanwhile is left as it is."""
+        rows = self._db.execute("SELECT id FROM sessions WHERE outcome IS NULL").fetchall()
         interrupted = []
-        for session_id, last_event in rows:
+        for (session_id,) in rows:
             if self._held_elsewhere(session_id) or self.sidecar_path(session_id).exists():
                 continue
             with self._transaction():
-                n = self._next_n(session_id)
-                reason = f"the host stopped unexpectedly; last event: {last_event or 'none'}"
-                self._db.execute(
-                    "INSERT INTO events (session_id, n, utc, t, unit_ms, kind, data) VALUES (?,?,?,?,?,?,?)",
-                    (
-                        session_id,
-                        n,
-                        utc_now(),
-                        0.0,
-                        None,
-                        "interrupted",
-                        json.dumps({"reason": reason}),
-                    ),
+                last = self._db.execute(
+                    "SELECT n, utc, t, kind FROM events WHERE session_id=? ORDER BY n DESC LIMIT 1",
+                    (session_id,),
+                ).fetchone()
+                n, utc, t, kind = last if last else (-1, utc_now(), 0.0, "none")
+                reason = (
+                    f"the host stopped unexpectedly; last known: {kind} at {utc}, its last "
+                    "record; the unit's watchdog or its own deadline ended output after that"
                 )
-                self._db.execute(
+                changed = self._db.execute(
                     "UPDATE sessions SET state='interrupted', outcome='interrupted', stop_reason=?, "
-                    "last_event='interrupted' WHERE id=?",
+                    "last_event='interrupted' WHERE id=? AND outcome IS NULL",
                     (reason, session_id),
-                )
-            with contextlib.suppress(OSError):
-                (self._lock_dir / session_id).unlink()
-            interrupted.append(session_id)
+                ).rowcount
+                if changed:  # (not finished since it was read)
+                    self._db.execute(
+                        "INSERT INTO events (session_id, n, utc, t, unit_ms, kind, data) "
+                        "VALUES (?,?,?,?,?,?,?)",
+                        (
+                            session_id,
+                            n + 1,
+                            utc,
+                            t,
+                            None,
+                            "interrupted",
+                            json.dumps({"reason": reason}),
+                        ),
+                    )
+            if changed:
+                with contextlib.suppress(OSError):
+                    (self._lock_dir / session_id).unlink()
+                interrupted.append(session_id)
         return interrupted
 
     def _held_elsewhere(self, session_id: str) -> bool:
