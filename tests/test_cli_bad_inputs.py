@@ -358,3 +358,39 @@ def test_bad_input_elsewhere(
     )
     assert result.exit_code == code
     assert_one_line(result.stderr, expected)
+
+
+@pytest.mark.parametrize(
+    "command", [["presets"], ["run", "--dwell", "1m", "-c", "1:2:250:5", "--yes"]]
+)
+def test_a_config_file_named_in_estim_config_that_does_not_exist(
+    runner: CliRunner,
+    tmp_path: Path,
+    estim_url: str,
+    estim_unit: SimulatedUnit,
+    monkeypatch: pytest.MonkeyPatch,
+    command: list[str],
+) -> None:
+    # issue 13: a typo in ESTIM_CONFIG silently dropped the clinic's limits on main
+    missing = tmp_path / "clinic" / "config.tmol"
+    monkeypatch.setenv("ESTIM_CONFIG", str(missing))
+    args = [*command, "--port", estim_url] if command[0] == "run" else command
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 2
+    assert_one_line(result.stderr, f"ESTIM_CONFIG names {missing}, which does not exist")
+    assert estim_unit.requests_seen[MessageType.START] == 0
+
+
+def test_a_clinic_limit_wider_than_the_unit_is_a_warning_and_the_unit_s_applies(
+    runner: CliRunner, tmp_path: Path, estim_url: str
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text("[limits]\namplitude_max_ma = 80\n")
+    result = runner.invoke(cli, ["run", "--port", estim_url, "--dwell", "1m", *GOOD, "--yes"])
+    assert result.exit_code == 0
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warnings == [
+        f"estim: warning: the clinic's amplitude_max_ma 80 mA is above this unit's 50 mA; "
+        f"the unit's applies (clinic config {home / 'config.toml'})"
+    ]

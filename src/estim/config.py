@@ -19,6 +19,7 @@ Every error names the file, the line and the key.
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -133,9 +134,18 @@ _PRESET_KEYS = {
 
 
 def load_config(path: Path | None = None) -> ClinicConfig:
-    """The clinic config (built-in presets and no narrowing if the file is absent)."""
+    """The clinic config: built-in presets and no narrowing when there is no file at
+    the default place. A file named on purpose (``path``, ``$ESTIM_CONFIG``) that
+    does not exist is an error: a typo must not silently drop the clinic's limits."""
+    named = path is not None or bool(os.environ.get("ESTIM_CONFIG"))
     path = path or config_path()
     if not path.exists():
+        if named:
+            source = "the clinic config" if "ESTIM_CONFIG" not in os.environ else "ESTIM_CONFIG"
+            raise ConfigError(
+                f"{source} names {path}, which does not exist; fix the path, or unset "
+                "ESTIM_CONFIG to use the default place"
+            )
         return ClinicConfig()
     try:
         text = path.read_text(encoding="utf-8")
