@@ -232,36 +232,105 @@ def test_sigterm_stops_output(terminal: Any, sim: SimProcess, env: dict[str, str
     assert stored_reason(env) == "SIGTERM: the program was asked to end"
 
 
-def test_estim_stop_from_a_second_terminal(
-    terminal: Any, sim: SimProcess, env: dict[str, str]
-) -> None:
-    term = terminal()
-    done = subprocess.run(
-        [sys.executable, "-m", "estim", "stop", "--port", sim.port],
+def estim_stop(
+    port: str, env: dict[str, str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "estim", "stop", "--port", port],
         env=env,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=30,
     )
+
+
+def spellings(port: str, tmp_path: Path) -> dict[str, tuple[str, Path | None]]:
+    """Other names of the same device: (name, working directory)."""
+    link = tmp_path / "unit0"
+    link.symlink_to(port)
+    chain = tmp_path / "by-id" / "usb-estim_unit-if00"
+    chain.parent.mkdir()
+    chain.symlink_to(link)  # a /dev/serial/by-id/... style link to a link
+    head, _, tail = port.rpartition("/")
+    return {
+        "the same path": (port, None),
+        "a symlink": (str(link), None),
+        "a relative symlink": ("./unit0", tmp_path),
+        "a by-id chain of symlinks": (str(chain), None),
+        "a path with a dot segment": (f"{head}/./{tail}", None),
+        "a relative path with ..": (os.path.relpath(port, tmp_path), tmp_path),
+    }
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "the same path",
+        "a symlink",
+        "a relative symlink",
+        "a by-id chain of symlinks",
+        "a path with a dot segment",
+        "a relative path with ..",
+    ],
+)
+def test_estim_stop_finds_the_session_by_any_name_of_the_port(
+    terminal: Any, sim: SimProcess, env: dict[str, str], tmp_path: Path, spelling: str
+) -> None:
+    # issue 13: on main, estim stop by another spelling of the port said "held by
+    # another program", exit 5, and the unit kept stimulating
+    term = terminal()
+    name, cwd = spellings(sim.port, tmp_path)[spelling]
+    other_home = {**env, "ESTIM_HOME": str(tmp_path / "another-home")}  # any ESTIM_HOME
+    done = estim_stop(name, other_home, cwd)
     assert done.returncode == 0, done.stderr
-    assert "Output stopped" in done.stdout
+    assert done.stdout.startswith("Output stopped: session "), done.stdout
     assert sim.wait_for(lambda e: e["kind"] == "output_off")["reason"] == "stop"
     assert term.wait() == 3
     assert stored_reason(env) == "stopped with estim stop"
 
 
+def test_estim_stop_finds_a_session_started_from_the_library(
+    sim: SimProcess, env: dict[str, str], tmp_path: Path
+) -> None:
+    app = tmp_path / "charting_app.py"
+    app.write_text(
+        "import sys, estim\n"
+        "plan = estim.SessionPlan(dwell=60, channels=[estim.ChannelPlan(channel=1, "
+        "frequency_hz=2, pulse_width_us=250, amplitude_ma=5)])\n"
+        "record = estim.run_session(sys.argv[1], plan, journal=estim.Journal(sys.argv[2]))\n"
+        "print(record.outcome, record.stop_reason)\n"
+    )
+    library = subprocess.Popen(
+        [sys.executable, str(app), sim.port, str(tmp_path / "app.db")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        sim.wait_for(lambda e: e["kind"] == "output_on")
+        done = estim_stop(spellings(sim.port, tmp_path)["a symlink"][0], env)
+        out, err = library.communicate(timeout=30)
+    finally:
+        if library.poll() is None:
+            library.kill()
+            library.communicate()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Output stopped: session "), done.stdout
+    assert sim.wait_for(lambda e: e["kind"] == "output_off")["reason"] == "stop"
+    assert out.strip() == "stopped stopped with estim stop", err
+
+
 def test_estim_stop_reaches_the_unit_directly_when_no_estim_holds_it(
     sim: SimProcess, env: dict[str, str]
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "estim", "stop", "--port", sim.port],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = estim_stop(sim.port, env)
     assert done.returncode == 0, done.stderr
-    assert "Output stopped on estim-sim SIM-0001" in done.stdout
+    assert done.stdout == (
+        f"No output was on estim-sim SIM-0001 ({sim.port}); no estim process held it. "
+        "STOP sent anyway.\n"
+    )
 
 
 def test_keys_never_pass_the_clinic_limit(

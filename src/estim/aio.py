@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import selectors
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -40,6 +41,7 @@ from estim.errors import EstimError, LinkError, LinkLost, RemoteProtocolError
 from estim.info import UnitInfo, UnitStatus
 from estim.journal import Journal
 from estim.limits import ClinicLimits, Limits
+from estim.owner import ANSWER_S, Owner, hold, port_identity
 from estim.plan import SessionPlan
 from estim.policy import HEARTBEAT_S, STATUS_EVERY_S, SessionPolicy
 from estim.ports import open_port, port_clock, port_reader
@@ -92,6 +94,7 @@ class AsyncDevice:
         self._sessions: dict[SessionPolicy, AsyncSession] = {}
         self._closing = False
         self._closed = False
+        self._owner: Owner | None = None
         self._read = port_reader(port, clock)
         self._reader = clock.start_thread(self._read_loop, name=f"estim-aio-reader {url}")
 
@@ -277,11 +280,28 @@ class AsyncDevice:
             await self.stop(StopReason.HOST_SHUTDOWN)
             self.stopped_orphan = status.session_id
 
+    def _stop_for_estim_stop(self) -> str:
+        """``estim stop`` from another process found this device (on the owner's thread)."""
+        future = asyncio.run_coroutine_threadsafe(self._stop_everything(), self._loop)
+        return future.result(timeout=ANSWER_S)
+
+    async def _stop_everything(self) -> str:
+        sessions = list(self._sessions.values())
+        for session in sessions:
+            await session.stop(StopReason.OPERATOR, "stopped with estim stop")
+        where = f"{self.url}, held by process {os.getpid()}"
+        if sessions:
+            return f"session {', '.join(s.id for s in sessions)} on {where}"
+        state = await self.stop(StopReason.OPERATOR)
+        return f"no session was running on {where}; the unit was told to stop and is {state.name}"
+
     async def close(self) -> None:
         """Stop any live session and any output (best effort), then close the port."""
         if self._closed:
             return
         self._closed = True
+        if self._owner is not None:
+            self._owner.close()
         for session in list(self._sessions.values()):
             await session.stop(StopReason.HOST_SHUTDOWN, "the device was closed")
             with contextlib.suppress(TimeoutError):
@@ -465,6 +485,7 @@ async def _connect(
     )
     try:
         await device._hello()
+        device._owner = hold(port_identity(url), device._stop_for_estim_stop)
     except BaseException:
         device._shut()
         raise

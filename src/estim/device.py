@@ -21,6 +21,7 @@ even while the loop waits.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 from collections import deque
@@ -40,6 +41,7 @@ from estim.errors import (
 from estim.info import UnitInfo, UnitStatus
 from estim.journal import Journal
 from estim.limits import ClinicLimits, Limits
+from estim.owner import Owner, hold, port_identity
 from estim.plan import SessionPlan
 from estim.policy import HEARTBEAT_S, STATUS_EVERY_S, SessionPolicy
 from estim.ports import list_ports, open_port, port_clock, port_reader, ports_hint
@@ -102,6 +104,7 @@ class Device:
         self._io_deadline: float | None = None
         self._closing = False
         self._closed = False
+        self._owner: Owner | None = None
         self._read = port_reader(port, clock)
         self._thread = clock.start_thread(self._run, name=f"estim-io {url}")
 
@@ -305,6 +308,18 @@ class Device:
             self.stop(StopReason.HOST_SHUTDOWN)
             self.stopped_orphan = status.session_id
 
+    def _stop_for_estim_stop(self) -> str:
+        """``estim stop`` from another process found this device: stop its output."""
+        with self._lock:
+            sessions = list(self._sessions.values())
+        for session in sessions:
+            session.stop(StopReason.OPERATOR, "stopped with estim stop")
+        where = f"{self.url}, held by process {os.getpid()}"
+        if sessions:
+            return f"session {', '.join(s.id for s in sessions)} on {where}"
+        state = self.stop(StopReason.OPERATOR)
+        return f"no session was running on {where}; the unit was told to stop and is {state.name}"
+
     def close(self) -> None:
         """Stop any live session and any output (best effort), then close the port.
         Idempotent."""
@@ -313,6 +328,8 @@ class Device:
                 return
             self._closed = True
             sessions = list(self._sessions.values())
+        if self._owner is not None:
+            self._owner.close()
         for session in sessions:
             session.stop(StopReason.HOST_SHUTDOWN, "the device was closed")
             try:
@@ -371,6 +388,7 @@ def connect(
     try:
         device._hello()
         device._stop_orphaned_output()
+        device._owner = hold(port_identity(url), device._stop_for_estim_stop)
     except BaseException:
         device._closed = True  # nothing to stop: close the port only
         with device._lock:

@@ -1,6 +1,7 @@
-"""Signals end a session with output off: Ctrl-C (SIGINT), SIGTERM, SIGHUP (the
-terminal closed) and SIGUSR1 (``estim stop`` from another terminal). The handler only asks the session loop to stop, which
-never blocks, so it is safe whatever the main thread was doing."""
+"""Signals end a session with output off: Ctrl-C (SIGINT), SIGTERM and SIGHUP (the
+terminal closed). The handler only asks the session loop to stop, which never
+blocks, so it is safe whatever the main thread was doing. (``estim stop`` from
+another terminal reaches the device itself: ``estim.owner``.)"""
 
 from __future__ import annotations
 
@@ -17,8 +18,6 @@ _REASONS = {
     signal.SIGINT: (StopReason.OPERATOR, "Ctrl-C"),
     signal.SIGTERM: (StopReason.HOST_SHUTDOWN, "SIGTERM: the program was asked to end"),
     signal.SIGHUP: (StopReason.HOST_SHUTDOWN, "SIGHUP: the terminal closed"),
-    # sent by `estim stop` from another terminal
-    signal.SIGUSR1: (StopReason.OPERATOR, "stopped with estim stop"),
 }
 
 

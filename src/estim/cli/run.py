@@ -292,39 +292,35 @@ def run(
         config=config,
     )
     url = need_port(port)
-    from estim.cli.owner import own
     from estim.device import connect
     from estim.errors import LinkError, PortNotFound, RemoteProtocolError
     from estim.signals import SignalLatch, stop_on_signals
 
-    with own(url):
-        try:  # the clinic's limits hold for the plan and every live change on this unit
-            device = connect(url, clinic=config.limits)
-        except PortNotFound as err:
-            fail(str(err), USAGE)
-        except (LinkError, RemoteProtocolError) as err:
-            fail(str(err), UNREACHABLE)
-        with device:
-            problems = device.limits.plan_problems(plan)
-            if problems:
-                fail(
-                    f"{problems[0]} (clinic config {config.path})"
-                    if "clinic" in problems[0]
-                    else problems[0]
-                )
-            for warning in device.limits.clinic_wider_than_unit():
-                error_line(f"warning: {warning} (clinic config {config.path})")
-            out = sys.stderr if as_json else sys.stdout
-            for line in summary(plan, device):
-                click.echo(line, file=out)
-            if not yes and not click.confirm("Start stimulation?", default=False, err=as_json):
-                error_line("not started: the operator declined")
-                return DECLINED
-            latch = SignalLatch()
-            with stop_on_signals(
-                latch
-            ):  # from here on a signal stops the session, even a starting one
-                record = _start_and_follow(device, plan, latch, db=db, as_json=as_json)
+    try:  # the clinic's limits hold for the plan and every live change on this unit
+        device = connect(url, clinic=config.limits)
+    except PortNotFound as err:
+        fail(str(err), USAGE)
+    except (LinkError, RemoteProtocolError) as err:
+        fail(str(err), UNREACHABLE)
+    with device:
+        problems = device.limits.plan_problems(plan)
+        if problems:
+            fail(
+                f"{problems[0]} (clinic config {config.path})"
+                if "clinic" in problems[0]
+                else problems[0]
+            )
+        for warning in device.limits.clinic_wider_than_unit():
+            error_line(f"warning: {warning} (clinic config {config.path})")
+        out = sys.stderr if as_json else sys.stdout
+        for line in summary(plan, device):
+            click.echo(line, file=out)
+        if not yes and not click.confirm("Start stimulation?", default=False, err=as_json):
+            error_line("not started: the operator declined")
+            return DECLINED
+        latch = SignalLatch()
+        with stop_on_signals(latch):  # from here on a signal stops the session, even a starting one
+            record = _start_and_follow(device, plan, latch, db=db, as_json=as_json)
     if as_json:
         echo_json({"record": record.model_dump(mode="json")})
     else:

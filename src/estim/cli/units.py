@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import time
-
 import click
 
 from estim.cli.common import (
     OK,
     UNREACHABLE,
-    Failure,
     connect_or_fail,
     echo_json,
     fail,
@@ -98,42 +93,35 @@ def info(port: str | None, as_json: bool) -> int:
 def stop(port: str | None) -> int:
     """Stop any output on the unit now (from a second terminal, say).
 
-    If another estim holds the port, it is told to stop its session; otherwise
-    STOP is sent to the unit directly.
+    Whatever name the port is given by (a symlink such as /dev/serial/by-id/...,
+    a relative path), the estim process holding it, from the CLI or a charting
+    app, is told to stop its session. If none holds it, STOP goes to the unit
+    directly.
     """
-    from estim.cli.owner import owner_of
+    from estim.device import connect
     from estim.errors import LinkError, PortBusy
+    from estim.owner import port_identity, request_stop
     from estim.protocol import StopReason
 
     url = need_port(port)
-    from estim.device import connect
-
+    answer = request_stop(port_identity(url))
+    if answer is not None:
+        click.echo(f"Output stopped: {answer}.")
+        return OK
     try:
-        with connect(url) as device:
+        with connect(url) as device:  # connecting stops any output left without a host
+            unit = f"{device.info.model} {device.info.serial_number} ({url})"
+            orphan = device.stopped_orphan
             device.stop(StopReason.OPERATOR)
-            click.echo(
-                f"Output stopped on {device.info.model} {device.info.serial_number} ({url})."
-            )
-            return OK
     except PortBusy:
-        pid = owner_of(url)
-        if pid is None:
-            fail(f"port {url} is held by another program, not estim; stop it there", UNREACHABLE)
-        os.kill(pid, signal.SIGUSR1)
-        deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline:
-            if owner_of(url) != pid:
-                click.echo(f"Output stopped: the estim session on {url} (process {pid}) has ended.")
-                return OK
-            time.sleep(0.02)  # polling another process's exit; not a timing assertion
-        fail(
-            f"asked estim process {pid} to stop the session on {url}, but it has not ended yet",
-            UNREACHABLE,
-        )
-    except Failure:
-        raise
+        fail(f"port {url} is held by another program, not estim; stop it there", UNREACHABLE)
     except LinkError as err:
         fail(str(err), UNREACHABLE)
+    if orphan is not None:
+        click.echo(f"Output stopped on {unit}: session {orphan:08x} was running with no host.")
+    else:
+        click.echo(f"No output was on {unit}; no estim process held it. STOP sent anyway.")
+    return OK
 
 
 @click.command("clear-fault")
