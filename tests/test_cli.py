@@ -48,9 +48,9 @@ def test_a_completed_run(
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "Unit     estim-sim serial SIM-0001" in out
-    assert "Channel 1  5 mA  2 Hz  250 us  biphasic symmetric" in out
+    assert "Channel 1  5 mA, 2 Hz, 250 us pulses, biphasic, symmetric" in out
     assert "ramp done: full amplitude" in out
-    assert "COMPLETED: delivered 1m of 1m." in out
+    assert "COMPLETED: delivered 1 min of 1 min. The unit's own deadline ended it." in out
     on, off = estim_unit.events("output_on")[-1], estim_unit.events("output_off")[-1]
     assert off.t - on.t == 60.0
     # the record is in the default journal, in the app directory
@@ -224,7 +224,7 @@ def test_clinic_presets_from_the_config_file(
         str(tmp_path / "j.db"),
     )
     assert result.exit_code == 0
-    assert "Channel 1  6 mA  4 Hz  200 us" in result.stdout
+    assert "Channel 1  6 mA, 4 Hz, 200 us pulses" in result.stdout
 
 
 def test_stop_when_nothing_runs(

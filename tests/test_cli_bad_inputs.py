@@ -319,7 +319,7 @@ def test_the_clinic_config_narrows_the_limits(
     assert_one_line(too_strong.stderr, "amplitude 12 mA is above the clinic's maximum 10 mA")
     too_long = runner.invoke(cli, ["run", "--port", estim_url, "--dwell", "9m", *GOOD, "--yes"])
     assert too_long.exit_code == 2
-    assert_one_line(too_long.stderr, "dwell 540 s is above the clinic's maximum 480 s")
+    assert_one_line(too_long.stderr, "dwell 9 min is above the clinic's maximum 8 min")
     assert estim_unit.requests_seen[MessageType.START] == 0
 
 
@@ -337,6 +337,33 @@ OTHER_CASES: list[tuple[str, list[str], int, str]] = [
     ("an unknown command", ["launch"], 2, "No such command 'launch'"),
     ("simulate with a bad option", ["simulate", "channels=0"], 2, "channels=0 is outside 1..8"),
     ("history with a bad outcome", ["history", "--outcome", "great"], 2, "'great' is not one of"),
+    ("info without a port", ["info"], 2, "no unit given: pass --port URL or set ESTIM_PORT"),
+    ("info on a missing port", ["info", "--port", "/dev/ttyNOPE9"], 2, "does not exist"),
+    ("stop on a missing port", ["stop", "--port", "/dev/ttyNOPE9"], 2, "does not exist"),
+    ("stop without a port", ["stop"], 2, "no unit given"),
+    (
+        "clear-fault on a missing port",
+        ["clear-fault", "--port", "/dev/ttyNOPE9"],
+        2,
+        "does not exist",
+    ),
+    ("ports with an unknown option", ["ports", "--all"], 2, "No such option '--all'"),
+    (
+        "simulate on pty and tcp",
+        ["simulate", "--pty", "--tcp", "7000"],
+        2,
+        "choose one of --pty and",
+    ),
+    (
+        "simulate with a bad tcp port",
+        ["simulate", "--tcp", "host:http"],
+        2,
+        "PORT must be a number",
+    ),
+    ("simulate with a bare word", ["simulate", "fast"], 2, "'fast' is not KEY=VALUE"),
+    ("simulate an unknown option", ["simulate", "speed=9"], 2, "unknown sim option 'speed'"),
+    ("show a missing journal", ["show", "abc", "--db", "/nonexistent/j.db"], 2, "no journal at"),
+    ("history of a missing journal", ["history", "--db", "/nonexistent/j.db"], 2, "no journal at"),
 ]
 
 
@@ -353,7 +380,11 @@ def test_bad_input_elsewhere(
         cli,
         [
             *args,
-            *(["--db", str(tmp_path / "j.db")] if args[0] in ("show", "history", "export") else []),
+            *(
+                ["--db", str(tmp_path / "j.db")]
+                if args[0] in ("show", "history", "export") and "--db" not in args
+                else []
+            ),
         ],
     )
     assert result.exit_code == code
@@ -394,3 +425,42 @@ def test_a_clinic_limit_wider_than_the_unit_is_a_warning_and_the_unit_s_applies(
         f"estim: warning: the clinic's amplitude_max_ma 80 mA is above this unit's 50 mA; "
         f"the unit's applies (clinic config {home / 'config.toml'})"
     ]
+
+
+def test_a_fault_in_estim_itself_is_one_line_exit_7_and_output_stopped(
+    runner: CliRunner, estim_url: str, estim_unit: SimulatedUnit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import estim.cli.run
+
+    def broken(event: object, session_id: str) -> str:
+        raise RuntimeError("a bug in the event printer")
+
+    monkeypatch.setattr(estim.cli.run, "describe", broken)
+    result = runner.invoke(cli, ["run", "--port", estim_url, "--dwell", "1m", *GOOD, "--yes"])
+    assert result.exit_code == 7
+    assert_one_line(
+        result.stderr, "internal error in estim: RuntimeError('a bug in the event printer')"
+    )
+    assert not estim_unit.output_on
+    assert estim_unit.events("output_off")[-1].data["reason"] == "stop"
+
+
+def test_a_journal_that_is_not_a_journal_says_so(runner: CliRunner, tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("shopping list\n" * 100)
+    result = runner.invoke(cli, ["history", "--db", str(notes)])
+    assert result.exit_code == 6
+    assert_one_line(result.stderr, f"{notes} is not an estim journal (or it is damaged)")
+    assert notes.read_text() == "shopping list\n" * 100
+
+
+def test_a_journal_on_a_full_disk_says_what_to_check() -> None:
+    import sqlite3
+
+    from estim.journal import _open_problem
+
+    text = _open_problem(Path("/clinic/estim.db"), sqlite3.OperationalError("disk I/O error"))
+    assert text == (
+        "cannot open the journal /clinic/estim.db: disk I/O error; check that its disk has free "
+        "space and is writable"
+    )

@@ -122,7 +122,7 @@ def terminal(sim: SimProcess, env: dict[str, str]) -> Iterator[Any]:
         term = Terminal(args, env)
         opened.append(term)
         sim.wait_for(lambda e: e["kind"] == "output_on")
-        term.read_until(b"left of 1m")
+        term.read_until(b"left of 1 min")
         return term
 
     yield start

@@ -124,7 +124,7 @@ def test_show_is_in_words(home: Path, db: str, records: list[SessionRecord]) -> 
     assert "None" not in text
     for raw in ("biphasic_symmetric", "dense_disperse", "ended_by=", "ma=", "{"):
         assert raw not in text, raw
-    assert "Outcome   completed: the dwell elapsed (unit deadline)" in text
+    assert "Outcome   completed: the unit's own deadline ended it" in text
     assert "delivered 60.000 s by the unit's clock; ended by the unit's own deadline" in text
     assert "Channel 1 12 mA, 2 Hz, 250 us pulses, biphasic, symmetric" in text
     assert "Channel 2 8 mA, 2 Hz alternating with 100 Hz every 3 s, 200 us pulses" in text

@@ -444,7 +444,7 @@ def test_a_device_answering_garbage_is_not_an_estim_unit() -> None:
     thread = threading.Thread(target=chatter)
     thread.start()
     try:
-        with pytest.raises(NoAnswer, match="answered, but not in the estim protocol"):
+        with pytest.raises(NoAnswer, match="sends bytes, but no estim frame"):
             connect(path)
     finally:
         stop.set()
@@ -583,3 +583,32 @@ def test_connecting_to_a_unit_with_orphaned_output_stops_it(
         assert not estim_unit.output_on
         assert second.stopped_orphan == session.session_id
         assert estim_unit.events("output_off")[-1].data["reason"] == "stop"
+
+
+def test_a_noisy_link_at_connect_says_the_frames_arrived_damaged() -> None:
+    # issue 13: on main a noisy link read "not in the estim protocol; is this the right port?"
+    from estim.protocol import RampDone
+
+    device, port = scripted_device(first_seq=5, response_timeout=0.05)
+    errors: list[BaseException] = []
+
+    def hello() -> None:
+        try:
+            device._hello()
+        except NoAnswer as err:
+            errors.append(err)
+
+    thread = threading.Thread(target=hello)
+    thread.start()
+    for attempt in range(3):
+        request = port.next_request()
+        good = encode(RampDone(seq=attempt, session_id=0, time_ms=0))  # the unit is there...
+        damaged = bytearray(encode(Ack(seq=request.seq, request_type=1, state=State.IDLE)))
+        damaged[3] ^= 0xFF  # ...but its answer arrives damaged
+        port.answer(good + bytes(damaged))
+    thread.join(5)
+    device._closed = device._closing = True
+    port.close()
+    device._thread.join(5)
+    assert "frames arrived damaged" in str(errors[0])
+    assert "check the cable" in str(errors[0])

@@ -88,7 +88,7 @@ def test_csv_is_one_flat_row_per_session(records: list[SessionRecord], in_new_yo
     assert first["site"] == "left vastus lateralis"
     assert first["condition"] == "knee osteoarthritis"
     assert (first["outcome"], first["ended_by"]) == ("completed", "unit")
-    assert first["stop_reason"] == "the dwell elapsed (unit deadline)"
+    assert first["stop_reason"] == "the unit's own deadline ended it"
     assert (first["planned_s"], first["delivered_s"], first["ramp_s"]) == ("60", "60", "5")
     assert first["unit_serial"] == "SIM-0001"
     assert first["unit_simulated"] == "yes"

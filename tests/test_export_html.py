@@ -104,10 +104,10 @@ def test_the_report_says_who_where_what_and_why(records: list[SessionRecord]) ->
         "left vastus lateralis",
         "knee osteoarthritis",
         "completed",
-        "the dwell elapsed (unit deadline)",
+        "the unit's own deadline ended it",
         "the unit's own deadline",
-        "60 s (1m), by the unit's clock",
-        "1m, ramp 5s up and down",
+        "1 min (60.000 s), by the unit's clock",
+        "1 min, ramp 5 s up and down",
         "estim-sim, serial SIM-0001",
         "SIMULATED UNIT",
         "2 Hz alternating with 100 Hz every 3 s",
@@ -115,7 +115,7 @@ def test_the_report_says_who_where_what_and_why(records: list[SessionRecord]) ->
         "12 mA",
         "14 mA",  # the highest reached on channel 1, after the operator's change
         "channel 1: amplitude set to 14 mA",
-        "output off after 60 s: the dwell is complete",
+        "output off after 1 min: the dwell is complete",
         records[0].id,
     ):
         assert fact in text, fact
@@ -128,7 +128,7 @@ def test_an_early_end_and_a_fault_are_plain(records: list[SessionRecord]) -> Non
     stopped = parse(records[1]).words
     assert "stopped early" in stopped
     assert "operator" in stopped
-    assert "10 s (10s), by the unit's clock" in stopped
+    assert "10 s (10.000 s), by the unit's clock" in stopped
     faulted = parse(records[2]).words
     assert "ended by a unit fault" in faulted
     assert "LEAD_OFF (channel 1)" in faulted

@@ -128,7 +128,7 @@ def test_the_dwell_is_60_to_600_s_whatever_the_unit_reports(dwell: float) -> Non
 
 def test_a_narrower_unit_narrows_the_dwell() -> None:
     narrow = replace(UNIT, dwell_max_s=300.0)
-    with pytest.raises(DwellLimitError, match="outside the unit's 1m-5m"):
+    with pytest.raises(DwellLimitError, match="outside the unit's range, 1 min to 5 min"):
         Limits(narrow).check_plan(plan(dwell=600))
 
 
@@ -159,7 +159,7 @@ def test_a_plan_built_without_validation_is_checked_again(
 def test_clinic_limits_apply_to_plans() -> None:
     clinic = ClinicLimits(amplitude_max_ma=4, dwell_max=300, ramp_min=10, frequency_max_hz=50)
     problems = Limits(UNIT, clinic).plan_problems(plan(dwell=600, ramp=5))
-    assert any("above the clinic's maximum 300 s" in p for p in problems)
+    assert any("above the clinic's maximum 5 min" in p for p in problems)
     assert any("below the clinic's minimum 10 s" in p for p in problems)
     assert any("above the clinic's maximum 4 mA" in p for p in problems)
 

@@ -348,7 +348,7 @@ def test_recovery_never_overwrites_a_session_finished_meanwhile(
             live.finish(
                 sid,
                 outcome="completed",
-                stop_reason="the dwell elapsed (unit deadline)",
+                stop_reason="the unit's own deadline ended it",
                 ended_by="unit",
                 delivered_ms=60_000,
                 started_utc=None,
@@ -364,7 +364,7 @@ def test_recovery_never_overwrites_a_session_finished_meanwhile(
     live.close()
     assert (record.outcome, record.stop_reason) == (
         "completed",
-        "the dwell elapsed (unit deadline)",
+        "the unit's own deadline ended it",
     )
     assert [e.kind for e in record.events] == ["start_requested"]
 

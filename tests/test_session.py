@@ -135,7 +135,7 @@ def test_a_unit_with_a_narrower_range_refuses_before_anything_is_sent(
 ) -> None:
     from estim.protocol import MessageType
 
-    with pytest.raises(DwellLimitError, match="outside the unit's 1m-5m"):
+    with pytest.raises(DwellLimitError, match="outside the unit's range, 1 min to 5 min"):
         device.start(plan(600), journal=journal)
     assert estim_unit.requests_seen[MessageType.CONFIGURE_CHANNEL] == 0
     assert journal.session_rows() == []
@@ -179,7 +179,7 @@ def test_the_unit_deadline_is_the_backstop_when_the_host_timer_is_late(
     session._host_deadline = session.clock.now() + 3600  # a host whose own timer failed
     record = session.wait(timeout=100)
     assert (record.outcome, record.ended_by, record.delivered_s) == ("completed", "unit", 60.0)
-    assert "unit deadline" in (record.stop_reason or "")
+    assert "the unit's own deadline" in (record.stop_reason or "")
 
 
 # --- SAFETY.md 2: heartbeats come from the loop; a hung loop is stopped by the unit ----------

@@ -273,7 +273,7 @@ class AsyncDevice:
     async def _hello(self) -> None:
         self.port.write(GREETING)
         answer = await self._call(lambda now, token: self._core.request(HELLO, now, token))
-        self.info = unit_from_hello(self.url, answer, self.stats.rejected_frames)
+        self.info = unit_from_hello(self.url, answer, self.stats)
         self.limits = Limits(self.info, self.clinic)
         status = await self.status()
         if status.state in OUTPUT_STATES:  # an orphaned output: a reconnect means output zero

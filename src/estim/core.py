@@ -35,7 +35,7 @@ from estim.protocol import (
     Stop,
     StopReason,
 )
-from estim.protocol.host import RESPONSE_TIMEOUT_S, RETRIES, Retries
+from estim.protocol.host import RESPONSE_TIMEOUT_S, RETRIES, ConnectionStats, Retries
 from estim.record import EventRecord
 
 #: what a woken caller gets: the answer, None (done), or the error to raise
@@ -290,14 +290,20 @@ GREETING = b"\x00"
 HELLO = Hello(min_version=PROTOCOL_VERSION, max_version=PROTOCOL_VERSION)
 
 
-def unit_from_hello(url: str, answer: Result, rejected_frames: int) -> UnitInfo:
+def unit_from_hello(url: str, answer: Result, stats: ConnectionStats) -> UnitInfo:
     """What the answer to HELLO means: the unit's identity and limits, or the typed
     error whose one line says what to do."""
     if isinstance(answer, LinkError):
-        if rejected_frames:
+        bad = stats.rejected_frames
+        if bad and stats.valid_frames:
             raise NoAnswer(
-                f"{url} answered, but not in the estim protocol ({rejected_frames} bad frames): "
-                "is this the right port, and the right baud rate?"
+                f"the unit on {url} answers, but {bad} of its frames arrived damaged and its "
+                "answer to HELLO never came through: check the cable and its connectors"
+            )
+        if bad:
+            raise NoAnswer(
+                f"{url} sends bytes, but no estim frame ({bad} bad frames): is this the "
+                "estim unit's port, at the right baud rate (115200)?"
             )
         raise NoAnswer(f"no estim unit answered on {url}; check the cable, the power and the port")
     if isinstance(answer, EstimError):

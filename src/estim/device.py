@@ -292,7 +292,7 @@ class Device:
     def _hello(self) -> None:
         self.port.write(GREETING)
         answer = self._call(lambda now, token: self._core.request(HELLO, now, token))
-        self.info = unit_from_hello(self.url, answer, self.stats.rejected_frames)
+        self.info = unit_from_hello(self.url, answer, self.stats)
         self.limits = Limits(self.info, self.clinic)
 
     def _stop_orphaned_output(self) -> None:

@@ -54,8 +54,14 @@ def _parse_text(text: str, what: str) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """8m, 1m30s, 45s, 2.5s: the shortest exact text for a duration."""
-    if seconds >= 60 and float(seconds).is_integer():
-        m, s = divmod(int(seconds), 60)
-        return f"{m}m{s}s" if s else f"{m}m"
-    return f"{seconds:g}s"
+    """A duration for people, one way everywhere: ``8 min``, ``1 min 30 s``,
+    ``45 s``, ``2.6 s`` (a tenth of a second at most; records keep milliseconds)."""
+    if not math.isfinite(seconds):
+        return f"{seconds!r} s"
+    tenths = round(seconds * 10)
+    if tenths == 0 and seconds > 0:
+        return f"{seconds * 1000:.0f} ms"
+    if tenths >= 600:
+        minutes, rest = divmod(tenths, 600)
+        return f"{minutes} min" + (f" {rest / 10:g} s" if rest else "")
+    return f"{tenths / 10:g} s"

@@ -91,6 +91,19 @@ def _is_busy(err: sqlite3.Error) -> bool:
     return code in (5, 6) or "locked" in str(err)  # SQLITE_BUSY, SQLITE_LOCKED
 
 
+def _open_problem(path: Path, err: sqlite3.Error) -> str:
+    """Why a journal could not be opened, in words that say what to do."""
+    text = str(err)
+    if isinstance(err, sqlite3.DatabaseError) and "not a database" in text:
+        return f"{path} is not an estim journal (or it is damaged): {text}; choose another --db"
+    if "disk I/O" in text or "full" in text or "readonly" in text or "read-only" in text:
+        return (
+            f"cannot open the journal {path}: {text}; check that its disk has free space "
+            "and is writable"
+        )
+    return f"cannot open the journal {path}: {text}"
+
+
 def default_path() -> Path:
     """``$ESTIM_DB``, else ``estim.db`` in estim's application directory."""
     from estim.paths import db_path
@@ -134,7 +147,7 @@ class Journal:
             self.interrupted = self._recover()
         except sqlite3.Error as err:
             self._db.close()
-            raise JournalError(f"the journal {self.path} is unreadable: {err}") from None
+            raise JournalError(_open_problem(self.path, err)) from None
         except BaseException:
             self._db.close()
             raise

@@ -45,12 +45,19 @@ class ClinicLimits:
 
     def plan_problems(self, plan: SessionPlan) -> list[str]:
         out = []
+        dwell, ramp = format_duration(plan.dwell), format_duration(plan.ramp)
         if self.dwell_min is not None and plan.dwell < self.dwell_min:
-            out.append(f"dwell {plan.dwell:g} s is below the clinic's minimum {self.dwell_min:g} s")
+            out.append(
+                f"dwell {dwell} is below the clinic's minimum {format_duration(self.dwell_min)}"
+            )
         if self.dwell_max is not None and plan.dwell > self.dwell_max:
-            out.append(f"dwell {plan.dwell:g} s is above the clinic's maximum {self.dwell_max:g} s")
+            out.append(
+                f"dwell {dwell} is above the clinic's maximum {format_duration(self.dwell_max)}"
+            )
         if self.ramp_min is not None and plan.ramp < self.ramp_min:
-            out.append(f"ramp {plan.ramp:g} s is below the clinic's minimum {self.ramp_min:g} s")
+            out.append(
+                f"ramp {ramp} is below the clinic's minimum {format_duration(self.ramp_min)}"
+            )
         for ch in plan.channels:
             name = f"channel {ch.channel}"
             problem = self.amplitude_problem(ch.channel, ch.amplitude_ma)
@@ -101,8 +108,8 @@ class Limits:
         dwell = [p for p in (dwell_problem(plan.dwell),) if p]
         if not dwell and not unit.dwell_min_s <= plan.dwell <= unit.dwell_max_s:
             dwell.append(
-                f"dwell {format_duration(plan.dwell)} is outside the unit's "
-                f"{format_duration(unit.dwell_min_s)}-{format_duration(unit.dwell_max_s)}"
+                f"dwell {format_duration(plan.dwell)} is outside the unit's range, "
+                f"{format_duration(unit.dwell_min_s)} to {format_duration(unit.dwell_max_s)}"
             )
         out: list[str] = []
         if not (math.isfinite(plan.ramp) and plan.ramp >= 0 and 2 * plan.ramp <= plan.dwell):

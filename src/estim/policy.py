@@ -386,7 +386,7 @@ class SessionPolicy:
     def _tick_live(self, now: float) -> None:
         assert self.host_deadline is not None
         if now >= self.host_deadline:
-            self.stop(StopReason.DWELL_ELAPSED, "the dwell elapsed (host timer)", now)
+            self.stop(StopReason.DWELL_ELAPSED, "the host's dwell timer is up", now)
             return
         if now >= self._silence_deadline():
             heard = self._heard()
@@ -556,7 +556,7 @@ class SessionPolicy:
         ):
             self._end(
                 "completed",
-                "the dwell elapsed (unit deadline; its event was lost)",
+                "the unit's own deadline ended it (its COMPLETED event was lost)",
                 ended_by="unit",
                 now=now,
             )
@@ -618,9 +618,7 @@ class SessionPolicy:
             self.delivered_ms = item.delivered_ms
             self._record("unit_completed", {"delivered_ms": item.delivered_ms}, now=now, unit_ms=ms)
             if not self.machine.state.is_end:  # the dwell ran out first, whatever else was asked
-                self._end(
-                    "completed", "the dwell elapsed (unit deadline)", ended_by="unit", now=now
-                )
+                self._end("completed", "the unit's own deadline ended it", ended_by="unit", now=now)
         elif isinstance(item, FaultRaised):
             name = fault_name(item.fault)
             self._pending_fault = f"unit fault {name}" + (
@@ -694,9 +692,10 @@ class SessionPolicy:
             )
             return
         outcome = _OUTCOME_OF_STOP.get(stop.reason, "stopped")
-        self._end(
-            outcome, stop.detail, ended_by="host" if outcome == "completed" else None, now=now
-        )
+        if outcome == "completed":
+            self._end(outcome, "the host's dwell timer stopped it", ended_by="host", now=now)
+        else:
+            self._end(outcome, stop.detail, ended_by=None, now=now)
 
     def _refused(self, error: DeviceError, now: float) -> None:
         self._resolve(self.start_token, error)

@@ -10,9 +10,11 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from estim.durations import format_duration
+
 if TYPE_CHECKING:
     from estim.plan import ChannelPlan
-    from estim.record import EventRecord
+from estim.record import EventRecord
 
 NOT_RECORDED = "not recorded"
 
@@ -87,8 +89,8 @@ def local_time(utc: str | None, *, seconds: bool = True) -> str:
 
 
 def seconds(value: float | None) -> str:
-    """``60 s``, ``1.5 s``; "unknown" if none."""
-    return "unknown" if value is None else f"{value:.3f}".rstrip("0").rstrip(".") + " s"
+    """``1 min``, ``1.5 s`` (``estim.durations.format_duration``); "unknown" if none."""
+    return "unknown" if value is None else format_duration(value)
 
 
 def event(e: EventRecord) -> str:

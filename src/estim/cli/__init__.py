@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from estim.cli.common import EXIT_CODES_HELP, Failure, error_line
+from estim.cli.common import EXIT_CODES_HELP, INTERNAL, Failure, error_line
 
 # name -> (module, function, one-line help shown by ``estim --help``)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -80,6 +80,15 @@ class LazyGroup(click.Group):
             sys.exit(1)
         except click.exceptions.Exit as err:
             sys.exit(err.exit_code)
+        except Exception as err:  # a bug: the device's with block has stopped output
+            import logging
+
+            logging.getLogger("estim.cli").debug("internal error", exc_info=True)
+            error_line(
+                f"internal error in estim: {err!r}; any output was stopped; please report this "
+                "(the journal keeps the session's record)"
+            )
+            sys.exit(INTERNAL)
         sys.exit(result if isinstance(result, int) else 0)
 
     def list_commands(self, ctx: click.Context) -> list[str]:

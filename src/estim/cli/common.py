@@ -16,12 +16,14 @@ STOPPED = 3  # stopped early by the operator (a key, Ctrl-C, a signal, estim sto
 UNIT_FAULT = 4  # lead-off, over-current, watchdog, the unit's e-stop
 UNREACHABLE = 5  # the unit could not be reached or the link was lost
 JOURNAL = 6  # the journal could not be written
+INTERNAL = 7  # a fault in estim itself (a bug): output was stopped
 
 EXIT_CODES_HELP = """\
 Exit codes: 0 the dwell completed; 1 declined at the confirmation (nothing
 started); 2 bad usage or a plan refused; 3 stopped early by the operator; 4 a
 unit fault (lead-off, over-current, watchdog, the unit's e-stop); 5 the unit
-could not be reached or the link was lost; 6 the journal could not be written.
+could not be reached or the link was lost; 6 the journal could not be written;
+7 a fault in estim itself (a bug; output was stopped: please report it).
 """
 
 

@@ -5,43 +5,21 @@ clock (so a test on a manual clock moves virtual time by waiting)."""
 from __future__ import annotations
 
 import queue
-from collections.abc import Callable
 from typing import Any
 
 from estim.record import EventRecord
 
 
 def describe(event: EventRecord, session_id: str) -> str | None:
-    """One plain line for an event (None for events not worth a line)."""
-    d = event.data
+    """One plain line for an event, as ``estim show`` words it (None for the start
+    request, which the summary above already showed)."""
+    from estim import words
 
-    def seconds(key: str) -> str:
-        value = d.get(key)
-        return "an unknown time" if value is None else f"{value / 1000:g} s"
-
-    kind = event.kind
-    if kind == "fault":
-        return f"UNIT FAULT {d.get('name')}" + (
-            f" on channel {d['channel']}" if d.get("channel") else ""
-        )
-    texts: dict[str, Callable[[], str]] = {
-        "start_accepted": lambda: f"started session {session_id}",
-        "output_started": lambda: "output on",
-        "ramp_done": lambda: "ramp done: full amplitude",
-        "ramp_down": lambda: f"ramping down: {seconds('remaining_ms')} left",
-        "amplitude_set": lambda: f"channel {d.get('channel')}: amplitude to {d.get('ma')} mA",
-        "amplitude_reached": lambda: f"channel {d.get('channel')}: at {d.get('ma')} mA",
-        "amplitude_refused": lambda: f"channel {d.get('channel')}: {d.get('error')}",
-        "stop_requested": lambda: f"stopping: {d.get('detail')}",
-        "unit_stopped": lambda: f"output off after {seconds('delivered_ms')}",
-        "unit_completed": lambda: f"output off after {seconds('delivered_ms')} (dwell complete)",
-        "button": lambda: f"unit button {d.get('button')}",
-        "events_missed": lambda: "some unit events were lost on the link",
-        "unit_restarted": lambda: "THE UNIT RESTARTED",
-        "ended": lambda: f"session {d.get('outcome')}: {d.get('reason')}",
-    }
-    text = texts.get(kind)
-    return text() if text else None
+    if event.kind == "start_requested":
+        return None
+    if event.kind == "start_accepted":
+        return f"started session {session_id}"
+    return words.event(event)
 
 
 class EventQueue:

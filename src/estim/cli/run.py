@@ -16,6 +16,7 @@ from estim.cli.common import (
     UNIT_FAULT,
     UNREACHABLE,
     USAGE,
+    Failure,
     echo_json,
     error_line,
     fail,
@@ -102,7 +103,7 @@ def plan_error(err: Exception) -> str:
         first = err.errors()[0]
         message = str(first.get("msg", err)).removeprefix("Value error, ")
         where = ".".join(str(p) for p in first.get("loc", ()) if not isinstance(p, int))
-        if where and where not in message:
+        if where and where not in message and not message.startswith("channel "):
             message = f"{where}: {message}"
         return message
     return str(err)
@@ -147,7 +148,37 @@ def build_plan(
     return plan
 
 
+def _outside_the_unit(
+    url: str, specs: tuple[str, ...], preset: Preset | None, waveform: str | None
+) -> str | None:
+    """A channel outside the unit's own frequency or pulse-width range, in its words
+    (asked only when a channel was already refused; HELLO and STATUS, never output)."""
+    from estim.device import connect
+    from estim.errors import EstimError
+
+    try:
+        fields = [parse_channel(spec, preset, waveform) for spec in specs]
+        with connect(url) as device:
+            unit = device.info
+    except (EstimError, Failure):
+        return None
+    for f in fields:
+        ch, hz, us = f["channel"], f["frequency_hz"], f["pulse_width_us"]
+        if not unit.frequency_min_hz <= hz <= unit.frequency_max_hz:
+            return (
+                f"channel {ch}: {hz:g} Hz is outside the unit's "
+                f"{unit.frequency_min_hz:g}-{unit.frequency_max_hz:g} Hz"
+            )
+        if not unit.pulse_width_min_us <= us <= unit.pulse_width_max_us:
+            return (
+                f"channel {ch}: {us} us is outside the unit's "
+                f"{unit.pulse_width_min_us}-{unit.pulse_width_max_us} us"
+            )
+    return None
+
+
 def summary(plan: SessionPlan, device: Device) -> list[str]:
+    from estim import words
     from estim.durations import format_duration
 
     unit = device.info
@@ -158,15 +189,7 @@ def summary(plan: SessionPlan, device: Device) -> list[str]:
         f"   watchdog {plan.watchdog:g} s",
     ]
     for ch in plan.channels:
-        extra = ""
-        if ch.mode == "dense_disperse":
-            extra = f", alternating with {ch.alt_frequency_hz:g} Hz every {ch.switch_s:g} s"
-        elif ch.mode == "burst":
-            extra = f", bursts of {ch.switch_s:g} s at {ch.alt_frequency_hz:g} Hz"
-        lines.append(
-            f"Channel {ch.channel}  {ch.amplitude_ma:g} mA  {ch.frequency_hz:g} Hz  {ch.pulse_width_us} us  "
-            f"{ch.waveform.replace('_', ' ')}{extra}"
-        )
+        lines.append(f"Channel {ch.channel}  {words.channel(ch)}")
     context = [
         f"{k} {v}"
         for k, v in (
@@ -200,7 +223,9 @@ def final_line(record: SessionRecord) -> str:
         "link_lost": "LINK LOST",
         "aborted": "ABORTED",
     }.get(record.outcome or "", str(record.outcome).upper())
-    line = f"{text}: delivered {delivered} of {format_duration(record.planned_s)}. {record.stop_reason}."
+    reason = record.stop_reason or "no reason was recorded"
+    reason = reason[:1].upper() + reason[1:]
+    line = f"{text}: delivered {delivered} of {format_duration(record.planned_s)}. {reason}."
     if record.journal_error:
         line += f" The journal could not be written: {record.journal_error}"
     return line + f" Session {record.id}."
@@ -275,22 +300,30 @@ def run(
     once. Elsewhere: one line per event (or one JSON object with --json).
     """
     config = load_clinic_config()
-    plan = build_plan(
-        dwell=dwell,
-        ramp=ramp,
-        channels=channels,
-        preset_name=preset,
-        waveform=waveform,
-        watchdog=watchdog,
-        context={
-            "patient_ref": patient,
-            "site": site,
-            "condition": condition,
-            "clinician": clinician,
-            "notes": notes,
-        },
-        config=config,
-    )
+    try:
+        plan = build_plan(
+            dwell=dwell,
+            ramp=ramp,
+            channels=channels,
+            preset_name=preset,
+            waveform=waveform,
+            watchdog=watchdog,
+            context={
+                "patient_ref": patient,
+                "site": site,
+                "condition": condition,
+                "clinician": clinician,
+                "notes": notes,
+            },
+            config=config,
+        )
+    except Failure as refused:
+        if port and "channel" in refused.message:  # the unit's own range says more
+            outside = _outside_the_unit(port, channels, config.presets.get(preset or ""), waveform)
+            if outside:
+                also = refused.message.split(": ", 1)[-1]
+                fail(f"{outside}; besides, {also}")
+        raise
     url = need_port(port)
     from estim.device import connect
     from estim.errors import LinkError, PortNotFound, RemoteProtocolError

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from estim.sim.unit import LogEntry
 
 OPTIONS_HELP = """\
-OPTIONS are KEY=VALUE pairs (the same as a sim:// URL's query): unit limits
+KEY=VALUE pairs are the unit's options (the same as a sim:// URL's query): unit limits
 (channels, amplitude_max_ma, amplitude_step_ma, slew_ma_per_s, frequency_min_hz,
 frequency_max_hz, pulse_width_min_us, pulse_width_max_us, watchdog_min_ms,
 watchdog_max_ms, dwell_min_s, dwell_max_s, ramp_max_s, lead_off_ohm,
@@ -46,7 +46,7 @@ def _human(entry_json: dict[str, object]) -> str | None:
     "--json", "as_json", is_flag=True, help="Print one JSON line per unit event on stdout."
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print only the PORT line.")
-@click.argument("options", nargs=-1, metavar="[OPTIONS]...")
+@click.argument("options", nargs=-1, metavar="[KEY=VALUE]...")
 def simulate(
     use_pty: bool, tcp: str | None, as_json: bool, quiet: bool, options: tuple[str, ...]
 ) -> None:

@@ -7,6 +7,7 @@ import click
 from estim.cli.common import (
     OK,
     UNREACHABLE,
+    USAGE,
     connect_or_fail,
     echo_json,
     fail,
@@ -99,7 +100,7 @@ def stop(port: str | None) -> int:
     directly.
     """
     from estim.device import connect
-    from estim.errors import LinkError, PortBusy
+    from estim.errors import LinkError, PortBusy, PortNotFound
     from estim.owner import port_identity, request_stop
     from estim.protocol import StopReason
 
@@ -115,6 +116,8 @@ def stop(port: str | None) -> int:
             device.stop(StopReason.OPERATOR)
     except PortBusy:
         fail(f"port {url} is held by another program, not estim; stop it there", UNREACHABLE)
+    except PortNotFound as err:
+        fail(str(err), USAGE)
     except LinkError as err:
         fail(str(err), UNREACHABLE)
     if orphan is not None:

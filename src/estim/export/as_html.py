@@ -62,7 +62,7 @@ def page(r: SessionRecord) -> str:
     delivered = (
         "unknown (the unit's figure was not received)"
         if r.delivered_s is None
-        else f"{words.seconds(r.delivered_s)} ({format_duration(r.delivered_s)}), by the unit's clock"
+        else f"{format_duration(r.delivered_s)} ({r.delivered_s:.3f} s), by the unit's clock"
     )
     why = r.stop_reason or ("still running" if r.outcome is None else words.NOT_RECORDED)
     ended_by = words.ENDED_BY.get(r.ended_by or "", "")

@@ -60,6 +60,8 @@ Incoming = Answer | Event | EventGap
 @dataclass
 class ConnectionStats:
     requests: int = 0
+    #: frames from the unit that passed every check
+    valid_frames: int = 0
     retries: int = 0
     rejected_frames: int = 0
     stale_answers: int = 0
@@ -169,6 +171,7 @@ class HostConnection:
         out: list[Incoming] = []
         for message in self._decoder.feed(data, now if line_time is None else line_time):
             self.last_rx = now
+            self.stats.valid_frames += 1
             if message.KIND == Kind.RESPONSE:
                 pending = self._pending.pop(message.seq, None)
                 if pending is None:
