@@ -657,3 +657,23 @@ def test_utc_stamps_follow_the_session_clock(
         stamped = datetime.fromisoformat(event.utc.replace("Z", "+00:00"))
         assert (stamped - first).total_seconds() == pytest.approx(event.t, abs=0.001)
     assert record.events[-1].t == pytest.approx(60.0, abs=0.01)
+
+
+def test_a_short_watchdog_gets_heartbeats_a_quarter_of_it_apart(
+    device: Device, journal: Journal, estim_unit: SimulatedUnit
+) -> None:
+    # PROTOCOL.md 9: at least every watchdog_ms / 4 (docs/SAFETY.md found 100 ms at 0.2 s)
+    device.start(plan(60, watchdog=0.2), journal=journal).wait(timeout=100)
+    assert estim_unit.faults == set()
+    assert estim_unit.events("output_off")[-1].data["max_frame_gap_ms"] <= 50.0
+
+
+@pytest.mark.parametrize("heartbeat", [0.2, 0.0, -1.0, float("nan")])
+def test_a_heartbeat_slower_than_a_quarter_of_the_watchdog_is_refused(
+    device: Device, journal: Journal, estim_unit: SimulatedUnit, heartbeat: float
+) -> None:
+    with pytest.raises(OutputLimitError, match="heartbeat"):
+        device.start(plan(60, watchdog=0.5), journal=journal, heartbeat=heartbeat)
+    from estim.protocol import MessageType
+
+    assert estim_unit.requests_seen[MessageType.START] == 0

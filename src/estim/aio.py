@@ -43,7 +43,7 @@ from estim.journal import Journal
 from estim.limits import ClinicLimits, Limits
 from estim.owner import ANSWER_S, Owner, hold, port_identity
 from estim.plan import SessionPlan
-from estim.policy import HEARTBEAT_S, STATUS_EVERY_S, SessionPolicy
+from estim.policy import STATUS_EVERY_S, SessionPolicy
 from estim.ports import open_port, port_clock, port_reader
 from estim.protocol import (
     OUTPUT_STATES,
@@ -143,7 +143,7 @@ class AsyncDevice:
         *,
         journal: Journal | None = None,
         on_event: EventCallback | None = None,
-        heartbeat: float = HEARTBEAT_S,
+        heartbeat: float | None = None,
         status_every: float = STATUS_EVERY_S,
     ) -> AsyncSession:
         """Run ``plan``; returns once START is accepted. Checked by the device's limits

@@ -43,7 +43,7 @@ from estim.journal import Journal
 from estim.limits import ClinicLimits, Limits
 from estim.owner import Owner, hold, port_identity
 from estim.plan import SessionPlan
-from estim.policy import HEARTBEAT_S, STATUS_EVERY_S, SessionPolicy
+from estim.policy import STATUS_EVERY_S, SessionPolicy
 from estim.ports import list_ports, open_port, port_clock, port_reader, ports_hint
 from estim.protocol import (
     OUTPUT_STATES,
@@ -162,7 +162,7 @@ class Device:
         *,
         journal: Any = None,
         on_event: Any = None,
-        heartbeat: float = HEARTBEAT_S,
+        heartbeat: float | None = None,
         status_every: float = STATUS_EVERY_S,
     ) -> Session:
         """Run ``plan`` as a session; returns once START is accepted. See ``estim.session``."""

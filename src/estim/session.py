@@ -15,12 +15,13 @@ the policy, its journal writer and callback thread, and the record.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
 from estim.background import JournalWriter, Notifier
-from estim.errors import EstimError, JournalError
+from estim.errors import EstimError, JournalError, OutputLimitError
 from estim.info import UnitInfo, UnitStatus
 from estim.journal import Journal
 from estim.limits import Limits
@@ -62,19 +63,34 @@ class ThreadedRunner(Runner, Protocol):
     ) -> Result: ...
 
 
+def heartbeat_period(plan: SessionPlan, asked: float | None) -> float:
+    """PROTOCOL.md 9: a heartbeat at least every watchdog / 4; 100 ms unless the
+    watchdog is shorter. A period asked for must keep to that too."""
+    quarter = plan.watchdog / 4
+    if asked is None:
+        return min(HEARTBEAT_S, quarter)
+    if not (math.isfinite(asked) and 0 < asked <= quarter):
+        raise OutputLimitError(
+            f"heartbeat {asked!r} s must be above 0 and at most a quarter of the "
+            f"{plan.watchdog:g} s watchdog ({quarter:g} s; PROTOCOL.md 9)"
+        )
+    return asked
+
+
 def new_policy(
     runner: Runner,
     plan: SessionPlan,
     journal: Journal,
     now: float,
     *,
-    heartbeat: float,
+    heartbeat: float | None,
     status_every: float,
 ) -> SessionPolicy:
     """Check ``plan``, make its policy, and commit "start requested" to the journal:
     the one write that blocks, on purpose (no record, no START). Raises before
     anything is sent."""
     runner.limits.check_plan(plan)
+    heartbeat = heartbeat_period(plan, heartbeat)
     if runner._core.lost is not None:
         raise runner._core.lost
     session_id = journal.new_session_id()
@@ -253,7 +269,7 @@ class Session(SessionHandle):
         *,
         journal: Journal | None = None,
         on_event: EventCallback | None = None,
-        heartbeat: float = HEARTBEAT_S,
+        heartbeat: float | None = None,
         status_every: float = STATUS_EVERY_S,
     ) -> Session:
         owns = journal is None
