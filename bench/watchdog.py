@@ -69,7 +69,7 @@ def one_run(ctx: Context, rng: random.Random, i: int) -> dict[str, float]:
 
 
 def measure(ctx: Context) -> list[Figure]:
-    runs = 3 if ctx.quick else 20
+    runs = 3 if ctx.quick else 10
     say(f"figure 3: watchdog after kill -9 of estim run, {runs} runs")
     rng = random.Random(ctx.seed + 3)
     results = [one_run(ctx, rng, i) for i in range(runs)]
