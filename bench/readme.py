@@ -30,6 +30,8 @@ def number(x: float | None) -> str:
     if x == 0:
         return "0"
     a = abs(x)
+    if x == int(x) and a >= 1:
+        return str(int(x))
     if a >= 100:
         return f"{x:.0f}"
     if a >= 10:

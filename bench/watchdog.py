@@ -92,6 +92,7 @@ def measure(ctx: Context) -> list[Figure]:
             f"{base}; p50 of {runs} runs",
             goal,
             percentile(col["kill_to_off_ms"], 50) <= LIMIT_MS,
+            title="kill -9 of the host to output off (watchdog), p50",
         ),
         Figure(
             "watchdog_kill_to_off_max",
@@ -101,6 +102,7 @@ def measure(ctx: Context) -> list[Figure]:
             f"{base}; {worst}",
             goal,
             max(col["kill_to_off_ms"]) <= LIMIT_MS,
+            title="kill -9 of the host to output off (watchdog), worst",
         ),
         Figure(
             "watchdog_last_frame_to_off_max",
@@ -110,6 +112,7 @@ def measure(ctx: Context) -> list[Figure]:
             f"{base}; {worst}",
             goal,
             max(col["frame_to_off_ms"]) <= LIMIT_MS,
+            title="last frame to output off (the watchdog period as applied), worst",
         ),
         Figure(
             "watchdog_kill_to_acted_max",
@@ -119,5 +122,6 @@ def measure(ctx: Context) -> list[Figure]:
             f"{base}; {worst}; output_off.t + late_ms",
             goal,
             max(col["kill_to_acted_ms"]) <= LIMIT_MS,
+            title="kill -9 to the simulator acting (output off + late_ms), worst",
         ),
     ]
