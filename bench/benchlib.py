@@ -38,8 +38,8 @@ class Figure:
     """One line of results.json: ``value`` beside ``baseline`` (same unit).
 
     ``met`` is None for a figure without a goal of its own (a diagnostic);
-    ``headline`` figures (every figure with a goal, and a few diagnostics) go into
-    the README's table; ``error`` says why a figure could not be measured (its
+    ``headline`` figures (by default every figure with a goal; set it to say
+    otherwise) go into the README's table; ``error`` says why a figure could not be measured (its
     value is then None)."""
 
     name: str
@@ -49,7 +49,8 @@ class Figure:
     baseline_name: str
     goal: str
     met: bool | None
-    headline: bool = False
+    #: None: in the README's table if it has a goal
+    headline: bool | None = None
     error: str | None = None
     #: a short description for the README's table
     title: str = ""
@@ -72,7 +73,7 @@ class Figure:
             "ratio": None if ratio is None else round(ratio, 4),
             "goal": self.goal,
             "met": self.met,
-            "headline": self.headline or self.met is not None,
+            "headline": self.met is not None if self.headline is None else self.headline,
             "error": self.error,
         }
 

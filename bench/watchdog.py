@@ -92,6 +92,7 @@ def measure(ctx: Context) -> list[Figure]:
             f"{base}; p50 of {runs} runs",
             goal,
             percentile(col["kill_to_off_ms"], 50) <= LIMIT_MS,
+            headline=False,
             title="kill -9 of the host to output off (watchdog), p50",
         ),
         Figure(
@@ -112,6 +113,7 @@ def measure(ctx: Context) -> list[Figure]:
             f"{base}; {worst}",
             goal,
             max(col["frame_to_off_ms"]) <= LIMIT_MS,
+            headline=False,
             title="last frame to output off (the watchdog period as applied), worst",
         ),
         Figure(
@@ -122,6 +124,7 @@ def measure(ctx: Context) -> list[Figure]:
             f"{base}; {worst}; output_off.t + late_ms",
             goal,
             max(col["kill_to_acted_ms"]) <= LIMIT_MS,
+            headline=False,
             title="kill -9 to the simulator acting (output off + late_ms), worst",
         ),
     ]
