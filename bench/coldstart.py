@@ -49,5 +49,6 @@ def measure(ctx: Context) -> list[Figure]:
             f"python -c 'import click', median of {runs}",
             "within 2x (python -m estim --help)",
             value <= 2 * base,
+            title="`estim --help` cold start (python -m estim --help)",
         )
     ]

@@ -1,20 +1,31 @@
-"""Figures 4 and 5: dwell accuracy of one real-time session, and the host's CPU.
+"""Figures 4 and 5: dwell accuracy of a real-time session, and the host's CPU, for
+both runners.
 
-A child ``estim run --port PTY --dwell 1m -c 1:2:250:5 --yes --db TMP`` runs a
-session on a simulator process. Beside it, started at the same instant and killed
-the instant it exits (so over the same wall time), runs the baseline: an idle
-``python -c "import estim.cli, time; time.sleep(...)"``.
+Three host children run one session each, at the same time, each on a C reference
+unit of its own (the Python simulator if the C unit cannot be built; a note says so):
 
-- Steady CPU: ``/proc/<pid>/stat`` (user + system, 10 ms ticks) sampled when the
-  unit logs ``output_on`` and again W seconds later, scaled to one minute.
-  The baseline child is sampled the same way, W seconds from when its import is done.
+- threaded: ``estim run --port PTY --dwell 1m -c 1:2:250:5 --yes --db TMP``;
+- asyncio: ``python bench/aio_run.py --port PTY --db TMP`` (the same plan on
+  ``estim.aio``, one line per event on stdout, as ``estim run`` prints);
+- the floor: ``python bench/bare_loop.py --port PTY``, the same frames (a HEARTBEAT
+  every 100 ms, a GET_STATUS every second) pre-encoded and written by one bare
+  thread that reads the answers without decoding them: what waking up, writing and
+  reading costs a Python process on this machine, with no driver at all.
+
+Beside them, started at the same instant and killed the instant the last exits,
+runs an idle ``python -c "import estim.cli, estim.aio, time; time.sleep(...)"``
+(the baseline of the whole-process figures: the imports).
+
+- Steady CPU: ``/proc/<pid>/task/*/schedstat`` (time on a CPU, every thread, in ns)
+  sampled when the unit logs ``output_on`` and again W seconds later, scaled to one
+  minute; the floor is sampled the same way (its baseline).
 - Whole-process CPU: ``os.wait4`` of the child (start-up, imports and shutdown
   included), per minute of session. Full mode runs the whole 60 s session (W = 58 s;
-  the same run gives figure 4). Quick mode SIGINTs the session W = 8 s after output
+  the same run gives figure 4). Quick mode SIGINTs the sessions W = 8 s after output
   starts and scales to per-minute, which multiplies the start-up cost by 7.5: that
-  figure is then only informative, the steady figure carries the goal.
-- Figure 4 (full mode only): the unit's ``output_off.delivered_ms`` minus the
-  planned 60,000 ms.
+  figure is then only informative.
+- Figure 4 (full mode only): the unit's ``output_off.delivered_ms`` minus the planned
+  60,000 ms.
 """
 
 from __future__ import annotations
@@ -24,35 +35,47 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 from benchlib import (
     Context,
     Figure,
-    Sim,
     end_child,
     estim_run_args,
-    proc_cpu_seconds,
+    proc_cpu_precise,
     say,
     spawn,
     wait_rusage,
 )
 
 PLANNED_MS = 60_000
-IDLE_CHILD = "import estim.cli, time; print('ready', flush=True); time.sleep(3600)"
+GOAL = 0.1
+IDLE_CHILD = "import estim.cli, estim.aio, time; print('ready', flush=True); time.sleep(3600)"
+AIO_RUN = Path(__file__).resolve().parent / "aio_run.py"
+BARE_LOOP = Path(__file__).resolve().parent / "bare_loop.py"
+RUNNERS = ("threaded", "asyncio")
+HOSTS = (*RUNNERS, "bare")
 
 
-def session_run(ctx: Context, window: float, full_session: bool) -> dict[str, float]:
-    sim = Sim(ctx.workdir, (), tag="cpu")
-    host = idle = None
+def session_run(ctx: Context, window: float, full_session: bool) -> dict[str, Any]:
+    kind = "cunit" if ctx.cunit_error() is None else "sim"
+    if kind == "sim":
+        ctx.notes.append("cpu: the C unit could not be built; the sessions ran on the simulator")
+    units = ctx.units([(f"cpu-{r}", kind, ()) for r in HOSTS])
+    hosts: dict[str, subprocess.Popen[bytes]] = {}
+    idle = None
     try:
-        port = sim.wait_port()
-        with open(ctx.workdir / "cpu-run.out", "wb") as out:
-            host = spawn(
-                estim_run_args(port, ctx.workdir / "cpu.db"),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=ctx.env(),
-            )
+        for runner in HOSTS:
+            port = units[f"cpu-{runner}"].port
+            db = ctx.workdir / f"cpu-{runner}.db"
+            args = {
+                "threaded": estim_run_args(port, db),
+                "asyncio": [sys.executable, str(AIO_RUN), "--port", port, "--db", str(db)],
+                "bare": [sys.executable, str(BARE_LOOP), "--port", port],
+            }[runner]
+            with open(ctx.workdir / f"cpu-{runner}.out", "wb") as out:
+                hosts[runner] = spawn(args, stdout=out, stderr=subprocess.STDOUT, env=ctx.env())
         idle = spawn([sys.executable, "-c", IDLE_CHILD], stdout=subprocess.PIPE, env=ctx.env())
         t_spawn = time.monotonic()
         assert idle.stdout is not None
@@ -61,118 +84,142 @@ def session_run(ctx: Context, window: float, full_session: bool) -> dict[str, fl
             or idle.stdout.readline().strip() != b"ready"
         ):
             raise RuntimeError("the idle baseline child did not start")
-        idle_t0, idle_c0 = time.monotonic(), proc_cpu_seconds(idle.pid)
-        on = sim.wait_for(lambda e: e["kind"] == "output_on", timeout=30)
-        host_t0, host_c0 = time.monotonic(), proc_cpu_seconds(host.pid)
-        samples: dict[str, float] = {}
-        for when, key in sorted([(idle_t0 + window, "idle"), (host_t0 + window, "host")]):
+        t0 = {"idle": time.monotonic()}
+        c0 = {"idle": proc_cpu_precise(idle.pid)}
+        ons = {}
+        for runner in HOSTS:
+            ons[runner] = units[f"cpu-{runner}"].wait_for(
+                lambda e: e["kind"] == "output_on", timeout=30
+            )
+            t0[runner], c0[runner] = time.monotonic(), proc_cpu_precise(hosts[runner].pid)
+        pids = {"idle": idle.pid, **{r: hosts[r].pid for r in HOSTS}}
+        steady: dict[str, float] = {}
+        for when, key in sorted((t + window, key) for key, t in t0.items()):
             time.sleep(max(0.0, when - time.monotonic()))
-            pid = idle.pid if key == "idle" else host.pid
-            samples[key] = proc_cpu_seconds(pid)
-        if full_session:
-            code, host_total = wait_rusage(host, timeout=PLANNED_MS / 1000 + 30)
-        else:
-            host.send_signal(signal.SIGINT)
-            code, host_total = wait_rusage(host, timeout=15)
+            steady[key] = proc_cpu_precise(pids[key]) - c0[key]
+        totals: dict[str, float] = {}
+        codes: dict[str, int] = {}
+        for runner in HOSTS:
+            if full_session:
+                codes[runner], totals[runner] = wait_rusage(
+                    hosts[runner], timeout=PLANNED_MS / 1000 + 30
+                )
+            else:
+                hosts[runner].send_signal(signal.SIGINT)
+        if not full_session:
+            for runner in HOSTS:
+                codes[runner], totals[runner] = wait_rusage(hosts[runner], timeout=15)
         t_end = time.monotonic()
         idle.kill()
-        _, idle_total = wait_rusage(idle, timeout=10)
-        off = sim.wait_for(lambda e: e["kind"] == "output_off", timeout=10)
+        _, totals["idle"] = wait_rusage(idle, timeout=10)
+        offs = {
+            r: units[f"cpu-{r}"].wait_for(lambda e: e["kind"] == "output_off", timeout=10)
+            for r in HOSTS
+        }
         return {
+            "kind": kind,
             "window_s": window,
-            "steady_host": samples["host"] - host_c0,
-            "steady_idle": samples["idle"] - idle_c0,
-            "total_host": host_total,
-            "total_idle": idle_total,
+            "steady": steady,
+            "totals": totals,
+            "codes": codes,
             "wall_s": t_end - t_spawn,
-            "exit": code,
-            "delivered_ms": off["delivered_ms"],
-            "on_to_off_ms": (off["t"] - on["t"]) * 1000,
-            "off_reason": off["reason"],
-            "max_gap_ms": off["max_frame_gap_ms"],
+            "on": ons,
+            "off": offs,
         }
     finally:
-        for proc in (host, idle):
+        for proc in [*hosts.values(), idle]:
             if proc is not None:
                 end_child(proc, signal.SIGKILL)
-        sim.close()
 
 
 def measure(ctx: Context) -> list[Figure]:
     window = 8.0 if ctx.quick else 58.0
     what = "an 8 s slice of a 60 s session" if ctx.quick else "a whole 60 s session"
-    say(f"figures 4-5: CPU of estim run over {what}, beside an idle python child")
+    say(f"figures 4-5: CPU of one session per runner over {what}, beside an idle python child")
     r = session_run(ctx, window, full_session=not ctx.quick)
-    ctx.shared["cli_steady_cpu_per_min"] = r["steady_host"] / window * 60
-    tick = "/proc/<pid>/stat, 10 ms ticks"
+    peer = {"cunit": "the C unit", "sim": "the Python simulator"}[r["kind"]]
+    tick = "/proc/<pid>/task/*/schedstat"
+    bare_steady = r["steady"]["bare"] / window * 60
     ctx.notes.append(
-        f"cpu: estim run exit {r['exit']}, output_off reason {r['off_reason']!r}, "
-        f"whole-process CPU {r['total_host']:.3f} s over {r['wall_s']:.2f} s wall "
-        f"(idle baseline child {r['total_idle']:.3f} s), worst frame gap {r['max_gap_ms']} ms"
+        f"cpu: the bare python loop (bench/bare_loop.py: the same frames, pre-encoded, one "
+        f"thread, no estim) used {bare_steady:.3f} s per minute "
+        f"({1e6 * r['steady']['bare'] / (window * 10):.0f} us per 100 ms heartbeat period); an "
+        f"idle 'import estim.cli, estim.aio; sleep' child {r['steady']['idle'] / window * 60:.3f} s"
     )
-    figures = [
-        Figure(
-            "cpu_steady_per_session_min",
-            r["steady_host"] / window * 60,
-            "s/min",
-            r["steady_idle"] / window * 60,
-            f"idle 'import estim.cli; sleep' child, same {window:g} s window ({tick})",
-            "<= 0.3 s per minute of session",
-            r["steady_host"] / window * 60 <= 0.3,
-        )
-    ]
-    minutes = window / 60 if ctx.quick else PLANNED_MS / 60_000
-    total = r["total_host"] / minutes
-    base = r["total_idle"] / minutes
-    if ctx.quick:
-        figures.append(
-            Figure(
-                "cpu_process_per_session_min",
-                total,
-                "s/min",
-                base,
-                "idle 'import estim.cli; sleep' child over the same wall time, scaled alike",
-                f"info only in --quick: start-up scaled by {60 / window:g}x (full mode: <= 0.3 s/min)",
-                None,
-            )
-        )
-        figures.append(
-            Figure(
-                "dwell_error",
-                None,
-                "ms",
-                PLANNED_MS,
-                "planned dwell (SKIPPED in --quick: needs a real-time 60 s session)",
-                "|delivered - planned| <= 20 ms",
-                None,
-            )
-        )
-    else:
-        figures.append(
-            Figure(
-                "cpu_process_per_session_min",
-                total,
-                "s/min",
-                base,
-                "idle 'import estim.cli; sleep' child over the same wall time (wait4)",
-                "<= 0.3 s per minute of session (whole process, start-up included)",
-                total <= 0.3,
-            )
-        )
-        err = r["delivered_ms"] - PLANNED_MS
+    figures: list[Figure] = []
+    for runner in RUNNERS:
+        short = "aio" if runner == "asyncio" else runner
+        host = "estim run" if runner == "threaded" else "bench/aio_run.py"
+        steady = r["steady"][runner] / window * 60
+        ctx.shared[f"{short}_steady_cpu_per_min"] = steady
+        off = r["off"][runner]
         ctx.notes.append(
-            f"dwell: output_off.delivered_ms = {r['delivered_ms']}, output_off.t - output_on.t = "
-            f"{r['on_to_off_ms']:.3f} ms, reason {r['off_reason']!r}"
+            f"cpu {runner} ({host} on {peer}): exit {r['codes'][runner]}, output_off reason "
+            f"{off['reason']!r}, whole-process CPU {r['totals'][runner]:.3f} s over "
+            f"{r['wall_s']:.2f} s wall (idle child {r['totals']['idle']:.3f} s); steady "
+            f"{1e6 * r['steady'][runner] / (window * 10):.0f} us of CPU per 100 ms heartbeat "
+            "period (heartbeat + its share of the 1 s status poll)"
         )
         figures.append(
             Figure(
-                "dwell_error",
-                err,
-                "ms",
-                PLANNED_MS,
-                "planned dwell (delivered_ms from the unit's output_off)",
-                "|delivered - planned| <= 20 ms",
-                abs(err) <= 20,
+                f"cpu_steady_{short}_per_session_min",
+                steady,
+                "s/min",
+                bare_steady,
+                f"the same traffic from a bare python loop (bench/bare_loop.py), same {window:g} s "
+                f"window ({tick})",
+                f"<= {GOAL:g} s per minute of session",
+                steady <= GOAL,
+                title=f"host CPU per minute of session, {runner} ({host})",
             )
         )
+        minutes = window / 60 if ctx.quick else PLANNED_MS / 60_000
+        total = r["totals"][runner] / minutes
+        base = r["totals"]["idle"] / minutes
+        figures.append(
+            Figure(
+                f"cpu_process_{short}_per_session_min",
+                total,
+                "s/min",
+                base,
+                "idle 'import estim.cli, estim.aio; sleep' child over the same wall time (wait4)"
+                + (", scaled alike" if ctx.quick else ""),
+                f"info: start-up and imports included{' and scaled by 7.5x in --quick' if ctx.quick else ''}",
+                None,
+                headline=not ctx.quick,
+                title=f"whole-process CPU per minute of session, {runner} (start-up included)",
+            )
+        )
+        if ctx.quick:
+            figures.append(
+                Figure(
+                    f"dwell_error_{short}",
+                    None,
+                    "ms",
+                    PLANNED_MS,
+                    "planned dwell (SKIPPED in --quick: needs a real-time 60 s session)",
+                    "|delivered - planned| <= 20 ms",
+                    None,
+                    title=f"dwell error, one real-time 60 s session, {runner}",
+                )
+            )
+        else:
+            err = off["delivered_ms"] - PLANNED_MS
+            ctx.notes.append(
+                f"dwell {runner}: output_off.delivered_ms = {off['delivered_ms']}, "
+                f"output_off.t - output_on.t = {(off['t'] - r['on'][runner]['t']) * 1000:.3f} ms, "
+                f"reason {off['reason']!r}"
+            )
+            figures.append(
+                Figure(
+                    f"dwell_error_{short}",
+                    err,
+                    "ms",
+                    PLANNED_MS,
+                    f"planned dwell (delivered_ms from {peer}'s output_off)",
+                    "|delivered - planned| <= 20 ms",
+                    abs(err) <= 20,
+                    title=f"dwell error, one real-time 60 s session, {runner}",
+                )
+            )
     return figures
