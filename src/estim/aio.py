@@ -44,7 +44,7 @@ from estim.limits import ClinicLimits, Limits
 from estim.owner import ANSWER_S, Owner, hold, port_identity
 from estim.plan import SessionPlan
 from estim.policy import STATUS_EVERY_S, SessionPolicy
-from estim.ports import open_port, port_clock, port_reader
+from estim.ports import open_port, port_clock, port_reader, port_writer
 from estim.protocol import (
     OUTPUT_STATES,
     Ack,
@@ -96,6 +96,7 @@ class AsyncDevice:
         self._closed = False
         self._owner: Owner | None = None
         self._read = port_reader(port, clock)
+        self._write = port_writer(port)
         self._reader = clock.start_thread(self._read_loop, name=f"estim-aio-reader {url}")
 
     @property
@@ -236,7 +237,7 @@ class AsyncDevice:
     def _do(self, out: Output) -> None:
         for wire in out.writes:
             try:
-                self.port.write(wire)
+                self._write(wire)
             except serial.SerialTimeoutException:
                 # Not a lost port: pyserial also says this when the process was frozen
                 # during a write that went out whole. What goes unanswered is resent;
@@ -271,7 +272,7 @@ class AsyncDevice:
     # -- connecting and closing ------------------------------------------------------------------
 
     async def _hello(self) -> None:
-        self.port.write(GREETING)
+        self._write(GREETING)
         answer = await self._call(lambda now, token: self._core.request(HELLO, now, token))
         self.info = unit_from_hello(self.url, answer, self.stats)
         self.limits = Limits(self.info, self.clinic)

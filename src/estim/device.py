@@ -44,7 +44,7 @@ from estim.limits import ClinicLimits, Limits
 from estim.owner import Owner, hold, port_identity
 from estim.plan import SessionPlan
 from estim.policy import STATUS_EVERY_S, SessionPolicy
-from estim.ports import list_ports, open_port, port_clock, port_reader, ports_hint
+from estim.ports import list_ports, open_port, port_clock, port_reader, port_writer, ports_hint
 from estim.protocol import (
     OUTPUT_STATES,
     Ack,
@@ -106,6 +106,7 @@ class Device:
         self._closed = False
         self._owner: Owner | None = None
         self._read = port_reader(port, clock)
+        self._write = port_writer(port)
         self._thread = clock.start_thread(self._run, name=f"estim-io {url}")
 
     def __repr__(self) -> str:
@@ -188,18 +189,48 @@ class Device:
 
     def _call(self, act: Callable[[float, object], None], timeout: float | None = None) -> Result:
         """Ask the core (``act(now, token)``), carry out what it says from this thread,
-        and wait for ``token`` to be resolved. Raises TimeoutError after ``timeout``."""
+        and wait for ``token`` to be resolved. Raises TimeoutError after ``timeout``.
+
+        The I/O thread is not woken for the request: its answer wakes it anyway. If a
+        deadline comes first that the I/O thread is not waiting for (this request's
+        resend, usually), this thread runs the core's timers itself."""
         waiter = _Waiter(self.clock)
         with self._lock:
             self._waiters[waiter] = waiter
             act(self.clock.now(), waiter)
             self._carry_out(self._core.take())
-            self._wake_if_sooner()
-        if not waiter.signal.wait(timeout):
-            with self._lock:
-                self._waiters.pop(waiter, None)
-            raise TimeoutError(f"no result from the unit on {self.url} within {timeout:g} s")
-        return waiter.result
+        give_up = None if timeout is None else self.clock.now() + timeout
+        ticked = False
+        try:
+            while True:
+                wake_at = self._unwatched_deadline(give_up)
+                left = None if wake_at is None else max(0.0, wake_at - self.clock.now())
+                if waiter.signal.wait(left):
+                    return waiter.result
+                now = self.clock.now()
+                if give_up is not None and now >= give_up:
+                    with self._lock:
+                        self._waiters.pop(waiter, None)
+                    raise TimeoutError(
+                        f"no result from the unit on {self.url} within {timeout:g} s"
+                    )
+                with self._lock:
+                    ticked = True
+                    self._core.tick(now)
+                    self._carry_out(self._core.take())
+        finally:
+            if ticked:
+                with self._lock:
+                    self._wake_if_sooner()
+
+    def _unwatched_deadline(self, give_up: float | None) -> float | None:
+        """The sooner of ``give_up`` and a core deadline the I/O thread would miss."""
+        with self._lock:
+            due = self._core.next_deadline()
+            watched = self._io_deadline
+        if due is not None and watched is not None and due >= watched:
+            due = None
+        return min((t for t in (due, give_up) if t is not None), default=None)
 
     def _do(self, act: Callable[[float], None]) -> None:
         """Ask the core something that needs no answer, from this thread."""
@@ -244,7 +275,7 @@ class Device:
         """Do what the core said, in its order (lock held)."""
         for wire in out.writes:
             try:
-                self.port.write(wire)
+                self._write(wire)
             except serial.SerialTimeoutException:
                 # Not a lost port: pyserial also says this when the process was frozen
                 # during a write that went out whole. What goes unanswered is resent;
@@ -290,7 +321,8 @@ class Device:
     # -- connecting and closing -----------------------------------------------------------------
 
     def _hello(self) -> None:
-        self.port.write(GREETING)
+        with self._lock:
+            self._write(GREETING)
         answer = self._call(lambda now, token: self._core.request(HELLO, now, token))
         self.info = unit_from_hello(self.url, answer, self.stats)
         self.limits = Limits(self.info, self.clinic)
@@ -347,10 +379,11 @@ class Device:
             self._wake()
             if self._thread is not threading.current_thread():
                 self._thread.join(timeout=5.0)
-            try:
-                self.port.close()
-            except (serial.SerialException, OSError):
-                pass
+            with self._lock:  # no write is under way, and none follows
+                try:
+                    self.port.close()
+                except (serial.SerialException, OSError):
+                    pass
 
 
 def connect(

@@ -119,6 +119,30 @@ def ports_hint() -> str:
     return f"serial ports here: {listed}; sim:// is a simulated unit"
 
 
+def port_writer(port: Any) -> Callable[[bytes], None]:
+    """A function ``write(data)`` that sends all of ``data`` or raises.
+
+    On a POSIX serial port or pty: one ``os.write`` on the port's non-blocking fd,
+    with pyserial (and its write timeout) only for what did not fit. pyserial's own
+    ``write`` selects for writability after every write, even a complete one, which
+    costs a frame more than the write itself. Elsewhere: ``port.write``."""
+    if not (isinstance(getattr(port, "fd", None), int) and hasattr(port, "pipe_abort_write_r")):
+        return port.write  # type: ignore[no-any-return]
+
+    def posix(data: bytes) -> None:
+        fd = port.fd  # None once closed: never write to a number the OS may have reused
+        if fd is None:
+            raise serial.PortNotOpenError()
+        try:
+            done = os.write(fd, data)
+        except BlockingIOError:
+            done = 0
+        if done < len(data):
+            port.write(data[done:])
+
+    return posix
+
+
 def port_reader(port: Any, clock: Clock) -> Callable[[float | None], tuple[bytes, float]]:
     """A function ``read(timeout) -> (bytes, seconds waited on a silent line)``:
     whatever has arrived, or b"" at the timeout or when ``cancel_read`` wakes it.
