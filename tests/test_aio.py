@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ import estim
 from estim import aio
 from estim.journal import Journal
 from estim.plan import ChannelPlan, SessionPlan
-from estim.sim import SimulatedUnit, serve
+from estim.sim import SimulatedUnit, UnitConfig, serve
 
 from .procs import SimProcess
 
@@ -97,3 +98,70 @@ def test_run_on_a_manual_clock_moves_virtual_time_only() -> None:
 
     assert aio.run(main(), clock=clock) == pytest.approx(600)
     assert clock.now() == pytest.approx(600)
+
+
+class _SlowDisk(Journal):
+    """A journal whose first commit of a session takes ``seconds`` of (virtual) time,
+    like an fsync on a slow disk."""
+
+    def __init__(self, path: Path, clock: estim.ManualClock, seconds: float) -> None:
+        super().__init__(path)
+        self.clock = clock
+        self.seconds = seconds
+
+    def begin(self, *args: Any, **kwargs: Any) -> str:
+        self.clock.sleep(self.seconds)
+        return super().begin(*args, **kwargs)
+
+
+def test_a_slow_journal_at_start_holds_up_no_other_unit_on_the_loop(tmp_path: Path) -> None:
+    clock = estim.ManualClock()
+    units = [SimulatedUnit(UnitConfig(serial_number=f"SIM-{i}"), clock=clock) for i in range(2)]
+
+    async def main(url0: str, url1: str) -> list[estim.SessionRecord]:
+        async with aio.connect(url0) as unit0, aio.connect(url1) as unit1:
+            with (
+                Journal(tmp_path / "fast.db") as fast,
+                _SlowDisk(tmp_path / "slow.db", clock, 2.0) as slow,
+            ):
+                first = await unit0.start(PLAN, journal=fast)
+                await asyncio.sleep(1)
+                second = await unit1.start(PLAN, journal=slow)
+                await first.stop()
+                await second.stop()
+                return [await first.wait(), await second.wait()]
+
+    with serve(units[0]) as url0, serve(units[1]) as url1:
+        records = aio.run(main(url0, url1), clock=clock)
+    assert [r.outcome for r in records] == ["stopped", "stopped"]
+    assert units[0].faults == set()  # its heartbeats went on while the other's journal wrote
+    assert records[0].delivered_s > 2.5
+
+
+@pytest.mark.parametrize(
+    ("journal_s", "cancel_at"),
+    [(1.0, 0.5), (0.0, 0.1)],
+    ids=["while-the-journal-writes", "while-the-unit-answers"],
+)
+def test_cancelling_a_start_leaves_output_off_and_the_record_finished(
+    tmp_path: Path, journal_s: float, cancel_at: float
+) -> None:
+    clock = estim.ManualClock()
+    unit = SimulatedUnit(clock=clock)
+
+    async def main(url: str, journal: Journal) -> None:
+        async with aio.connect(url) as device:
+            starting = asyncio.create_task(device.start(PLAN, journal=journal))
+            await asyncio.sleep(cancel_at)
+            starting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await starting
+            await asyncio.sleep(3)
+            assert device._sessions == {}
+
+    with serve(unit) as url, _SlowDisk(tmp_path / "j.db", clock, journal_s) as journal:
+        aio.run(main(f"{url}?delay=1&delay_ms=40", journal), clock=clock)  # START at 0.08 s
+        (record,) = journal.query()
+    assert not unit.output_on
+    assert record.outcome in ("not_done", "stopped")
+    assert "cancelled" in (record.stop_reason or "")

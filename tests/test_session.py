@@ -449,6 +449,42 @@ def test_a_journal_that_cannot_be_written_means_no_start(
     assert estim_unit.requests_seen[MessageType.START] == 0
 
 
+def test_an_exception_while_start_waits_for_the_unit_stops_the_session(
+    estim_url: str, estim_unit: SimulatedUnit, estim_clock: ManualClock, journal: Journal
+) -> None:
+    """Ctrl-C while ``device.start`` waits for START to be accepted: the caller never
+    gets the session, so it must not go on without one (threaded runner; for asyncio
+    see test_aio's cancelled start)."""
+    import signal
+    import threading
+
+    from estim.device import connect
+
+    def interrupt(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    main = threading.main_thread().ident
+    assert main is not None
+    assert threading.get_ident() == main
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    estim_unit.listeners.append(
+        lambda entry: entry.kind == "output_on" and signal.pthread_kill(main, signal.SIGUSR1)
+    )
+    try:
+        with connect(estim_url) as device:
+            with pytest.raises(KeyboardInterrupt):
+                device.start(plan(), journal=journal)
+            estim_unit.listeners.clear()
+            estim_clock.advance(1)
+            assert not estim_unit.output_on
+            assert device._sessions == {}
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    (record,) = journal.query()
+    assert record.outcome == "stopped"
+    assert record.stop_reason == "the program was interrupted while the session started"
+
+
 def test_amplitude_changes_are_recorded(
     device: Device, journal: Journal, estim_unit: SimulatedUnit, estim_clock: ManualClock
 ) -> None:

@@ -67,6 +67,8 @@ __all__ = ["AsyncDevice", "AsyncSession", "ManualClockLoop", "connect", "run"]
 
 T = TypeVar("T")
 
+_CANCELLED = "the task starting the session was cancelled"
+
 
 class AsyncDevice:
     """A connected unit, on the running event loop. Create with ``await connect(url)``."""
@@ -151,26 +153,68 @@ class AsyncDevice:
         before anything is sent; "start requested" is committed to the journal first."""
         owns = journal is None
         journal = journal if journal is not None else Journal()
-        try:
-            policy = new_policy(
-                self,
-                plan,
-                journal,
-                self._loop.time(),
-                heartbeat=heartbeat,
-                status_every=status_every,
+        now = self._loop.time()
+        # The journal commit (an fsync) runs off the loop: other units' heartbeats go on.
+        making = self._off_loop(
+            lambda: new_policy(
+                self, plan, journal, now, heartbeat=heartbeat, status_every=status_every
             )
+        )
+        try:
+            policy = await asyncio.shield(making)
+        except asyncio.CancelledError:
+            making.add_done_callback(lambda made: self._abandon(made, journal, owns))
+            raise
         except BaseException:
             if owns:
                 journal.close()
             raise
         session = AsyncSession(self, policy, journal, owns_journal=owns, on_event=on_event)
         self._sessions[policy] = session
-        result = await self._call(lambda now, token: self._core.start(policy, now, token))
+        try:
+            result = await self._call(lambda now, token: self._core.start(policy, now, token))
+        except asyncio.CancelledError:
+            session.request_stop(StopReason.HOST_SHUTDOWN, _CANCELLED)
+            raise
         if isinstance(result, EstimError):
             await session.wait()
             raise result
         return session
+
+    def _off_loop(self, work: Callable[[], T]) -> asyncio.Future[T]:
+        """``work()`` on a thread of its own (on the device's clock); its result on the loop."""
+        future: asyncio.Future[T] = self._loop.create_future()
+
+        def settle(outcome: Callable[[], None]) -> None:
+            if not future.cancelled():
+                outcome()
+
+        def body() -> None:
+            try:
+                result = work()
+            except BaseException as err:
+                failure = err
+                self._loop.call_soon_threadsafe(settle, lambda: future.set_exception(failure))
+            else:
+                self._loop.call_soon_threadsafe(settle, lambda: future.set_result(result))
+
+        self.clock.start_thread(body, name=f"estim-aio-journal {self.url}")
+        return future
+
+    def _abandon(self, made: asyncio.Future[SessionPolicy], journal: Journal, owns: bool) -> None:
+        """A start cancelled while its record was being committed: once it is, end that
+        session at once (nothing has been sent; CONFIGURING ends without output)."""
+        if made.exception() is not None:
+            if owns:
+                journal.close()
+            return
+        policy = made.result()
+        session = AsyncSession(self, policy, journal, owns_journal=owns, on_event=None)
+        self._sessions[policy] = session
+        now = self._loop.time()
+        self._core.start(policy, now, None)
+        self._core.stop_session(policy, StopReason.HOST_SHUTDOWN, _CANCELLED, now, None)
+        self._carry_out()
 
     async def _request(self, message: Message, what: str) -> Message:
         result = await self._call(lambda now, token: self._core.request(message, now, token))
@@ -190,8 +234,9 @@ class AsyncDevice:
         return future
 
     def _post(self, act: Callable[[float], None], *, urgent: bool = True) -> None:
-        """From any thread: do ``act(now)`` on the loop."""
-        self._loop.call_soon_threadsafe(self._run_posted, act)
+        """From any thread: do ``act(now)`` on the loop (nothing once the loop is closed)."""
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._run_posted, act)
 
     def _run_posted(self, act: Callable[[float], None]) -> None:
         act(self._loop.time())

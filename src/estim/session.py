@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 EventCallback = Callable[[EventRecord], None]
 
+_INTERRUPTED = "the program was interrupted while the session started"
+
 
 class Runner(Protocol):
     """What a session handle needs of the runner it belongs to."""
@@ -287,7 +289,11 @@ class Session(SessionHandle):
         session = cls(device, policy, journal, owns_journal=owns, on_event=on_event)
         with device._lock:
             device._sessions[policy] = session
-        result = device._call(lambda now, token: device._core.start(policy, now, token))
+        try:
+            result = device._call(lambda now, token: device._core.start(policy, now, token))
+        except BaseException:  # Ctrl-C while waiting: nobody will hold this session
+            session.request_stop(StopReason.HOST_SHUTDOWN, _INTERRUPTED)
+            raise
         if isinstance(result, EstimError):
             session.wait()  # its end is recorded before the error reaches the caller
             raise result
