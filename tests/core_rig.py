@@ -73,7 +73,7 @@ class Rig:
                 for wire in out.writes:
                     self.h2d.send(wire, self.now)
                 self.results.update(out.resolved)
-                for policy, record, _state in out.records:
+                for policy, record, _state in out.records():
                     self.records.append(record)
                     if self.journal_ok:
                         self.core.journal_durable(policy, record.n)

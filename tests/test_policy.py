@@ -11,7 +11,7 @@ import pytest
 from estim.errors import DeviceError, LinkTimeout, OutputLimitError
 from estim.limits import ClinicLimits
 from estim.plan import ChannelPlan
-from estim.protocol import Fault, GetStatus, MessageType, Status, StopReason
+from estim.protocol import Fault, GetStatus, MessageType, Status, Stop, StopReason, decode
 from estim.sim import FaultWindow, LinkFaults, UnitConfig
 
 from .core_rig import CH1, Rig, plan
@@ -244,6 +244,22 @@ def test_operator_stop_records_the_unit_s_delivered_time() -> None:
     assert not rig.unit.output_on
     rig.wait_end(policy)
     assert (policy.outcome, policy.delivered_ms) == ("stopped", 10_000)
+
+
+def test_a_stop_is_handed_to_the_runner_before_its_record_is_built() -> None:
+    """The runner writes ``take().writes`` first; building the ``stop_requested`` record
+    (a validated model, cold in a thread just woken) waits until ``records()``."""
+    rig = Rig()
+    policy = rig.start(plan())
+    rig.run(10)
+    made = len(policy.events)
+    rig.core.stop_session(policy, StopReason.OPERATOR, "stopped by the test", rig.now, "t")
+    out = rig.core.take()
+    assert [type(decode(w)) for w in out.writes] == [Stop]
+    assert len(policy.events) == made
+    assert [record.kind for _, record, _ in out.records()] == ["stop_requested"]
+    assert policy.events[-1].kind == "stop_requested"
+    assert out.records() == []  # each record is handed over once
 
 
 def test_a_journal_event_not_durable_within_1_s_stops_output() -> None:

@@ -289,12 +289,15 @@ class AsyncDevice:
                 # a port that really is stuck shows as a silent unit.
                 log.warning("a write to %s timed out", self.url)
             except (serial.SerialException, OSError) as err:
-                self._port_failed(err)
-                return
+                failed: BaseException | None = err
+                break
+        else:
+            failed = None
+        records = out.records()
         for token, result in out.resolved:
             if isinstance(token, asyncio.Future) and not token.done():
                 token.set_result(result)
-        for policy, record, state in out.records:
+        for policy, record, state in records:
             session = self._sessions.get(policy)
             if session is not None:
                 session._recorded(record, state)
@@ -302,6 +305,9 @@ class AsyncDevice:
             session = self._sessions.pop(policy, None)
             if session is not None:
                 session._ended()
+        if failed is not None:
+            self._port_failed(failed)
+            return
         self._schedule()
 
     def _schedule(self) -> None:

@@ -44,15 +44,26 @@ Result = Message | EstimError | None
 
 @dataclass
 class Output:
-    """What a runner must now do, in this order."""
+    """What a runner must now do, in this order: write ``writes``, then build
+    ``records()``, wake ``resolved``, hand the records on, then see to ``ended``."""
 
     writes: list[bytes] = field(default_factory=list)
     resolved: list[tuple[object, Result]] = field(default_factory=list)
-    records: list[tuple[SessionPolicy, EventRecord, str]] = field(default_factory=list)
+    #: sessions with new records, built by ``records()``
+    recorded: list[SessionPolicy] = field(default_factory=list)
     ended: list[SessionPolicy] = field(default_factory=list)
 
+    def records(self) -> list[tuple[SessionPolicy, EventRecord, str]]:
+        """The new records (each once). Built after the writes are out: building one
+        takes longer than writing a frame, and a STOP must not wait for its record."""
+        return [
+            (policy, record, state)
+            for policy in self.recorded
+            for record, state in policy.take_records()
+        ]
+
     def __bool__(self) -> bool:
-        return bool(self.writes or self.resolved or self.records or self.ended)
+        return bool(self.writes or self.resolved or self.recorded or self.ended)
 
 
 class _Call:
@@ -254,14 +265,19 @@ class HostCore:
     # -- what to do now -----------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        times = [self.conn.next_deadline()]
-        times += [p.next_deadline() for p in self.sessions]
+        soonest = self.conn.next_deadline()
+        for policy in self.sessions:
+            due = policy.next_deadline()
+            if due is not None and (soonest is None or due < soonest):
+                soonest = due
         heard = self.conn.last_rx
         for owner in self._owners.values():
             if isinstance(owner, _Call) and owner.give_up_after is not None:
                 since = max(owner.sent_at, heard if heard is not None else owner.sent_at)
-                times.append(since + owner.give_up_after)
-        return min((t for t in times if t is not None), default=None)
+                due = since + owner.give_up_after
+                if soonest is None or due < soonest:
+                    soonest = due
+        return soonest
 
     def take(self) -> Output:
         """Everything to do since the last ``take``; the runner does it in order."""
@@ -270,17 +286,20 @@ class HostCore:
         return out
 
     def _collect(self) -> None:
-        for policy in list(self.sessions):
-            for record, state in policy.records:
-                self._out.records.append((policy, record, state))
-            policy.records.clear()
-            self._out.resolved += policy.resolved
-            policy.resolved.clear()
+        finished: list[SessionPolicy] = []
+        for policy in self.sessions:
+            if policy.has_records and policy not in self._out.recorded:
+                self._out.recorded.append(policy)
+            if policy.resolved:
+                self._out.resolved += policy.resolved
+                policy.resolved.clear()
             if policy.done:
-                self.sessions.remove(policy)
-                self._out.ended.append(policy)
-                if policy.unit_unreachable and self.lost is None:
-                    self.lost = LinkLost(policy.stop_reason or "the unit cannot be reached")
+                finished.append(policy)
+        for policy in finished:
+            self.sessions.remove(policy)
+            self._out.ended.append(policy)
+            if policy.unit_unreachable and self.lost is None:
+                self.lost = LinkLost(policy.stop_reason or "the unit cannot be reached")
 
 
 # --- the handshake, for either runner ---------------------------------------------------

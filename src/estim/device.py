@@ -282,14 +282,17 @@ class Device:
                 # a port that really is stuck shows as a silent unit.
                 log.warning("a write to %s timed out", self.url)
             except (serial.SerialException, OSError) as err:
-                self._port_failed(err)
-                return
+                failed: BaseException | None = err
+                break
+        else:
+            failed = None
+        records = out.records()
         for token, result in out.resolved:
             waiter = self._waiters.pop(token, None)
             if waiter is not None:
                 waiter.result = result
                 waiter.signal.set()
-        for policy, record, state in out.records:
+        for policy, record, state in records:
             session = self._sessions.get(policy)
             if session is not None:
                 session._recorded(record, state)
@@ -297,6 +300,8 @@ class Device:
             session = self._sessions.pop(policy, None)
             if session is not None:
                 session._ended()
+        if failed is not None:
+            self._port_failed(failed)
 
     def _port_failed(self, err: BaseException) -> None:
         with self._lock:

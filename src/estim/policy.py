@@ -152,8 +152,11 @@ class SessionPolicy:
         self.machine = StateMachine()
         self.phase = Phase.CONFIGURING
         self.events: list[EventRecord] = []
-        #: new records, with the session state when each was made: for the journal and callbacks
-        self.records: list[tuple[EventRecord, str]] = []
+        #: records made and not yet built (n, now, kind, data, unit_ms, session state):
+        #: see ``build_records``
+        self.unbuilt: list[tuple[int, float, str, dict[str, Any], int | None, str]] = []
+        #: records built and not yet handed to the runner
+        self._built: list[tuple[EventRecord, str]] = []
         #: callers to wake: (token, error or None)
         self.resolved: list[tuple[object, EstimError | None]] = []
         self.outcome: str | None = None
@@ -186,7 +189,8 @@ class SessionPolicy:
         self._pending_fault: str | None = None
         self._undurable: dict[int, float] = {}
         self._record("start_requested", start_requested, now=now)
-        self._undurable.pop(0, None)  # written before anything is sent; the runner blocks on it
+        self.build_records()  # events[0]: the runner commits it before anything is sent
+        self._undurable.pop(0, None)
 
     # -- what a runner asks -----------------------------------------------------------------
 
@@ -216,11 +220,12 @@ class SessionPolicy:
         if self._undurable and self.journal_error is None:
             times.append(min(self._undurable.values()) + JOURNAL_DURABLE_S)
         if phase is Phase.LIVE:
-            times += [self._next_beat, self._next_status, self._silence_deadline()]
+            soonest = min(self._next_beat, self._next_status, self._silence_deadline())
             if self._beat is not None:
-                times.append(self._beat[1] + HEARTBEAT_ANSWER_S)
+                soonest = min(soonest, self._beat[1] + HEARTBEAT_ANSWER_S)
             if self.host_deadline is not None:
-                times.append(self.host_deadline)
+                soonest = min(soonest, self.host_deadline)
+            times.append(soonest)
         elif phase is Phase.STOPPING:
             stop = self._stop
             if stop is not None and stop.acked_at is not None:
@@ -752,19 +757,34 @@ class SessionPolicy:
         now: float,
         unit_ms: int | None = None,
     ) -> None:
-        t = round(now - self._t0, 6)
-        utc = (self.created_utc + timedelta(seconds=t)).isoformat(timespec="milliseconds")
-        record = EventRecord(
-            n=len(self.events),
-            utc=utc.replace("+00:00", "Z"),
-            t=t,
-            unit_ms=unit_ms,
-            kind=kind,
-            data=data or {},
-        )
-        self.events.append(record)
-        self.records.append((record, self.state.value))
-        self._undurable[record.n] = now
+        n = len(self.events) + len(self.unbuilt)
+        self.unbuilt.append((n, now, kind, data or {}, unit_ms, self.state.value))
+        self._undurable[n] = now
+
+    @property
+    def has_records(self) -> bool:
+        return bool(self.unbuilt or self._built)
+
+    def take_records(self) -> list[tuple[EventRecord, str]]:
+        """The records made since the last call, as ``EventRecord``s with the session
+        state when each was made. A runner asks after it has written what the same
+        decisions sent: a STOP never waits for its record."""
+        self.build_records()
+        built, self._built = self._built, []
+        return built
+
+    def build_records(self) -> None:
+        """Build what was recorded into ``events`` (handed over by ``take_records``)."""
+        built = self._built
+        for n, now, kind, data, unit_ms, state in self.unbuilt:
+            t = round(now - self._t0, 6)
+            utc = (self.created_utc + timedelta(seconds=t)).isoformat(timespec="milliseconds")
+            record = EventRecord(
+                n=n, utc=utc.replace("+00:00", "Z"), t=t, unit_ms=unit_ms, kind=kind, data=data
+            )
+            self.events.append(record)
+            built.append((record, state))
+        self.unbuilt.clear()
 
 
 def _configure(plan: ChannelPlan) -> ConfigureChannel:

@@ -154,6 +154,8 @@ def port_reader(port: Any, clock: Clock) -> Callable[[float | None], tuple[bytes
     if isinstance(fd, int) and isinstance(abort, int):
 
         def posix(timeout: float | None) -> tuple[bytes, float]:
+            # Bytes already waiting: the line was not silent, however long this thread
+            # then waits for the GIL (which a blocking select's "waited" would count).
             ready, _, _ = select.select([fd, abort], [], [], 0)
             waited = 0.0
             if not ready:
