@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from estim.protocol import (
     Fault,
     Field,
     Heartbeat,
+    Hello,
     MessageType,
     Nack,
     State,
@@ -583,6 +585,38 @@ def test_connecting_to_a_unit_with_orphaned_output_stops_it(
         assert not estim_unit.output_on
         assert second.stopped_orphan == session.session_id
         assert estim_unit.events("output_off")[-1].data["reason"] == "stop"
+
+
+def test_connect_asks_hello_again_while_the_answers_arrive_damaged() -> None:
+    # full lossy run: at drop=0.003 three damaged DEVICE_INFOs in a row failed a connect
+    device, port = scripted_device(first_seq=5, response_timeout=0.05)
+    device.info = None  # type: ignore[assignment]
+    errors: list[BaseException] = []
+
+    def hello() -> None:
+        try:
+            device._hello()
+        except NoAnswer as err:
+            errors.append(err)
+
+    thread = threading.Thread(target=hello)
+    thread.start()
+    seqs = []
+    for _ in range(3):
+        request = port.next_request()
+        seqs.append(request.seq)
+        damaged = bytearray(encode(replace(UnitConfig().device_info(), seq=request.seq)))
+        damaged[3] ^= 0xFF
+        port.answer(bytes(damaged))
+    again = port.next_request()
+    assert isinstance(again, Hello)
+    assert again.seq not in seqs  # a new request, not a fourth resend (PROTOCOL.md 9)
+    port.answer(encode(replace(UnitConfig().device_info(), seq=again.seq)))
+    thread.join(5)
+    assert errors == []
+    assert device.info is not None
+    assert device.info.serial_number == UnitConfig().device_info().serial_number
+    close_scripted(device, port)
 
 
 def test_a_noisy_link_at_connect_says_the_frames_arrived_damaged() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from estim.errors import DeviceError, LinkTimeout, OutputLimitError
+from estim.errors import DeviceError, LinkLost, LinkTimeout, OutputLimitError
 from estim.limits import ClinicLimits
 from estim.plan import ChannelPlan
 from estim.protocol import Fault, GetStatus, MessageType, Status, Stop, StopReason, decode
@@ -346,6 +346,19 @@ def test_a_refused_start_is_a_device_error_and_no_output() -> None:
 
 
 # --- callers of the core ---------------------------------------------------------------------
+
+
+def test_a_start_after_the_link_was_lost_ends_its_session_at_once() -> None:
+    """The port can fail while "start requested" is being committed (off the control
+    loop): the session made for it must still end, or whoever waits for it waits forever."""
+    rig = Rig()
+    rig.core.port_failed(LinkLost("lost the port rig: gone"), rig.now)
+    policy = rig.start(plan())
+    assert policy.done
+    assert policy.outcome == "link_lost"
+    assert isinstance(rig.started(), LinkLost)
+    assert rig.kinds()[-1] == "ended"
+    assert not rig.unit.output_on
 
 
 def test_a_request_gets_its_answer_or_a_timeout() -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from estim.clock import ManualClock
+from estim.errors import LinkLost
 from estim.journal import Journal
 from estim.policy import JOURNAL_DURABLE_S
 from estim.protocol import Fault
@@ -48,26 +49,52 @@ def test_a_lossy_line_makes_no_false_watchdog_fault(runner: str, tmp_path: Path)
     # issue 10: at drop=0.003 a session latched a WATCHDOG fault at 37 s on main
     sessions = scaled(CI_SESSIONS, FULL_SESSIONS)
     faults: list[Any] = []
+    #: starts whose requests went unanswered three times (PROTOCOL.md 9): refused safely
+    unstarted: list[str] = []
     dropped = 0
     with unit_and_journal(tmp_path) as (clock, unit, url, journal):
         for i in range(sessions):
             connect = connector(runner, clock)
             with connect(f"{url}?drop=0.003&seed={SEED + i}") as device:
-                record = device.start(make_plan(600, {1: 8.0}), journal=journal).wait(timeout=700)
                 line = device.port.sim_connection
+                try:
+                    session = device.start(make_plan(600, {1: 8.0}), journal=journal)
+                except LinkLost as err:
+                    clock.advance(5.0)  # the host's STOP and its recovery polls
+                    unstarted.append(str(err))
+                    assert not unit.output_on
+                    assert not unit.faults
+                else:
+                    record = session.wait(timeout=700)
+                    if record.outcome != "completed" or unit.faults:
+                        faults.append((record.id, record.outcome, record.stop_reason))
+                        device.clear_fault()  # count on: the next session starts clean
                 dropped += line.h2d.stats.dropped + line.d2h.stats.dropped
-                if record.outcome != "completed" or unit.faults:
-                    faults.append((record.id, record.outcome, record.stop_reason))
-                    device.clear_fault()  # count on: the next session starts clean
     periods = output_periods(unit.log)
+    # The whole dwell: the unit's deadline, or the host's STOP at the same instant, or up
+    # to two START resends (100 ms each) early: the host's timer starts before the first
+    # START, so when the unit acts on a resend the host ends the session that much sooner.
+    completed = [p for p in periods if 599_800 <= (p.delivered_ms or 0) <= 600_000]
+    others = [(p.reason, p.delivered_ms) for p in periods if p not in completed]
     print(  # shown with pytest -s or -rP
-        f"lossy line ({runner}): {sessions} sessions, {sessions * 10} session-minutes, "
-        f"{dropped} bytes dropped, {len(faults)} false faults"
+        f"lossy line ({runner}): {sessions} sessions, {len(completed) * 10} session-minutes, "
+        f"{dropped} bytes dropped, {len(faults)} false faults; {len(unstarted)} starts refused "
+        f"safely (requests unanswered 3 times: {sorted(set(unstarted))}); "
+        f"{sum(p.delivered_ms != 600_000 for p in completed)} ended by the host's timer "
+        f"after a START resend (delivered ms: "
+        f"{sorted({p.delivered_ms for p in completed if p.delivered_ms != 600_000})}); "
+        f"other output periods (reason, delivered ms): {others}"
     )
     assert dropped > 50 * sessions
     assert faults == []
-    assert [p.delivered_ms for p in periods] == [600_000] * sessions
-    assert max(p.max_frame_gap_ms or 0 for p in periods) <= 500.0
+    assert len(completed) + len(unstarted) == sessions
+    assert len(unstarted) <= sessions // 10
+    assert all("no session was started" in why for why in unstarted)
+    assert all((p.delivered_ms or 0) <= 600_000 for p in periods)
+    cut_short = [p for p in periods if p not in completed]
+    # only a START that got through with every answer lost, ended by the host's STOP
+    assert all(p.reason == "stop" and (p.delivered_ms or 0) < 1000 for p in cut_short)
+    assert max(p.max_frame_gap_ms or 0 for p in completed) <= 500.0
 
 
 def test_a_cut_shorter_than_the_watchdog_less_a_heartbeat_is_ridden_out(

@@ -20,7 +20,7 @@ from estim.device import Device
 from estim.errors import DeviceError, DwellLimitError, EstimError, JournalError, OutputLimitError
 from estim.journal import Journal
 from estim.plan import ChannelPlan, SessionPlan
-from estim.protocol import Fault, StopReason
+from estim.protocol import Fault, MessageType, StopReason
 from estim.record import EventRecord, SessionRecord
 from estim.session import Session
 from estim.session_state import SessionState
@@ -474,6 +474,8 @@ def test_an_exception_while_start_waits_for_the_unit_stops_the_session(
         with connect(estim_url) as device:
             with pytest.raises(KeyboardInterrupt):
                 device.start(plan(), journal=journal)
+            # sent before the exception went on: the program may be exiting
+            assert estim_unit.requests_seen[MessageType.STOP] == 1
             estim_unit.listeners.clear()
             estim_clock.advance(1)
             assert not estim_unit.output_on
@@ -643,6 +645,21 @@ def test_a_silent_unit_gets_a_best_effort_stop_before_the_link_is_declared_lost(
     off = estim_unit.events("output_off")[-1]
     assert off.data["reason"] == "stop"  # the STOP got through, before any watchdog
     assert estim_unit.faults == set()
+
+
+def test_closing_resends_its_stop_when_the_answer_is_lost(
+    estim_url: str, connect: Any, estim_unit: SimulatedUnit, estim_clock: ManualClock
+) -> None:
+    """close() sends a last STOP; if its ACK is lost on the line, the STOP is resent
+    like any other (found by the full lossy run: asyncio's close waited forever)."""
+    from estim.sim import FaultWindow, LinkFaults
+
+    device = connect(estim_url)
+    now = estim_clock.now()
+    lost = (FaultWindow(now, now + 0.05, LinkFaults(drop=1.0)),)  # the first answer only
+    device.port.sim_connection.d2h.windows = lost
+    device.close()
+    assert estim_unit.requests_seen[MessageType.STOP] == 2
 
 
 def test_stop_sends_stop_even_when_a_signal_already_asked_for_one(

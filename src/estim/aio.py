@@ -36,7 +36,15 @@ from typing import Any, TypeVar
 import serial
 
 from estim.clock import REAL_CLOCK, Clock, ManualClock
-from estim.core import GREETING, HELLO, HostCore, Output, Result, unit_from_hello
+from estim.core import (
+    GREETING,
+    HELLO,
+    HostCore,
+    Output,
+    Result,
+    ask_hello_again,
+    unit_from_hello,
+)
 from estim.errors import EstimError, LinkError, LinkLost, RemoteProtocolError
 from estim.info import UnitInfo, UnitStatus
 from estim.journal import Journal
@@ -173,8 +181,10 @@ class AsyncDevice:
         self._sessions[policy] = session
         try:
             result = await self._call(lambda now, token: self._core.start(policy, now, token))
-        except asyncio.CancelledError:
-            session.request_stop(StopReason.HOST_SHUTDOWN, _CANCELLED)
+        except asyncio.CancelledError:  # STOP now: the loop may not run another turn
+            now = self._loop.time()
+            self._core.stop_session(policy, StopReason.HOST_SHUTDOWN, _CANCELLED, now, None)
+            self._carry_out()
             raise
         if isinstance(result, EstimError):
             await session.wait()
@@ -234,9 +244,12 @@ class AsyncDevice:
         return future
 
     def _post(self, act: Callable[[float], None], *, urgent: bool = True) -> None:
-        """From any thread: do ``act(now)`` on the loop (nothing once the loop is closed)."""
-        with contextlib.suppress(RuntimeError):
+        """From any thread: do ``act(now)`` on the loop (nothing once the loop is closed:
+        then nothing can be sent, and the unit's watchdog ends any output)."""
+        try:
             self._loop.call_soon_threadsafe(self._run_posted, act)
+        except RuntimeError:
+            log.warning("%s: the event loop is closed; a request to the unit was dropped", self.url)
 
     def _run_posted(self, act: Callable[[float], None]) -> None:
         act(self._loop.time())
@@ -317,14 +330,20 @@ class AsyncDevice:
                 return
             self._timer.cancel()
             self._timer = None
-        if deadline is not None and not self._closed:
+        if (
+            deadline is not None and not self._closing
+        ):  # (close itself still needs timers for its STOP)
             self._timer = self._loop.call_at(deadline, self._tick)
 
     # -- connecting and closing ------------------------------------------------------------------
 
     async def _hello(self) -> None:
         self._write(GREETING)
+        asked = 1
         answer = await self._call(lambda now, token: self._core.request(HELLO, now, token))
+        while ask_hello_again(answer, self.stats, asked):
+            asked += 1
+            answer = await self._call(lambda now, token: self._core.request(HELLO, now, token))
         self.info = unit_from_hello(self.url, answer, self.stats)
         self.limits = Limits(self.info, self.clinic)
         status = await self.status()

@@ -148,11 +148,12 @@ class HostCore:
     def start(self, policy: SessionPolicy, now: float, token: object) -> None:
         """Run ``policy``'s session; ``token`` is resolved when START is accepted or
         the session could not start."""
-        if self.lost is not None:
-            self._out.resolved.append((token, self.lost))
-            return
         self.sessions.append(policy)
-        policy.begin(now, token)
+        if self.lost is not None:  # (lost while its first record was being committed)
+            policy.start_token = token
+            policy.on_link_down(self.lost, now)
+        else:
+            policy.begin(now, token)
         self._collect()
 
     # -- a running session's commands: safe to call after it ended --------------------------
@@ -307,6 +308,22 @@ class HostCore:
 #: the first bytes a host sends: a 0x00 ends any partial frame the unit holds, then HELLO
 GREETING = b"\x00"
 HELLO = Hello(min_version=PROTOCOL_VERSION, max_version=PROTOCOL_VERSION)
+
+
+#: HELLO requests tried in all (each with its resends) while the unit's answers arrive
+#: damaged: on a noisy line 3 damaged answers in a row are not rare (DEVICE_INFO is
+#: ~80 bytes), and HELLO changes nothing, so asking again is safe
+HELLO_REQUESTS = 3
+
+
+def ask_hello_again(answer: Result, stats: ConnectionStats, asked: int) -> bool:
+    """Whether to send a new HELLO after ``asked`` went unanswered: only when damaged
+    frames arrived, no more of them than HELLOs were sent (damaged answers; a device
+    that is not an estim unit, a GPS say, sends a stream of them), so a silent or
+    foreign port fails as fast as before."""
+    sent = asked * (1 + RETRIES)
+    damaged = stats.rejected_frames
+    return isinstance(answer, LinkTimeout) and 0 < damaged <= sent and asked < HELLO_REQUESTS
 
 
 def unit_from_hello(url: str, answer: Result, stats: ConnectionStats) -> UnitInfo:

@@ -31,7 +31,15 @@ from typing import Any
 import serial
 
 from estim.clock import REAL_CLOCK, Clock, ManualClock
-from estim.core import GREETING, HELLO, HostCore, Output, Result, unit_from_hello
+from estim.core import (
+    GREETING,
+    HELLO,
+    HostCore,
+    Output,
+    Result,
+    ask_hello_again,
+    unit_from_hello,
+)
 from estim.errors import (
     EstimError,
     LinkError,
@@ -328,7 +336,11 @@ class Device:
     def _hello(self) -> None:
         with self._lock:
             self._write(GREETING)
+        asked = 1
         answer = self._call(lambda now, token: self._core.request(HELLO, now, token))
+        while ask_hello_again(answer, self.stats, asked):
+            asked += 1
+            answer = self._call(lambda now, token: self._core.request(HELLO, now, token))
         self.info = unit_from_hello(self.url, answer, self.stats)
         self.limits = Limits(self.info, self.clinic)
 

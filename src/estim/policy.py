@@ -775,16 +775,16 @@ class SessionPolicy:
 
     def build_records(self) -> None:
         """Build what was recorded into ``events`` (handed over by ``take_records``)."""
-        built = self._built
-        for n, now, kind, data, unit_ms, state in self.unbuilt:
+        while self.unbuilt:  # one at a time: a failure leaves the rest, none twice
+            n, now, kind, data, unit_ms, state = self.unbuilt[0]
             t = round(now - self._t0, 6)
             utc = (self.created_utc + timedelta(seconds=t)).isoformat(timespec="milliseconds")
             record = EventRecord(
                 n=n, utc=utc.replace("+00:00", "Z"), t=t, unit_ms=unit_ms, kind=kind, data=data
             )
+            del self.unbuilt[0]
             self.events.append(record)
-            built.append((record, state))
-        self.unbuilt.clear()
+            self._built.append((record, state))
 
 
 def _configure(plan: ChannelPlan) -> ConfigureChannel:

@@ -64,6 +64,8 @@ class ThreadedRunner(Runner, Protocol):
         self, act: Callable[[float, object], None], timeout: float | None = None
     ) -> Result: ...
 
+    def _do(self, act: Callable[[float], None]) -> None: ...
+
 
 def heartbeat_period(plan: SessionPlan, asked: float | None) -> float:
     """PROTOCOL.md 9: a heartbeat at least every watchdog / 4; 100 ms unless the
@@ -292,7 +294,13 @@ class Session(SessionHandle):
         try:
             result = device._call(lambda now, token: device._core.start(policy, now, token))
         except BaseException:  # Ctrl-C while waiting: nobody will hold this session
-            session.request_stop(StopReason.HOST_SHUTDOWN, _INTERRUPTED)
+            # STOP now, from this thread: the program may be about to exit
+            core = device._core
+            device._do(
+                lambda now: core.stop_session(
+                    policy, StopReason.HOST_SHUTDOWN, _INTERRUPTED, now, None
+                )
+            )
             raise
         if isinstance(result, EstimError):
             session.wait()  # its end is recorded before the error reaches the caller
