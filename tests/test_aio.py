@@ -165,3 +165,28 @@ def test_cancelling_a_start_leaves_output_off_and_the_record_finished(
     assert not unit.output_on
     assert record.outcome in ("not_done", "stopped")
     assert "cancelled" in (record.stop_reason or "")
+
+
+def test_a_port_lost_while_the_start_is_committed_ends_that_session(tmp_path: Path) -> None:
+    """The first record is committed off the loop; if the port fails meanwhile, start()
+    raises LinkLost and the record is finished (it waited forever before)."""
+    clock = estim.ManualClock()
+    unit = SimulatedUnit(clock=clock)
+
+    async def main(url: str, journal: Journal) -> BaseException | None:
+        async with aio.connect(url) as device:
+            starting = asyncio.create_task(device.start(PLAN, journal=journal))
+            await asyncio.sleep(0.5)
+            device.port.sim_connection.unplug()
+            try:
+                await asyncio.wait_for(starting, 30)
+            except estim.LinkLost as err:
+                return err
+            return None
+
+    with serve(unit) as url, _SlowDisk(tmp_path / "j.db", clock, 1.0) as journal:
+        error = aio.run(main(url, journal), clock=clock)
+        (record,) = journal.query()
+    assert isinstance(error, estim.LinkLost)
+    assert record.outcome == "link_lost"
+    assert not unit.output_on
