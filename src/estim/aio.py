@@ -275,8 +275,7 @@ class AsyncDevice:
     def _received(self, data: bytes, line_time: float) -> None:
         now = self._loop.time()
         self._core.receive(data, now, line_time=line_time)
-        self._core.tick(now)
-        self._carry_out()
+        self._carry_out()  # (a timer that has become due fires from the re-armed timer)
 
     def _tick(self) -> None:
         self._timer = None

@@ -276,7 +276,10 @@ class Device:
                     self._inbox.popleft()(now)
                 if data:
                     self._core.receive(data, now, line_time=line_time)
-                self._core.tick(now)
+                if not data or (deadline is not None and now >= deadline):
+                    # (bytes before the deadline, an ACK usually: no timer is due; one
+                    # that has become due is seen by the next turn, with timeout 0)
+                    self._core.tick(now)
                 self._carry_out(self._core.take())
 
     def _carry_out(self, out: Output) -> None:
