@@ -361,6 +361,30 @@ def test_a_start_after_the_link_was_lost_ends_its_session_at_once() -> None:
     assert not rig.unit.output_on
 
 
+def test_a_configure_lost_three_times_is_asked_again_as_a_new_request() -> None:
+    """Nothing can be on while configuring, so a noisy line does not refuse the start
+    there (the full lossy run: 1 start in 50 at 0.3% byte loss). START is not asked
+    again: its attempts must end within the watchdog."""
+    rig = Rig()
+    cut_both_ways(rig, rig.now, 0.35)  # every attempt of the first CONFIGURE_CHANNEL
+    policy = rig.start(plan())
+    rig.run(2.0)
+    assert rig.started() is None
+    assert rig.unit.output_on
+    assert policy.outcome is None
+
+
+def test_a_unit_that_never_answers_configure_refuses_the_start_within_a_second() -> None:
+    rig = Rig()
+    cut_both_ways(rig, rig.now, 3600)
+    policy = rig.start(plan())
+    rig.run(1.0)
+    assert isinstance(rig.started(), LinkLost)
+    assert "did not answer CONFIGURE_CHANNEL" in str(rig.started())
+    rig.wait_end(policy)
+    assert not rig.unit.output_on
+
+
 def test_a_request_gets_its_answer_or_a_timeout() -> None:
     rig = Rig()
     assert isinstance(rig.request(GetStatus()), Status)

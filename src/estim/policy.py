@@ -82,6 +82,10 @@ JOURNAL_DURABLE_S = 1.0
 #: after the unit has been silent for a watchdog period: how long to listen for it
 LINK_RECOVERY_S = 3.0
 RECOVERY_POLL_S = 0.25
+#: CONFIGURE_CHANNEL requests (each with its resends) before a start is refused: on a
+#: noisy line three lost attempts are not rare, and nothing can be on while configuring.
+#: START is never asked again: its attempts must end within the watchdog.
+CONFIGURE_REQUESTS = 3
 
 _OUTCOME_OF_STOP = {
     StopReason.OPERATOR: "stopped",
@@ -243,7 +247,7 @@ class SessionPolicy:
         self.start_token = token
         self._activate(now)
         for channel in self.plan.channels:
-            seq = self._send(_configure(channel), now, ("configure", channel.channel))
+            seq = self._send(_configure(channel), now, ("configure", channel.channel, 1))
             self._configuring.add(seq)
 
     def on_answer(self, request: Message, response: Message, now: float) -> None:
@@ -261,7 +265,11 @@ class SessionPolicy:
         if tag is None or self.done:
             return
         kind = tag[0] if isinstance(tag, tuple) else tag
-        if kind in ("configure", "start"):
+        if kind == "configure" and tag[2] < CONFIGURE_REQUESTS and self.phase is Phase.CONFIGURING:
+            self._configuring.discard(request.seq)
+            again = ("configure", tag[1], tag[2] + 1)
+            self._configuring.add(self._send(request, now, again))  # a new seq
+        elif kind in ("configure", "start"):
             self._link_trouble(now, f"the unit did not answer {request.TYPE.name}")
         elif kind == "amplitude":
             self._resolve(
