@@ -52,7 +52,7 @@ from estim.limits import ClinicLimits, Limits
 from estim.owner import ANSWER_S, Owner, hold, port_identity
 from estim.plan import SessionPlan
 from estim.policy import STATUS_EVERY_S, SessionPolicy
-from estim.ports import open_port, port_clock, port_reader, port_writer
+from estim.ports import open_port, port_clock, port_reader, port_writer, write_frames
 from estim.protocol import (
     OUTPUT_STATES,
     Ack,
@@ -292,19 +292,7 @@ class AsyncDevice:
         self._do(self._core.take())
 
     def _do(self, out: Output) -> None:
-        for wire in out.writes:
-            try:
-                self._write(wire)
-            except serial.SerialTimeoutException:
-                # Not a lost port: pyserial also says this when the process was frozen
-                # during a write that went out whole. What goes unanswered is resent;
-                # a port that really is stuck shows as a silent unit.
-                log.warning("a write to %s timed out", self.url)
-            except (serial.SerialException, OSError) as err:
-                failed: BaseException | None = err
-                break
-        else:
-            failed = None
+        failed = write_frames(self._write, out.writes, self.url)
         records = out.records()
         for token, result in out.resolved:
             if isinstance(token, asyncio.Future) and not token.done():

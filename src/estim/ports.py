@@ -10,6 +10,7 @@ whose one line says what to do.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import select
 from collections.abc import Callable
@@ -20,6 +21,8 @@ import serial
 
 from estim.clock import Clock
 from estim.errors import LinkError, PortBusy, PortNotFound
+
+log = logging.getLogger("estim.ports")
 
 #: how long a reader without ``cancel_read`` (socket://, rfc2217://) waits at most
 _POLL_S = 0.02
@@ -141,6 +144,24 @@ def port_writer(port: Any) -> Callable[[bytes], None]:
             port.write(data[done:])
 
     return posix
+
+
+def write_frames(
+    write: Callable[[bytes], None], frames: list[bytes], url: str
+) -> BaseException | None:
+    """Write ``frames`` in order with ``write``; the error that failed the port, if any
+    (the frames after it are not written). Both runners write through this."""
+    for frame in frames:
+        try:
+            write(frame)
+        except serial.SerialTimeoutException:
+            # Not a lost port: pyserial also says this when the process was frozen
+            # during a write that went out whole. What goes unanswered is resent;
+            # a port that really is stuck shows as a silent unit.
+            log.warning("a write to %s timed out", url)
+        except (serial.SerialException, OSError) as err:
+            return err
+    return None
 
 
 def port_reader(port: Any, clock: Clock) -> Callable[[float | None], tuple[bytes, float]]:
