@@ -317,9 +317,8 @@ class AsyncDevice:
                 return
             self._timer.cancel()
             self._timer = None
-        if (
-            deadline is not None and not self._closing
-        ):  # (close itself still needs timers for its STOP)
+        # until the port closes, not from close(): its last STOP needs its resends
+        if deadline is not None and not self._closing:
             self._timer = self._loop.call_at(deadline, self._tick)
 
     # -- connecting and closing ------------------------------------------------------------------
