@@ -121,7 +121,9 @@ class Decoder:
     ``receive`` + ``next_message``, which raise ``FrameError`` one frame at a time.
 
     ``now`` (seconds, any monotonic origin) enables the inter-byte gap rule: a
-    partial frame older than ``gap_s`` is dropped when more bytes arrive.
+    partial frame whose next byte comes ``gap_s`` or more after its last one is
+    dropped (PROTOCOL.md 9). ``now`` and ``gap_s`` may be in any one unit: the
+    simulated unit counts whole microseconds, so that 50 ms is exact.
     """
 
     def __init__(self, *, gap_s: float = INTER_BYTE_GAP_S) -> None:
@@ -148,9 +150,10 @@ class Decoder:
             if (
                 self._last_byte is not None
                 and (self._partial or self._overflow)
-                and now - self._last_byte > self.gap_s
+                and now - self._last_byte >= self.gap_s
             ):
-                self._drop_partial(FrameError("gap", f"silence of {now - self._last_byte:.3f} s"))
+                silence = f"silence of {now - self._last_byte:g} (the gap is {self.gap_s:g})"
+                self._drop_partial(FrameError("gap", silence))
             self._last_byte = now
         start = 0
         while True:

@@ -202,7 +202,7 @@ class ChannelStatus:
     impedance_ohm: int = wire(
         U32,
         "ohm",
-        "electrode impedance while the channel delivers output in the live session; "
+        "electrode impedance of a channel of the live session, whatever its output; "
         "0xFFFFFFFF otherwise (not measured)",
     )
 
@@ -219,8 +219,10 @@ class Status(Message):
     state: State = wire(EnumU8(State), "", "device state")
     session_id: int = wire(U32, "", "live or last session, 0 if none since boot")
     time_ms: int = wire(U32, "ms", "device uptime (wraps at 2^32)")
-    elapsed_ms: int = wire(U32, "ms", "time since output started, 0 if idle")
-    remaining_ms: int = wire(U32, "ms", "time until the dwell deadline, 0 if idle")
+    elapsed_ms: int = wire(U32, "ms", "time since output started, rounded down; 0 if output is off")
+    remaining_ms: int = wire(
+        U32, "ms", "time until the dwell deadline, rounded up; 0 if output is off"
+    )
     faults: int = wire(U8, "", "latched faults, bit f-1 = Fault f")
     fault_channel: int = wire(U8, "", "channel of the first latched fault, or 0")
     channels: tuple[ChannelStatus, ...] = wire(
@@ -296,7 +298,9 @@ class FaultRaised(Event):
 
     TYPE = MessageType.FAULT
     fault: int = wire(CodeU8(Fault), "", "what; a host treats unknown codes as a fault too")
-    channel: int = wire(U8, "", "channel concerned, or 0 for the whole unit")
+    channel: int = wire(
+        U8, "", "channel concerned, or 0 for the whole unit (WATCHDOG, ESTOP, INTERNAL)"
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -32,6 +32,7 @@ from typing import Any, ClassVar, TypeVar, cast
 from estim.clock import REAL_CLOCK, Clock
 from estim.protocol import (
     IMPEDANCE_UNKNOWN,
+    INTER_BYTE_GAP_S,
     Ack,
     AmplitudeReached,
     BootCause,
@@ -259,7 +260,7 @@ class SimulatedUnit:
         """Bytes from the host."""
         now = self._now()
         self._advance(now)
-        self._decoder.receive(data, now / _US)
+        self._decoder.receive(data, now)  # in whole us: the 50 ms gap is exact
         while True:
             try:
                 message = self._decoder.next_message()
@@ -276,6 +277,8 @@ class SimulatedUnit:
                     self._last_rx = now
                 self.requests_seen[message.TYPE] += 1
                 self._request(message, now)
+        # what the requests made due now (a slew of zero length), after their answers
+        self._advance(now)
         self._flush_events()
         self._log_levels(now)
 
@@ -447,7 +450,7 @@ class SimulatedUnit:
     def _boot(self, cause: BootCause, now: int) -> None:
         self._boot_us = now
         self._done_until = now
-        self._decoder = Decoder()
+        self._decoder = Decoder(gap_s=round(INTER_BYTE_GAP_S * _US))
         self._outbox = bytearray()
         self._pending = []
         self._event_seq = 0
@@ -937,7 +940,8 @@ class SimulatedUnit:
             session_id=s.id if s else (self._ended[-1] if self._ended else 0),
             time_ms=((now - self._boot_us) // 1000) & 0xFFFFFFFF,
             elapsed_ms=(now - s.start_us) // 1000 if s else 0,
-            remaining_ms=max(0, s.deadline_us - now) // 1000 if s else 0,
+            # rounded up, so that elapsed_ms + remaining_ms == dwell_ms
+            remaining_ms=_ceil_div(max(0, s.deadline_us - now), 1000) if s else 0,
             faults=self._faults,
             fault_channel=self._fault_channel,
             channels=tuple(channels),
