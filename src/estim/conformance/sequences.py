@@ -20,19 +20,24 @@ from typing import Any, TypeVar
 
 from estim.protocol import (
     IMPEDANCE_UNKNOWN,
+    Ack,
     ConfigureChannel,
     DeviceInfo,
     GetStatus,
     Heartbeat,
+    Kind,
     Message,
     MessageType,
+    RampDone,
     SetAmplitude,
     Start,
+    State,
     Stop,
     StopReason,
     encode,
     message_to_dict,
 )
+from estim.protocol.frame import encode_payload
 
 from .limits import channel_config, lower_amplitude, session_shape
 from .replies import REFERENCE
@@ -273,6 +278,43 @@ def sequence_vectors(info: DeviceInfo = REFERENCE.info) -> list[dict[str, Any]]:
         }
     )
 
+    # 10 (1.3): the state checks come before SESSION_ENDED
+    q = new("a START naming an ended session while another is live: BAD_STATE", "10")
+    _begin(q, c, q.session)
+    _end(q, q.session)
+    _begin(q, c, q.session + 1)
+    ended = q.send(c.start(q.session))
+    q.steps[-1]["expect"] = [_nack_of(ended, "BAD_STATE", "NONE", 0, "RAMPING_UP")]
+    _end(q, q.session + 1)
+
+    # 10 (1.3): a remembered answer is given as remembered, with the state now
+    q = new(
+        "a copy of a CONFIGURE_CHANNEL refused during a session, after it: the same refusal", "10"
+    )
+    _begin(q, c, q.session)
+    refused = q.send(c.configure(1))
+    q.steps[-1]["expect"] = [_nack_of(refused, "BAD_STATE", "NONE", 0, "RAMPING_UP")]
+    refused_step = q.steps[-1]
+    _end(q, q.session)
+    q.steps.append({**refused_step, "expect": [_nack_of(refused, "BAD_STATE", "NONE", 0, "IDLE")]})
+
+    # 3.4 (1.3): responses and events sent to a unit are ignored
+    q = new("well-formed responses and events sent to a unit: no answer, no effect", "3.4")
+    seq = q.take_seq()
+    ack = Ack(request_type=int(MessageType.STOP), state=State.IDLE)
+    q.send_raw(
+        f"an ACK, seq {seq} (kind 2)",
+        raw_frame(MessageType.ACK, encode_payload(ack), kind=int(Kind.RESPONSE), seq=seq),
+    )
+    seq = q.take_seq()
+    done = RampDone(session_id=q.session, time_ms=0)
+    q.send_raw(
+        f"a RAMP_DONE event, seq {seq} (kind 3)",
+        raw_frame(MessageType.RAMP_DONE, encode_payload(done), kind=int(Kind.EVENT), seq=seq),
+    )
+    status = q.send(GetStatus())
+    q.steps[-1]["expect"] = [{"type": "STATUS", "seq": status.seq, "state": "IDLE"}]
+
     # 6.1 and 5.3: what a running unit answers
     q = new("HEARTBEATs while output is on: the live session, 0, another session", "6.1")
     _begin(q, c, q.session)
@@ -305,7 +347,7 @@ def sequence_vectors(info: DeviceInfo = REFERENCE.info) -> list[dict[str, Any]]:
     q.steps[-1]["expect"] = [_nack_of(m, "BAD_STATE", "NONE", 0, "RAMPING_UP")]
     _end(q, q.session)
 
-    q = new("STATUS reports impedance only for channels delivering output", "5.2")
+    q = new("STATUS reports impedance only for the live session's channels", "5.2")
     m = q.send(GetStatus())
     unknown = IMPEDANCE_UNKNOWN
     q.steps[-1]["expect"] = [
