@@ -587,10 +587,9 @@ def test_connecting_to_a_unit_with_orphaned_output_stops_it(
         assert estim_unit.events("output_off")[-1].data["reason"] == "stop"
 
 
-def test_connect_asks_hello_again_while_the_answers_arrive_damaged() -> None:
-    # full lossy run: at drop=0.003 three damaged DEVICE_INFOs in a row failed a connect
-    device, port = scripted_device(first_seq=5, response_timeout=0.05)
-    device.info = None  # type: ignore[assignment]
+def hello_in_thread(device: Device) -> tuple[threading.Thread, list[BaseException]]:
+    """``device._hello()`` on a thread of its own (the test plays the unit); the
+    ``NoAnswer`` it raises, if any, lands in the list."""
     errors: list[BaseException] = []
 
     def hello() -> None:
@@ -601,6 +600,14 @@ def test_connect_asks_hello_again_while_the_answers_arrive_damaged() -> None:
 
     thread = threading.Thread(target=hello)
     thread.start()
+    return thread, errors
+
+
+def test_connect_asks_hello_again_while_the_answers_arrive_damaged() -> None:
+    # full lossy run: at drop=0.003 three damaged DEVICE_INFOs in a row failed a connect
+    device, port = scripted_device(first_seq=5, response_timeout=0.05)
+    device.info = None  # type: ignore[assignment]
+    thread, errors = hello_in_thread(device)
     seqs = []
     for _ in range(3):
         request = port.next_request()
@@ -624,16 +631,7 @@ def test_a_noisy_link_at_connect_says_the_frames_arrived_damaged() -> None:
     from estim.protocol import RampDone
 
     device, port = scripted_device(first_seq=5, response_timeout=0.05)
-    errors: list[BaseException] = []
-
-    def hello() -> None:
-        try:
-            device._hello()
-        except NoAnswer as err:
-            errors.append(err)
-
-    thread = threading.Thread(target=hello)
-    thread.start()
+    thread, errors = hello_in_thread(device)
     for attempt in range(3):
         request = port.next_request()
         good = encode(RampDone(seq=attempt, session_id=0, time_ms=0))  # the unit is there...

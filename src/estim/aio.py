@@ -192,7 +192,9 @@ class AsyncDevice:
         return session
 
     def _off_loop(self, work: Callable[[], T]) -> asyncio.Future[T]:
-        """``work()`` on a thread of its own (on the device's clock); its result on the loop."""
+        """``work()`` on a thread of its own, its result on the loop. Not
+        ``run_in_executor``: the thread must come from the device's clock, or a
+        ``ManualClock`` would not know it is running and could stall virtual time."""
         future: asyncio.Future[T] = self._loop.create_future()
 
         def settle(outcome: Callable[[], None]) -> None:
