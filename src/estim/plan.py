@@ -128,7 +128,7 @@ class SessionPlan(BaseModel):
 
     dwell: Dwell = Field(description="seconds of stimulation, 60 to 600 inclusive")
     ramp: Ramp = Field(default=5.0, description="seconds of ramp at the start and at the end")
-    channels: list[ChannelPlan] = Field(min_length=1, max_length=8)
+    channels: tuple[ChannelPlan, ...] = Field(min_length=1, max_length=8)
     watchdog: float = Field(
         default=WATCHDOG_DEFAULT_S,
         ge=WATCHDOG_MIN_S,
