@@ -25,9 +25,16 @@ RUNNERS = ["threads", "asyncio"]
 
 
 class AsyncFacade:
-    def __init__(self, url: str, clock: ManualClock, **options: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        clock: ManualClock,
+        *,
+        loop: aio.ManualClockLoop | None = None,
+        **options: Any,
+    ) -> None:
         self.clock = clock
-        self._loop = aio.ManualClockLoop(clock)
+        self._loop = loop or aio.ManualClockLoop(clock)
         self._thread = clock.start_thread(self._loop.run_forever, name="estim-test-loop")
         try:
             self._device: aio.AsyncDevice = self.run(aio.connect(url, **options))

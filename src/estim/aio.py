@@ -160,24 +160,24 @@ class AsyncDevice:
         """Run ``plan``; returns once START is accepted. Checked by the device's limits
         before anything is sent; "start requested" is committed to the journal first."""
         owns = journal is None
-        journal = journal if journal is not None else Journal()
+        self._core.claim()  # one start at a time: UnitBusy before anything else
         now = self._loop.time()
-        # The journal commit (an fsync) runs off the loop: other units' heartbeats go on.
+        # Opening a journal (its recovery may wait on another program's lock) and the
+        # commit (an fsync) run off the loop: other units' heartbeats go on.
         making = self._off_loop(
-            lambda: new_policy(
+            lambda: _make_policy(
                 self, plan, journal, now, heartbeat=heartbeat, status_every=status_every
             )
         )
         try:
-            policy = await asyncio.shield(making)
+            policy, opened = await asyncio.shield(making)
         except asyncio.CancelledError:
-            making.add_done_callback(lambda made: self._abandon(made, journal, owns))
+            making.add_done_callback(lambda made: self._abandon(made, owns))
             raise
         except BaseException:
-            if owns:
-                journal.close()
+            self._core.release()
             raise
-        session = AsyncSession(self, policy, journal, owns_journal=owns, on_event=on_event)
+        session = AsyncSession(self, policy, opened, owns_journal=owns, on_event=on_event)
         self._sessions[policy] = session
         try:
             result = await self._call(lambda now, token: self._core.start(policy, now, token))
@@ -213,14 +213,13 @@ class AsyncDevice:
         self.clock.start_thread(body, name=f"estim-aio-journal {self.url}")
         return future
 
-    def _abandon(self, made: asyncio.Future[SessionPolicy], journal: Journal, owns: bool) -> None:
+    def _abandon(self, made: asyncio.Future[tuple[SessionPolicy, Journal]], owns: bool) -> None:
         """A start cancelled while its record was being committed: once it is, end that
         session at once (nothing has been sent; CONFIGURING ends without output)."""
         if made.exception() is not None:
-            if owns:
-                journal.close()
+            self._core.release()
             return
-        policy = made.result()
+        policy, journal = made.result()
         session = AsyncSession(self, policy, journal, owns_journal=owns, on_event=None)
         self._sessions[policy] = session
         now = self._loop.time()
@@ -382,6 +381,30 @@ class AsyncDevice:
         self._reader.join(timeout=5.0)
         with contextlib.suppress(serial.SerialException, OSError):
             self.port.close()
+
+
+def _make_policy(
+    device: AsyncDevice,
+    plan: SessionPlan,
+    journal: Journal | None,
+    now: float,
+    *,
+    heartbeat: float | None,
+    status_every: float,
+) -> tuple[SessionPolicy, Journal]:
+    """Off the loop: open the default journal if none was given, and commit the
+    session's first record (``new_policy``). A journal opened here is closed again
+    if the start fails."""
+    opened = Journal() if journal is None else journal
+    try:
+        policy = new_policy(
+            device, plan, opened, now, heartbeat=heartbeat, status_every=status_every
+        )
+    except BaseException:
+        if journal is None:
+            opened.close()
+        raise
+    return policy, opened
 
 
 class AsyncSession(SessionHandle):

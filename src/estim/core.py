@@ -19,6 +19,7 @@ from estim.errors import (
     LinkTimeout,
     NoAnswer,
     RemoteProtocolError,
+    UnitBusy,
     VersionMismatch,
 )
 from estim.info import UnitInfo
@@ -94,6 +95,9 @@ class HostCore:
             first_seq=first_seq, response_timeout=response_timeout, retries=retries
         )
         self.sessions: list[SessionPolicy] = []
+        #: a start holds this from before its journal commit until ``start``: one
+        #: session at a time per unit, its CONFIGUREs and START never interleaved
+        self._starting = False
         #: set for good when the port failed or the unit cannot be reached any more
         self.lost: LinkLost | None = None
         self._owners: dict[int, SessionPolicy | _Call] = {}
@@ -145,9 +149,33 @@ class HostCore:
         self._owners[request.seq] = _Call(token, now, give_up_after)
         self._out.writes.append(wire)
 
+    def claim(self) -> None:
+        """Reserve the unit for one start (SAFETY.md 9): raises ``UnitBusy`` while
+        a session is live or another start holds the claim. ``start`` (or
+        ``release``) gives it back."""
+        if self._starting:
+            raise UnitBusy(
+                f"the unit on {self.name} is busy: another session is starting on it; "
+                "wait for it to end, or stop it first"
+            )
+        live = next((p for p in self.sessions if not p.done), None)
+        if live is not None:
+            raise UnitBusy(
+                f"the unit on {self.name} is busy with session {live.id} ({live.state}); "
+                "wait for it to end, or stop it first"
+            )
+        self._starting = True
+
+    def release(self) -> None:
+        """A claimed start that will not happen (its journal commit failed)."""
+        self._starting = False
+
     def start(self, policy: SessionPolicy, now: float, token: object) -> None:
-        """Run ``policy``'s session; ``token`` is resolved when START is accepted or
-        the session could not start."""
+        """Run ``policy``'s session, under the claim its caller holds; ``token`` is
+        resolved when START is accepted or the session could not start."""
+        if not self._starting:
+            self.claim()  # (a caller that did not claim first: the same rule)
+        self._starting = False
         self.sessions.append(policy)
         if self.lost is not None:  # (lost while its first record was being committed)
             policy.start_token = token
@@ -357,4 +385,11 @@ def unit_from_hello(url: str, answer: Result, stats: ConnectionStats) -> UnitInf
             f"the unit on {url} chose protocol version {answer.protocol_version}; this software "
             f"speaks {PROTOCOL_VERSION}; update estim or the unit's firmware"
         )
-    return UnitInfo.from_message(answer)
+    info = UnitInfo.from_message(answer)
+    problems = info.problems()
+    if problems:
+        raise RemoteProtocolError(
+            f"the unit on {url} reports {'; '.join(problems)}: that cannot be right, so it is "
+            "not used; check its firmware"
+        )
+    return info

@@ -97,6 +97,10 @@ class DeviceError(EstimError):
         super().__init__(message)
 
 
+class UnitBusy(EstimError):
+    """The unit is running a session (or one is starting): one session at a time."""
+
+
 class DeviceFault(EstimError):
     """The unit latched a fault (lead-off, over-current, watchdog, e-stop)."""
 

@@ -81,6 +81,31 @@ class UnitInfo:
             lead_off_ohm=m.lead_off_ohm,
         )
 
+    def problems(self) -> list[str]:
+        """What in this DEVICE_INFO cannot be true of a unit (SAFETY.md 9): numbers
+        that would divide by zero, invert a range or allow nothing. A unit that
+        reports one is not used."""
+        out = []
+        if not 1 <= self.channels <= 8:
+            out.append(f"{self.channels} channels (a unit has 1 to 8)")
+        if self.amplitude_max_ma <= 0:
+            out.append(f"an amplitude maximum of {self.amplitude_max_ma:g} mA")
+        if not 0 < self.amplitude_step_ma <= max(self.amplitude_max_ma, 0):
+            out.append(f"an amplitude step of {self.amplitude_step_ma:g} mA")
+        if self.slew_max_ma_per_s <= 0:
+            out.append(f"a maximum slew of {self.slew_max_ma_per_s:g} mA/s")
+        for name, low, high, unit in (
+            ("frequency", self.frequency_min_hz, self.frequency_max_hz, "Hz"),
+            ("pulse width", self.pulse_width_min_us, self.pulse_width_max_us, "us"),
+            ("watchdog", self.watchdog_min_s, self.watchdog_max_s, "s"),
+            ("dwell", self.dwell_min_s, self.dwell_max_s, "s"),
+        ):
+            if not 0 < low <= high:
+                out.append(f"a {name} range of {low:g}-{high:g} {unit}")
+        if not self.waveforms or not self.modes:
+            out.append("no waveform or no mode it can deliver")
+        return out
+
     def as_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
         out["waveforms"] = sorted(self.waveforms)

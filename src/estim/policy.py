@@ -86,6 +86,11 @@ RECOVERY_POLL_S = 0.25
 #: noisy line three lost attempts are not rare, and nothing can be on while configuring.
 #: START is never asked again: its attempts must end within the watchdog.
 CONFIGURE_REQUESTS = 3
+#: how far the unit's clock and the host's may drift apart over a session (0.1 %:
+#: crystals are within 100 ppm, and NTP slews a host's monotonic clock by up to 500)
+CLOCK_TOLERANCE = 0.001
+#: and the granularity of the unit's reports (whole milliseconds, a 1 ms tick)
+REPORT_TICK_MS = 2
 
 _OUTCOME_OF_STOP = {
     StopReason.OPERATOR: "stopped",
@@ -123,6 +128,8 @@ class _StopRequest:
     detail: str
     #: when the unit acknowledged it (then the end event is awaited a while)
     acked_at: float | None = None
+    #: the session's end event, when not the reason's (a fault the host stopped for)
+    outcome: str | None = None
 
 
 def fault_name(code: int) -> str:
@@ -175,6 +182,8 @@ class SessionPolicy:
         #: host time at which the unit accepted START (its deadline is about a dwell later)
         self.started_at: float | None = None
         self.start_token: object | None = None
+        #: host time the first START was sent (the unit accepted it no earlier)
+        self._start_sent_at: float | None = None
         self._t0 = now
         self._last_activation = now
         self._silence_ref = now
@@ -191,6 +200,13 @@ class SessionPolicy:
         self._silent_ms = 0
         self._stalled_s = 0.0
         self._pending_fault: str | None = None
+        #: every amplitude (uA) the limits judged for each channel: what the unit's
+        #: reports are checked against (SAFETY.md 9)
+        self._judged_ua: dict[int, set[int]] = {
+            c.channel: {round(c.amplitude_ma * 1000)} for c in plan.channels
+        }
+        #: what the record must add to its reason: numbers from the unit not believed
+        self._notes: list[str] = []
         self._undurable: dict[int, float] = {}
         self._record("start_requested", start_requested, now=now)
         self.build_records()  # events[0]: the runner commits it before anything is sent
@@ -330,9 +346,18 @@ class SessionPolicy:
         elif phase is Phase.RECOVERING:
             self._tick_recovering(now)
 
-    def stop(self, reason: StopReason, detail: str, now: float, token: object = None) -> None:
+    def stop(
+        self,
+        reason: StopReason,
+        detail: str,
+        now: float,
+        token: object = None,
+        *,
+        outcome: str | None = None,
+    ) -> None:
         """Output off now: STOP at once; the session then ends with the unit's figures.
-        ``token`` is resolved once the STOP is acknowledged (or the link given up)."""
+        ``token`` is resolved once the STOP is acknowledged (or the link given up).
+        ``outcome`` is the end event when it is not the reason's (``"fault"``)."""
         self._activate(now)
         if self.done:
             self._resolve(token, None)
@@ -340,11 +365,18 @@ class SessionPolicy:
         if token is not None:
             self._stop_waiters.append(token)
         if self._stop is not None:
+            if outcome is not None and self._stop.outcome is None:
+                self._stop.outcome, self._stop.detail = outcome, detail  # the graver cause
             return  # one STOP is on its way already; it is resent until acknowledged
-        self._stop = _StopRequest(reason, detail or reason.name.lower().replace("_", " "))
+        self._stop = _StopRequest(
+            reason, detail or reason.name.lower().replace("_", " "), outcome=outcome
+        )
         if self.phase is Phase.CONFIGURING:  # nothing was started: nothing to stop
             self._end(
-                _OUTCOME_OF_STOP.get(reason, "stopped"), self._stop.detail, ended_by=None, now=now
+                outcome or _OUTCOME_OF_STOP.get(reason, "stopped"),
+                self._stop.detail,
+                ended_by=None,
+                now=now,
             )
             return
         self._send(Stop(reason=int(reason)), now, "stop", retries="forever")
@@ -373,6 +405,7 @@ class SessionPolicy:
             self._resolve(token, OutputLimitError(problem))
             return
         self._record("amplitude_set", {"channel": channel, "ma": ma}, now=now)
+        self._judged_ua[channel].add(round(ma * 1000))
         message = SetAmplitude(
             session_id=self.session_id, channel=channel, amplitude_ua=round(ma * 1000)
         )
@@ -498,6 +531,7 @@ class SessionPolicy:
         if not self._configuring and self.phase is Phase.CONFIGURING:
             self.phase = Phase.STARTING
             self.host_deadline = now + self.plan.dwell  # before START: it can only end early
+            self._start_sent_at = now
             start = Start(
                 session_id=self.session_id,
                 dwell_ms=round(self.plan.dwell * 1000),
@@ -536,11 +570,13 @@ class SessionPolicy:
     def _answer_status(self, tag: Any, request: Message, response: Message, now: float) -> None:
         if isinstance(response, Status):
             self.last_status = UnitStatus.from_message(response)
+            self._check_report(self.last_status, now)
 
     def _answer_truth(self, tag: Any, request: Message, response: Message, now: float) -> None:
         if not isinstance(response, Status):
             return
         status = self.last_status = UnitStatus.from_message(response)
+        self._check_report(status, now)
         if self.done:
             return
         ours = status.session_id == self.session_id
@@ -612,6 +648,13 @@ class SessionPolicy:
                 now=now,
                 unit_ms=ms,
             )
+            if (item.dwell_ms, item.channel_mask) != (self._dwell_ms, self._channel_mask):
+                self._unit_misbehaves(
+                    f"the unit started output for {item.dwell_ms} ms on channel mask "
+                    f"{item.channel_mask:#x}; this session asked for {self._dwell_ms} ms on "
+                    f"{self._channel_mask:#x}",
+                    now,
+                )
         elif isinstance(item, RampDone):
             if self.machine.can("ramp_done"):
                 self.machine.fire("ramp_done")
@@ -627,8 +670,9 @@ class SessionPolicy:
                 now=now,
                 unit_ms=ms,
             )
+            self._check_amplitude(item.channel, item.amplitude_ua, item.amplitude_ua, now)
         elif isinstance(item, Completed):
-            self.delivered_ms = item.delivered_ms
+            self.delivered_ms = self._believed_delivered(item.delivered_ms, now)
             self._record("unit_completed", {"delivered_ms": item.delivered_ms}, now=now, unit_ms=ms)
             if not self.machine.state.is_end:  # the dwell ran out first, whatever else was asked
                 self._end("completed", "the unit's own deadline ended it", ended_by="unit", now=now)
@@ -647,8 +691,12 @@ class SessionPolicy:
                 now=now,
                 unit_ms=ms,
             )
+            # SAFETY.md 9: a reported fault stops the session from the host too, whatever
+            # the unit does next (its STOPPED normally follows at once)
+            if self.phase not in (Phase.CONFIGURING, Phase.RECOVERING):
+                self.stop(StopReason.HOST_ERROR, self._pending_fault, now, outcome="fault")
         elif isinstance(item, Stopped):
-            self.delivered_ms = item.delivered_ms
+            self.delivered_ms = self._believed_delivered(item.delivered_ms, now)
             reason = (
                 StopReason(item.reason).name
                 if item.reason in StopReason._value2member_map_
@@ -688,6 +736,8 @@ class SessionPolicy:
     def _halt(self, reason: StopReason, detail: str, now: float) -> None:
         """A host-side failure: output off first, the record after."""
         if self._stop is not None or self.done:
+            if self._stop is not None and self._stop.outcome == "fault":
+                return  # a fault stop says the graver cause already
             if self._stop is not None and self._stop.reason != StopReason.HOST_ERROR:
                 self._stop = _StopRequest(reason, detail, self._stop.acked_at)
             return
@@ -704,11 +754,15 @@ class SessionPolicy:
                 now=now,
             )
             return
-        outcome = _OUTCOME_OF_STOP.get(stop.reason, "stopped")
-        if outcome == "completed":
-            self._end(outcome, "the host's dwell timer stopped it", ended_by="host", now=now)
-        else:
+        outcome = stop.outcome or _OUTCOME_OF_STOP.get(stop.reason, "stopped")
+        if outcome != "completed":
             self._end(outcome, stop.detail, ended_by=None, now=now)
+            return
+        short = self._short_of_dwell()
+        if short is not None:
+            self._end("stopped", short, ended_by="host", now=now)
+        else:
+            self._end(outcome, "the host's dwell timer stopped it", ended_by="host", now=now)
 
     def _refused(self, error: DeviceError, now: float) -> None:
         self._resolve(self.start_token, error)
@@ -720,6 +774,8 @@ class SessionPolicy:
     def _end(self, event: str, reason: str, *, ended_by: str | None, now: float) -> None:
         if self.done:
             return
+        if self._notes:
+            reason = "; ".join([reason, *self._notes])
         self.machine.fire(event)
         self.outcome = self.machine.state.value
         self.stop_reason = reason
@@ -741,6 +797,106 @@ class SessionPolicy:
                 "delivered_ms": self.delivered_ms,
             },
             now=now,
+        )
+
+    # -- what the unit reports, checked (SAFETY.md 9) --------------------------------------
+
+    @property
+    def _dwell_ms(self) -> int:
+        return round(self.plan.dwell * 1000)
+
+    @property
+    def _channel_mask(self) -> int:
+        return sum(1 << (c.channel - 1) for c in self.plan.channels)
+
+    def _check_report(self, status: UnitStatus, now: float) -> None:
+        """A STATUS of this session's output must show what this session set: each
+        channel's setpoint one the limits judged (or 0), its output no higher, and
+        no other channel on. Anything else stops the session as a unit fault."""
+        if self.done or status.state not in OUTPUT_STATES:
+            return
+        if status.session_id != self.session_id:
+            if self.phase is Phase.LIVE:
+                self._unit_misbehaves(
+                    f"the unit is delivering output for session {status.session_id:08x}, "
+                    "not this one",
+                    now,
+                )
+            return
+        for channel in status.channels:
+            self._check_amplitude(
+                channel.channel,
+                round(channel.setpoint_ma * 1000),
+                round(channel.amplitude_ma * 1000),
+                now,
+            )
+
+    def _check_amplitude(self, channel: int, setpoint_ua: int, output_ua: int, now: float) -> None:
+        judged = self._judged_ua.get(channel)
+        if judged is None:
+            if setpoint_ua or output_ua:
+                self._unit_misbehaves(
+                    f"the unit reports channel {channel} at {max(setpoint_ua, output_ua) / 1000:g} "
+                    "mA, a channel this session does not use",
+                    now,
+                )
+            return
+        if setpoint_ua and setpoint_ua not in judged:
+            shown = ", ".join(f"{ua / 1000:g}" for ua in sorted(judged))
+            self._unit_misbehaves(
+                f"the unit reports channel {channel} set to {setpoint_ua / 1000:g} mA, but this "
+                f"session set {shown} mA",
+                now,
+            )
+        elif output_ua > max(judged):
+            self._unit_misbehaves(
+                f"the unit reports channel {channel} delivering {output_ua / 1000:g} mA, above "
+                f"the {max(judged) / 1000:g} mA this session set",
+                now,
+            )
+
+    def _unit_misbehaves(self, why: str, now: float) -> None:
+        """The unit does something other than it was told: output off now, a fault."""
+        if self.done or (self._stop is not None and self._stop.outcome == "fault"):
+            return
+        self._record("unit_mismatch", {"detail": why}, now=now)
+        self._pending_fault = f"{why}; output stopped"
+        self.stop(StopReason.HOST_ERROR, self._pending_fault, now, outcome="fault")
+
+    def _believed_delivered(self, ms: int, now: float) -> int | None:
+        """The unit's delivered time, if it can be true: no more than the dwell, nor
+        than the time since the first START was sent (with the clocks' tolerance)."""
+        planned = self._dwell_ms
+        if self._start_sent_at is not None:
+            since_start = (now - self._start_sent_at) * 1000
+            planned = min(planned, max(0, round(since_start)))
+        limit = round(planned * (1 + CLOCK_TOLERANCE)) + REPORT_TICK_MS
+        if ms <= limit:
+            return ms
+        self._record("unit_implausible", {"delivered_ms": ms, "at_most_ms": limit}, now=now)
+        self._notes.append(
+            f"the unit reported {ms / 1000:.3f} s delivered, more than the {limit / 1000:.3f} s "
+            "output can have been on; not believed, so the time delivered is unknown"
+        )
+        return None
+
+    def _short_of_dwell(self) -> str | None:
+        """Why a session the host's dwell timer ended is not a completed dwell, if it
+        is not: the unit's delivered time falls short by more than the host's timer
+        can be early (the START attempts before the unit accepted one) and the
+        clocks' tolerance. Then the host's clock ran ahead (a jump, a step)."""
+        sent = self._start_sent_at
+        if self.delivered_ms is None or sent is None:
+            return None
+        planned = self._dwell_ms
+        window_ms = 0.0 if self.started_at is None else (self.started_at - sent) * 1000
+        enough = planned - window_ms - planned * CLOCK_TOLERANCE - REPORT_TICK_MS
+        if self.delivered_ms >= enough:
+            return None
+        return (
+            f"the host's dwell timer ended it after {self.delivered_ms / 1000:g} s of "
+            f"{self.plan.dwell:g} s by the unit's clock: the host's clock ran ahead of the "
+            "unit's (a jump or a step), so the dwell was not complete"
         )
 
     # -- plumbing ---------------------------------------------------------------------------

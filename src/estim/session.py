@@ -81,6 +81,12 @@ def heartbeat_period(plan: SessionPlan, asked: float | None) -> float:
     return asked
 
 
+def own_copy(plan: SessionPlan) -> SessionPlan:
+    """A copy of ``plan`` that shares nothing with it, its channels a tuple."""
+    channels = tuple(c.model_copy() for c in tuple(plan.channels))
+    return plan.model_copy(update={"channels": channels})
+
+
 def new_policy(
     runner: Runner,
     plan: SessionPlan,
@@ -92,7 +98,12 @@ def new_policy(
 ) -> SessionPolicy:
     """Check ``plan``, make its policy, and commit "start requested" to the journal:
     the one write that blocks, on purpose (no record, no START). Raises before
-    anything is sent."""
+    anything is sent.
+
+    The session runs its own copy of ``plan``, taken before it is judged: whatever
+    the caller later does to the object it holds, what the limits judged is what
+    the unit runs and what the record says (SAFETY.md 9)."""
+    plan = own_copy(plan)
     runner.limits.check_plan(plan)
     heartbeat = heartbeat_period(plan, heartbeat)
     if runner._core.lost is not None:
@@ -277,16 +288,23 @@ class Session(SessionHandle):
         status_every: float = STATUS_EVERY_S,
     ) -> Session:
         owns = journal is None
-        journal = journal if journal is not None else Journal()
+        with device._lock:
+            device._core.claim()  # one start at a time: UnitBusy before anything else
         try:
-            with device._lock:
-                now = device.clock.now()
-            policy = new_policy(
-                device, plan, journal, now, heartbeat=heartbeat, status_every=status_every
-            )
+            journal = journal if journal is not None else Journal()
+            try:
+                with device._lock:
+                    now = device.clock.now()
+                policy = new_policy(
+                    device, plan, journal, now, heartbeat=heartbeat, status_every=status_every
+                )
+            except BaseException:
+                if owns:
+                    journal.close()
+                raise
         except BaseException:
-            if owns:
-                journal.close()
+            with device._lock:
+                device._core.release()
             raise
         session = cls(device, policy, journal, owns_journal=owns, on_event=on_event)
         with device._lock:

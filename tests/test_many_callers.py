@@ -1,0 +1,346 @@
+"""Many callers, one truth (issue 18, SAFETY.md 9): whatever callers do at once,
+the unit runs only what the limits judged, and the record says what the unit did.
+
+Each test is one attack from the issue, on both runners, against the simulated
+unit on a manual clock (and the C unit where a unit's behaviour is involved).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from estim import aio
+from estim.clock import ManualClock
+from estim.device import connect as threaded_connect
+from estim.errors import EstimError, OutputLimitError, RemoteProtocolError, UnitBusy
+from estim.journal import Journal
+from estim.plan import ChannelPlan, SessionPlan
+from estim.protocol import Fault, FaultRaised, State, Stopped
+from estim.sim import SimulatedUnit, UnitConfig, serve
+
+from .runners import RUNNERS, AsyncFacade, SessionFacade, connector
+
+#: the two plans of the concurrent-start attack: A gentle, B strong
+GENTLE = ChannelPlan(channel=1, frequency_hz=2, pulse_width_us=250, amplitude_ma=5)
+STRONG = ChannelPlan(channel=1, frequency_hz=100, pulse_width_us=500, amplitude_ma=20)
+
+
+def plan_of(channel: ChannelPlan, dwell: float = 60) -> SessionPlan:
+    return SessionPlan(dwell=dwell, ramp=5, channels=[channel])
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    with Journal(tmp_path / "estim.db") as j:
+        yield j
+
+
+def configured(unit: SimulatedUnit, channel: int) -> tuple[int, int, int]:
+    """What the unit holds for ``channel``: (frequency dHz, pulse width us, amplitude uA)."""
+    c = unit._configs[channel]
+    return (c.frequency_dhz, c.pulse_width_us, c.amplitude_ua)
+
+
+def as_wire(channel: ChannelPlan) -> tuple[int, int, int]:
+    return (
+        round(channel.frequency_hz * 10),
+        channel.pulse_width_us,
+        round(channel.amplitude_ma * 1000),
+    )
+
+
+def start_at_once(
+    device: Any, clock: ManualClock, plans: list[SessionPlan], journal: Journal
+) -> list[Any]:
+    """Start every plan on ``device`` at the same instant: threads released by one
+    barrier (the threaded runner), or ``asyncio.gather`` (the asyncio one). Each
+    result is a session or the exception its start raised."""
+    if isinstance(device, AsyncFacade):
+
+        async def all_at_once() -> list[Any]:
+            return await asyncio.gather(
+                *(device._device.start(p, journal=journal) for p in plans),
+                return_exceptions=True,
+            )
+
+        return [
+            r if isinstance(r, BaseException) else SessionFacade(device, r)
+            for r in device.run(all_at_once())
+        ]
+    results: list[Any] = [None] * len(plans)
+    barrier = threading.Barrier(len(plans))
+    done = [clock.signal() for _ in plans]
+
+    def caller(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = device.start(plans[i], journal=journal)
+        except BaseException as err:  # the result under test
+            results[i] = err
+        finally:
+            done[i].set()
+
+    threads = [
+        clock.start_thread(lambda i=i: caller(i), name=f"caller {i}") for i in range(len(plans))
+    ]
+    for signal in done:
+        signal.wait()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_two_starts_at_once_start_one_session_that_runs_its_own_plan(
+    runner: str, journal: Journal
+) -> None:
+    """Issue 18.1: the second start's CONFIGURE_CHANNEL must never reach the unit
+    while the first session starts (or runs); the second start is refused."""
+    clock = ManualClock()
+    unit = SimulatedUnit(clock=clock)
+    with serve(unit) as url, connector(runner, clock)(f"{url}?delay=1&delay_ms=20") as device:
+        results = start_at_once(device, clock, [plan_of(GENTLE), plan_of(STRONG)], journal)
+        started = [r for r in results if not isinstance(r, BaseException)]
+        refused = [r for r in results if isinstance(r, BaseException)]
+        assert len(started) == 1, results
+        assert len(refused) == 1, refused
+        assert isinstance(refused[0], UnitBusy), refused
+        assert "busy" in str(refused[0])
+        session = started[0]
+        ours = session.plan.channels[0]
+        assert configured(unit, 1) == as_wire(ours)
+        assert unit.session_id == session.session_id
+        session.stop()
+        record = session.wait(timeout=10)
+    assert record.plan.channels[0] == ours
+    assert len(journal.query()) == 1  # a refused start leaves no record: nothing was sent
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_start_while_a_session_runs_is_refused_and_sends_nothing(
+    runner: str, journal: Journal
+) -> None:
+    clock = ManualClock()
+    unit = SimulatedUnit(clock=clock)
+    with serve(unit) as url, connector(runner, clock)(url) as device:
+        first = device.start(plan_of(GENTLE), journal=journal)
+        clock.advance(6)
+        seen = dict(unit.requests_seen)
+        with pytest.raises(UnitBusy, match=f"session {first.id}"):
+            device.start(plan_of(STRONG), journal=journal)
+        assert configured(unit, 1) == as_wire(GENTLE)
+        assert {
+            k: v
+            for k, v in unit.requests_seen.items()
+            if k.name != "HEARTBEAT" and k.name != "GET_STATUS"
+        } == {k: v for k, v in seen.items() if k.name != "HEARTBEAT" and k.name != "GET_STATUS"}
+        first.stop()
+        first.wait(timeout=10)
+        second = device.start(plan_of(STRONG), journal=journal)  # once it has ended: fine
+        second.stop()
+        assert second.wait(timeout=10).outcome == "stopped"
+    assert isinstance(UnitBusy("x"), EstimError)
+
+
+# --- 18.2: what was judged is what runs --------------------------------------------------
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_plan_changed_under_a_running_session_changes_nothing_it_judges(
+    runner: str, journal: Journal
+) -> None:
+    """The attack: the unit runs 100 Hz / 500 us; the caller's plan object is made to
+    say 2 Hz / 250 us (frozen models can be forced), then 200 mA is asked for. Judged
+    at 2 Hz that is 6.3 mA r.m.s.; at what the unit runs it is 63.2 mA, past the
+    50 mA of IEC 60601-2-10. The session judges its own copy: refused."""
+    clock = ManualClock()
+    unit = SimulatedUnit(
+        UnitConfig(amplitude_max_ua=200_000, slew_max_ua_per_s=100_000), clock=clock
+    )
+    plan = plan_of(STRONG)
+    with serve(unit) as url, connector(runner, clock)(url) as device:
+        session = device.start(plan, journal=journal)
+        clock.advance(6)
+        with pytest.raises(TypeError):
+            plan.channels[0] = GENTLE  # type: ignore[index]
+        object.__setattr__(plan, "channels", (GENTLE,))
+        plan.__dict__["channels"] = (GENTLE,)
+        with pytest.raises(OutputLimitError, match=r"r\.m\.s"):
+            session.set_amplitude(1, 200)
+        clock.advance(2)
+        assert max(unit.output_ua(1, t) for t in (clock.now(),)) <= 20_000
+        assert rms_ma(STRONG, unit.output_ua(1) / 1000) <= 50
+        session.stop()
+        record = session.wait(timeout=10)
+    assert record.plan.channels == (STRONG,)
+    assert record == journal.get(record.id)
+
+
+def rms_ma(channel: ChannelPlan, peak_ma: float) -> float:
+    return peak_ma * (2 * channel.pulse_width_us * 1e-6 * channel.frequency_hz) ** 0.5
+
+
+class UnitThatRunsOtherThanTold(SimulatedUnit):
+    """Takes every CONFIGURE_CHANNEL, but runs twice the amplitude it was given."""
+
+    def _configure(self, m: Any) -> Any:
+        answer = super()._configure(m)
+        self._configs[m.channel] = replace(m, amplitude_ua=2 * m.amplitude_ua)
+        return answer
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_unit_that_reports_another_setting_than_the_plan_is_stopped(
+    runner: str, journal: Journal
+) -> None:
+    clock = ManualClock()
+    unit = UnitThatRunsOtherThanTold(clock=clock)
+    with serve(unit) as url, connector(runner, clock)(url) as device:
+        session = device.start(plan_of(GENTLE), journal=journal)
+        record = session.wait(timeout=10)
+        assert not unit.output_on
+    assert record.outcome == "faulted"
+    assert "channel 1" in record.stop_reason
+    assert "10 mA" in record.stop_reason
+    assert "5 mA" in record.stop_reason
+    assert record.delivered_s is not None
+    assert record.delivered_s <= 1.5
+
+
+# --- 18.9: a unit's FAULT stops the session from the host --------------------------------
+
+
+class UnitThatFaultsAndRunsOn(SimulatedUnit):
+    """Reports a fault, and keeps its output on as if nothing had happened."""
+
+    def _fault(self, fault: Fault, channel: int, t: int) -> None:
+        self._faults |= 1 << (fault - 1)
+        self._emit(FaultRaised, t, session_id=self.session_id, fault=int(fault), channel=channel)
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_fault_the_unit_reports_stops_the_session_even_if_the_unit_runs_on(
+    runner: str, journal: Journal
+) -> None:
+    clock = ManualClock()
+    unit = UnitThatFaultsAndRunsOn(clock=clock)
+    with serve(unit) as url, connector(runner, clock)(url) as device:
+        session = device.start(plan_of(GENTLE), journal=journal)
+        clock.advance(10)
+        unit.over_current(1)
+        record = session.wait(timeout=5)
+        assert not unit.output_on  # the host's STOP turned it off
+        stopped_at = unit.events("output_off")[-1].t
+    assert record.outcome == "faulted"
+    assert "OVER_CURRENT" in (record.stop_reason or "")
+    assert stopped_at - 10 <= 0.2  # one turn of the loop, not the 50 s of the dwell left
+    assert record.delivered_s == pytest.approx(10.0, abs=0.2)
+
+
+# --- 18.13: numbers from a unit are checked before they enter a record or a division -----
+
+
+class UnitThatOverstatesDelivery(SimulatedUnit):
+    def _stop(self, reason: int, now: int) -> None:
+        s = self._session
+        if s is None:
+            return
+        self._end_session(now, "stop")
+        self._emit(Stopped, now, session_id=s.id, reason=reason, delivered_ms=0xFFFFFFFF)
+        self._set_state(State.IDLE, now)
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_delivered_time_longer_than_the_session_is_not_recorded(
+    runner: str, journal: Journal
+) -> None:
+    clock = ManualClock()
+    unit = UnitThatOverstatesDelivery(clock=clock)
+    with serve(unit) as url, connector(runner, clock)(url) as device:
+        session = device.start(plan_of(GENTLE), journal=journal)
+        clock.advance(10)
+        session.stop()
+        record = session.wait(timeout=5)
+    assert record.outcome == "stopped"
+    assert record.delivered_s is None
+    assert "4294967" in (record.stop_reason or "")
+    assert "not believed" in (record.stop_reason or "")
+    assert journal.get(record.id) == record
+
+
+class UnitWithAZeroStep(SimulatedUnit):
+    def _hello(self, m: Any) -> Any:
+        return replace(super()._hello(m), amplitude_step_ua=0)
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_unit_that_reports_impossible_limits_is_refused_at_connect(runner: str) -> None:
+    clock = ManualClock()
+    with (
+        serve(UnitWithAZeroStep(clock=clock)) as url,
+        pytest.raises(RemoteProtocolError, match="amplitude step of 0 mA"),
+    ):
+        connector(runner, clock)(url)
+
+
+# --- 18.14: the host's clock jumps ---------------------------------------------------------
+
+
+class JumpingClock:
+    """The host's clock over a manual clock the unit keeps: ``jump(s)`` moves only
+    the host's reading, as a stepped or suspended host clock would."""
+
+    def __init__(self, base: ManualClock) -> None:
+        self.base = base
+        self.offset = 0.0
+
+    def now(self) -> float:
+        return self.base.now() + self.offset
+
+    def signal(self) -> Any:
+        return self.base.signal()
+
+    def start_thread(self, target: Any, name: str) -> threading.Thread:
+        return self.base.start_thread(target, name)
+
+    def sleep(self, seconds: float) -> None:
+        self.base.sleep(seconds)
+
+
+class JumpingLoop(aio.ManualClockLoop):
+    def __init__(self, clock: ManualClock, jumping: JumpingClock) -> None:
+        super().__init__(clock)
+        self.jumping = jumping
+
+    def time(self) -> float:
+        return self.jumping.now()
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_host_clock_that_jumps_ahead_does_not_record_a_short_session_as_completed(
+    runner: str, journal: Journal
+) -> None:
+    clock = ManualClock()
+    host = JumpingClock(clock)
+    unit = SimulatedUnit(clock=clock)
+    with serve(unit) as url:
+        if runner == "threads":
+            device: Any = threaded_connect(url, clock=host)
+        else:
+            device = AsyncFacade(url, clock, loop=JumpingLoop(clock, host))
+        with device:
+            session = device.start(plan_of(GENTLE), journal=journal)
+            clock.advance(20)
+            host.offset += 5.0
+            record = session.wait(timeout=120)
+    assert record.delivered_s == pytest.approx(55.0, abs=0.3)
+    assert record.outcome != "completed"
+    assert "55" in (record.stop_reason or "")
+    assert "clock" in (record.stop_reason or "")
