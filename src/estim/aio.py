@@ -25,16 +25,19 @@ heartbeat happens at its exact instant.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
 import random
 import selectors
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import serial
 
+import estim.shutdown as shutdown
 from estim.clock import REAL_CLOCK, Clock, ManualClock
 from estim.core import (
     GREETING,
@@ -107,7 +110,11 @@ class AsyncDevice:
         self._owner: Owner | None = None
         self._read = port_reader(port, clock)
         self._write = port_writer(port)
+        #: bytes read, with their line time, not yet fed to the core: the reader thread
+        #: appends, the loop takes; what a closed loop never took is still here
+        self._inbox: deque[tuple[bytes, float]] = deque()
         self._reader = clock.start_thread(self._read_loop, name=f"estim-aio-reader {url}")
+        shutdown.track_device(self)
 
     @property
     def lost(self) -> LinkLost | None:
@@ -270,12 +277,19 @@ class AsyncDevice:
                 return
             line_time += waited
             if data:
-                with contextlib.suppress(RuntimeError):
-                    self._loop.call_soon_threadsafe(self._received, data, line_time)
+                self._inbox.append((data, line_time))
+                try:
+                    self._loop.call_soon_threadsafe(self._received)
+                except RuntimeError:
+                    return  # the loop is closed: what was read waits in the inbox
 
-    def _received(self, data: bytes, line_time: float) -> None:
+    def _received(self) -> None:
+        if not self._inbox:
+            return
         now = self._loop.time()
-        self._core.receive(data, now, line_time=line_time)
+        while self._inbox:
+            data, line_time = self._inbox.popleft()
+            self._core.receive(data, now, line_time=line_time)
         self._carry_out()  # (a timer that has become due fires from the re-armed timer)
 
     def _tick(self) -> None:
@@ -353,8 +367,82 @@ class AsyncDevice:
         state = await self.stop(StopReason.OPERATOR)
         return f"no session was running on {where}; the unit was told to stop and is {state.name}"
 
+    def _close_at_exit(self, detail: str, limit: float) -> None:
+        """The program is ending with this device open (``estim.shutdown``): stop its
+        sessions with ``detail`` as the reason and close, on its loop if that still
+        runs somewhere, else (the usual case: ``asyncio.run`` has returned) without it."""
+        loop = self._loop
+        if loop.is_closed():
+            self._finish_without_loop(detail, limit)
+        elif loop.is_running():  # on another thread
+            done = asyncio.run_coroutine_threadsafe(self._close_with(detail), loop)
+            with contextlib.suppress(TimeoutError, concurrent.futures.TimeoutError):
+                done.result(timeout=limit)
+        else:
+            loop.run_until_complete(asyncio.wait_for(self._close_with(detail), limit))
+
+    async def _close_with(self, detail: str) -> None:
+        for session in list(self._sessions.values()):
+            await session.stop(StopReason.HOST_SHUTDOWN, detail)
+        await self.close()
+
+    def _finish_without_loop(self, detail: str, limit: float) -> None:
+        """Drive the core from this thread, the loop being gone: the reader thread
+        is stopped first, what it read and the loop never took is fed in, every
+        session is stopped, and the exchange goes on until each has ended (the unit
+        answered, or its silence was given up) or ``limit`` seconds have passed.
+        Records go to each session's journal writer, which outlives the loop."""
+        self._closing = True
+        if self._owner is not None:
+            self._owner.close()
+        cancel = getattr(self.port, "cancel_read", None)
+        if callable(cancel):
+            with contextlib.suppress(serial.SerialException, OSError):
+                cancel()
+        self._reader.join(timeout=1.0)
+        clock = self.clock
+        end = clock.now() + limit
+        line_time = self._inbox[-1][1] if self._inbox else 0.0
+        while self._inbox:
+            data, line_time = self._inbox.popleft()
+            self._core.receive(data, clock.now(), line_time=line_time)
+        for policy in list(self._sessions):
+            self._core.stop_session(policy, StopReason.HOST_SHUTDOWN, detail, clock.now(), None)
+        while True:
+            out = self._core.take()
+            if write_frames(self._write, out.writes, self.url) is not None:
+                self._core.port_failed(LinkLost(f"lost the port {self.url}"), clock.now())
+                out = self._core.take()
+            for policy, record, state in out.records():
+                session = self._sessions.get(policy)
+                if session is not None:
+                    SessionHandle._recorded(session, record, state)
+            for policy in out.ended:
+                session = self._sessions.pop(policy, None)
+                if session is not None:
+                    SessionHandle._ended(session)
+            now = clock.now()
+            if not self._sessions or now >= end or self._core.lost is not None:
+                break
+            due = self._core.next_deadline()
+            wait = end - now if due is None else min(end, due) - now
+            try:
+                data, waited = self._read(max(0.0, wait))
+            except (serial.SerialException, OSError) as err:
+                self._core.port_failed(LinkLost(f"lost the port {self.url}: {err}"), clock.now())
+                continue
+            line_time += waited
+            if data:
+                self._core.receive(data, clock.now(), line_time=line_time)
+            self._core.tick(clock.now())
+        self._closed = True
+        shutdown.forget_device(self)
+        with contextlib.suppress(serial.SerialException, OSError):
+            self.port.close()
+
     async def close(self) -> None:
         """Stop any live session and any output (best effort), then close the port."""
+        shutdown.forget_device(self)
         if self._closed:
             return
         self._closed = True
@@ -370,6 +458,7 @@ class AsyncDevice:
         self._shut()
 
     def _shut(self) -> None:
+        shutdown.forget_device(self)
         self._closed = True
         self._closing = True
         if self._timer is not None:
@@ -468,11 +557,17 @@ class AsyncSession(SessionHandle):
         it. Cancelling the waiting task stops output."""
         try:
             await asyncio.shield(self._ended_future)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # STOP now: the loop may not run another turn
             if not self.state.is_end:
-                self.request_stop(
-                    StopReason.HOST_SHUTDOWN, "the task waiting for the session was cancelled"
+                device = self.device
+                device._core.stop_session(
+                    self._policy,
+                    StopReason.HOST_SHUTDOWN,
+                    "the task waiting for the session was cancelled",
+                    device._loop.time(),
+                    None,
                 )
+                device._carry_out()
             raise
         await self._background
         self._close_journal()

@@ -30,6 +30,7 @@ from typing import Any
 
 import serial
 
+import estim.shutdown as shutdown
 from estim.clock import REAL_CLOCK, Clock, ManualClock
 from estim.core import (
     GREETING,
@@ -124,6 +125,7 @@ class Device:
         self._read = port_reader(port, clock)
         self._write = port_writer(port)
         self._thread = clock.start_thread(self._run, name=f"estim-io {url}")
+        shutdown.track_device(self)
 
     def __repr__(self) -> str:
         info = getattr(self, "info", None)
@@ -368,9 +370,19 @@ class Device:
         state = self.stop(StopReason.OPERATOR)
         return f"no session was running on {where}; the unit was told to stop and is {state.name}"
 
+    def _close_at_exit(self, detail: str, limit: float) -> None:
+        """The program is ending with this device open (``estim.shutdown``): stop
+        its sessions with ``detail`` as the reason, then close."""
+        with self._lock:
+            sessions = list(self._sessions.values())
+        for session in sessions:
+            session.stop(StopReason.HOST_SHUTDOWN, detail)
+        self.close()
+
     def close(self) -> None:
         """Stop any live session and any output (best effort), then close the port.
         Idempotent."""
+        shutdown.forget_device(self)
         with self._lock:
             if self._closed:
                 return

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
+import estim.shutdown as shutdown
 from estim.background import JournalWriter, Notifier
 from estim.errors import EstimError, JournalError, OutputLimitError
 from estim.info import UnitInfo, UnitStatus
@@ -188,6 +189,7 @@ class SessionHandle:
             if on_event is not None
             else None
         )
+        shutdown.track_session(self)
 
     @property
     def state(self) -> SessionState:
@@ -254,6 +256,15 @@ class SessionHandle:
         )
         if self._notifier is not None:
             self._notifier.finish()
+
+    def _finish_at_exit(self, limit: float) -> None:
+        """The program is ending (``estim.shutdown``): let every record reach the
+        journal or its sidecar, and every callback be made, within ``limit``."""
+        end = self.clock.now() + limit
+        for signal in self._background_done():
+            signal.wait(max(0.0, end - self.clock.now()))
+        if all(signal.is_set() for signal in self._background_done()):
+            self._close_journal()
 
     def _close_journal(self) -> None:
         if self._closed:
