@@ -103,7 +103,11 @@ def run_program(tmp_path: Path, runner: str, ending: str, own_journal: bool) -> 
     """Run the program; returns (session id, stderr). Its journal is in tmp_path."""
     source = PRELUDE + textwrap.dedent(BODIES[(runner, ending)])
     db = str(tmp_path / "estim.db") if own_journal else "-"
-    env = {**os.environ, "ESTIM_HOME": str(tmp_path / "home"), "ESTIM_DB": str(tmp_path / "estim.db")}
+    env = {
+        **os.environ,
+        "ESTIM_HOME": str(tmp_path / "home"),
+        "ESTIM_DB": str(tmp_path / "estim.db"),
+    }
     proc = subprocess.Popen(
         [sys.executable, "-c", source, db],
         stdout=subprocess.PIPE,
