@@ -6,9 +6,12 @@ never blocks the loop, and reports back through callbacks that must not block.
 ``JournalWriter``: one event per transaction, in order. A journal locked by
 another program is retried every ``BUSY_RETRY_S`` on the clock; any other failure
 is reported at once (the session then stops output) and retried every
-``FAILED_RETRY_S``. Once the session has ended, whatever is still unwritten after
-``FLUSH_S`` goes to a sidecar file next to the journal, which the journal imports
-the next time it is opened: nothing the host knew is lost.
+``FAILED_RETRY_S``. While idle it checks every ``CHECK_S`` that the journal is
+still open and its file still there (a deleted journal would take every later
+write with it). Once the session has ended, if anything is still unwritten after
+``FLUSH_S``, the whole session goes to a sidecar file next to the journal, which
+the journal (or a new one at the same path) imports the next time it is opened:
+nothing the host knew is lost.
 
 ``Notifier``: calls ``on_event(record)`` in order; a slow callback delays only
 later callbacks, never a heartbeat; one that raises is reported (the session then
@@ -35,6 +38,8 @@ BUSY_RETRY_S = 0.02
 FAILED_RETRY_S = 0.2
 #: after the session ended: how long to keep trying before the sidecar file
 FLUSH_S = 1.0
+#: how often an idle writer checks that its journal can still be written
+CHECK_S = 1.0
 
 
 class JournalWriter:
@@ -44,11 +49,17 @@ class JournalWriter:
         session_id: str,
         clock: Clock,
         *,
+        begin: dict[str, Any],
+        first: EventRecord,
         on_durable: Callable[[int], None],
         on_failed: Callable[[str], None],
         on_done: Callable[[], None] | None = None,
     ) -> None:
         self.journal = journal
+        #: ``Journal.begin``'s fields and every record: a sidecar holds the whole session
+        self._begin = begin
+        self._all: list[tuple[EventRecord, str]] = [(first, "starting")]
+        journal.writing.add(session_id)
         self._on_done = on_done
         self.session_id = session_id
         self.clock = clock
@@ -67,6 +78,7 @@ class JournalWriter:
 
     def submit(self, record: EventRecord, state: str) -> None:
         self._queue.append((record, state))
+        self._all.append((record, state))
         self._wake.set()
 
     def finish(self, fields: dict[str, Any]) -> None:
@@ -83,6 +95,7 @@ class JournalWriter:
             self._failed(f"internal error: {err!r}")
             self._to_sidecar()
         finally:
+            self.journal.writing.discard(self.session_id)
             self.done.set()
             if self._on_done is not None:
                 self._on_done()
@@ -96,7 +109,13 @@ class JournalWriter:
             if self._finish_at is not None and self.clock.now() - self._finish_at >= FLUSH_S:
                 self._to_sidecar()
                 return
-            self._wake.wait(retry)
+            if retry is not None:
+                self._wake.wait(retry)
+            elif not self._wake.wait(CHECK_S) and self._finish is None:
+                try:
+                    self.journal.check_file()
+                except JournalError as err:
+                    self._failed(str(err))
 
     def _write_some(self) -> float | None:
         """Write what is queued. Returns the seconds to wait before trying again,
@@ -132,9 +151,10 @@ class JournalWriter:
             self._on_failed(error)
 
     def _to_sidecar(self) -> None:
-        events = list(self._queue)
         try:
-            path = self.journal.write_sidecar(self.session_id, events, self._finish)
+            path = self.journal.write_sidecar(
+                self.session_id, self._all, self._finish, begin=self._begin
+            )
         except OSError as err:
             self.error = (
                 f"{self.error or 'the journal failed'}; and the sidecar file failed too: {err}"

@@ -8,7 +8,15 @@ While a session runs, its process holds an exclusive lock on a small lock file
 (``<db>.locks/<id>``); the operating system drops it when the process dies, even
 on ``kill -9``. Opening the journal marks a session ``interrupted`` only if it is
 unfinished *and* nobody holds its lock, so a session running in another terminal
-is never mistaken for a crashed one.
+is never mistaken for a crashed one. The lock is let go only once the session's
+record is safe: finished in the journal, or saved whole to its sidecar file
+(``close()`` with a session still being written keeps it until then).
+
+A journal file deleted or replaced under a live session is noticed at the next
+write and by the session's writer at least once a second (``check_file``): the
+session stops, and the whole of it goes to the sidecar, which a new journal at
+the same path imports. Several processes may open a journal with a sidecar
+pending at once: one imports it, the others find it gone.
 
 The file and its directory are created private (0600, 0700): the records concern
 patients. No patient name is stored unless someone types one into a free field.
@@ -126,7 +134,10 @@ class Journal:
         self.path = Path(path).expanduser() if path is not None else default_path()
         self._lock = threading.RLock()
         self._locks: dict[str, int] = {}
+        #: sessions whose records a writer (``estim.background``) is still saving
+        self.writing: set[str] = set()
         self._counters: dict[str, int] = {}
+        self._closed = False
         try:
             self._create_private()
             self._db = sqlite3.connect(
@@ -138,6 +149,7 @@ class Journal:
         except (OSError, sqlite3.Error) as err:
             raise JournalError(f"cannot open the journal {self.path}: {err}") from None
         try:
+            self._file_id = _file_id(self.path)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
@@ -186,12 +198,34 @@ class Journal:
                         self._db.execute("ROLLBACK")
                     raise
 
+    def check_file(self) -> None:
+        """Raise ``JournalError`` if this journal was closed, or its file is gone or
+        is another file now: what is written would be lost with the deleted file."""
+        if self._closed:
+            raise JournalError(f"the journal {self.path} was closed by its program")
+        try:
+            now = _file_id(self.path)
+        except OSError:
+            now = None
+        if now is None:
+            raise JournalError(
+                f"the journal {self.path} was deleted while a session was being recorded; "
+                "what it held of the session is saved next to it"
+            )
+        if now != self._file_id:
+            raise JournalError(
+                f"the journal {self.path} was replaced by another file while a session was "
+                "being recorded; what it held of the session is saved next to it"
+            )
+
     @contextlib.contextmanager
     def _transaction(self, *, wait: bool = True) -> Iterator[None]:
         """One transaction. With ``wait=False`` a journal locked by another program
         raises ``JournalBusy`` at once instead of waiting up to 10 s: the session's
-        writer retries on its own clock, and the control loop never waits at all."""
+        writer retries on its own clock, and the control loop never waits at all.
+        A journal file deleted or replaced raises ``JournalError`` (``check_file``)."""
         with self._lock:
+            self.check_file()
             if not wait:
                 self._db.execute("PRAGMA busy_timeout = 0")
             try:
@@ -305,24 +339,15 @@ class Journal:
         try:
             self._hold_lock(sid)
             with self._transaction():
-                self._db.execute(
-                    "INSERT INTO sessions (id, created_utc, port, unit_model, unit_serial, unit_firmware, "
-                    "unit_simulated, plan, patient_ref, planned_ms, state, last_event) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        sid,
-                        now,
-                        port,
-                        unit["model"],
-                        unit["serial_number"],
-                        unit["firmware"],
-                        int(bool(unit["simulated"])),
-                        json.dumps(plan),
-                        plan.get("patient_ref"),
-                        planned_ms,
-                        "starting",
-                        "start_requested",
-                    ),
+                self._insert_session(
+                    sid,
+                    {
+                        "plan": plan,
+                        "unit": unit,
+                        "port": port,
+                        "planned_ms": planned_ms,
+                        "utc": now,
+                    },
                 )
                 self._db.execute(
                     "INSERT INTO events (session_id, n, utc, t, unit_ms, kind, data) VALUES (?,?,?,?,?,?,?)",
@@ -341,6 +366,30 @@ class Journal:
             self._release_lock(sid)
             raise JournalError(f"cannot write the journal {self.path}: {err}") from None
         return sid
+
+    def _insert_session(self, sid: str, begin: dict[str, Any], *, ignore: bool = False) -> None:
+        """The session's row, from ``begin``'s fields (in a transaction)."""
+        plan, unit = begin["plan"], begin["unit"]
+        verb = "INSERT OR IGNORE" if ignore else "INSERT"
+        self._db.execute(
+            f"{verb} INTO sessions (id, created_utc, port, unit_model, unit_serial, "
+            "unit_firmware, unit_simulated, plan, patient_ref, planned_ms, state, last_event) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                sid,
+                begin["utc"],
+                begin["port"],
+                unit["model"],
+                unit["serial_number"],
+                unit["firmware"],
+                int(bool(unit["simulated"])),
+                json.dumps(plan),
+                plan.get("patient_ref"),
+                begin["planned_ms"],
+                "starting",
+                "start_requested",
+            ),
+        )
 
     def append(
         self,
@@ -452,12 +501,17 @@ class Journal:
         session_id: str,
         events: list[tuple[EventRecord, str]],
         finish: dict[str, Any] | None,
+        *,
+        begin: dict[str, Any] | None = None,
     ) -> Path:
         """Save what the journal would not take, next to it (0600, written whole or
-        not at all). The next ``Journal`` opened on this file imports it. Raises OSError."""
+        not at all). The next ``Journal`` opened on this file imports it; with
+        ``begin`` (``Journal.begin``'s fields) and every event, it holds the whole
+        session, for a journal that lost it. Raises OSError."""
         path = self.sidecar_path(session_id)
         body = {
             "session_id": session_id,
+            "begin": begin,
             "events": [{**e.model_dump(mode="json"), "state": state} for e, state in events],
             "finish": finish,
         }
@@ -476,53 +530,89 @@ class Journal:
         return path
 
     def _import_sidecars(self) -> list[str]:
-        imported = []
-        for path in sorted(self.path.parent.glob(f"{self.path.name}.pending-*.json")):
-            try:
-                body = json.loads(path.read_text(encoding="utf-8"))
-                sid = str(body["session_id"])
-                with self._transaction():
-                    for e in body["events"]:
-                        self._db.execute(
-                            "INSERT OR IGNORE INTO events (session_id, n, utc, t, unit_ms, kind, "
-                            "data) VALUES (?,?,?,?,?,?,?)",
-                            (
-                                sid,
-                                e["n"],
-                                e["utc"],
-                                e["t"],
-                                e["unit_ms"],
-                                e["kind"],
-                                json.dumps(e["data"]),
-                            ),
-                        )
-                    if body["events"]:
-                        last = body["events"][-1]
-                        self._db.execute(
-                            "UPDATE sessions SET last_event=?, state=? WHERE id=? AND outcome IS NULL",
-                            (last["kind"], last["state"], sid),
-                        )
-                    finish = body["finish"]
-                    if finish is not None:
-                        self._db.execute(
-                            "UPDATE sessions SET state=?, outcome=?, stop_reason=?, ended_by=?, "
-                            "delivered_ms=?, started_utc=?, ended_utc=? WHERE id=? AND outcome IS NULL",
-                            (
-                                finish["outcome"],
-                                finish["outcome"],
-                                finish["stop_reason"],
-                                finish["ended_by"],
-                                finish["delivered_ms"],
-                                finish["started_utc"],
-                                finish["ended_utc"],
-                                sid,
-                            ),
-                        )
-            except (OSError, ValueError, KeyError, TypeError, sqlite3.Error):
-                continue  # left for the next open; the session is not marked interrupted
-            path.unlink()
-            imported.append(sid)
-        return imported
+        """Import every sidecar next to this journal, one process at a time (others
+        that open the journal meanwhile wait for the import lock, then find the files
+        gone). A session a sidecar finishes that was marked interrupted meanwhile
+        (by a host that could not know it was alive) gets its real end."""
+        pending = sorted(self.path.parent.glob(f"{self.path.name}.pending-*.json"))
+        if not pending:
+            return []
+        with self._import_lock():
+            return [sid for path in pending if (sid := self._import_sidecar(path))]
+
+    @contextlib.contextmanager
+    def _import_lock(self) -> Iterator[None]:
+        if fcntl is None:
+            yield
+            return
+        fd = os.open(self._lock_dir / "import", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _import_sidecar(self, path: Path) -> str | None:
+        try:
+            body = json.loads(path.read_text(encoding="utf-8"))
+            sid = str(body["session_id"])
+            with self._transaction():
+                begin = body.get("begin")
+                if begin is not None:
+                    self._insert_session(sid, begin, ignore=True)
+                finish = body["finish"]
+                guessed = self._db.execute(
+                    "SELECT 1 FROM sessions WHERE id=? AND outcome='interrupted'", (sid,)
+                ).fetchone()
+                if guessed and finish is not None:  # the facts replace the guess
+                    self._db.execute(
+                        "DELETE FROM events WHERE session_id=? AND kind='interrupted'", (sid,)
+                    )
+                    self._db.execute(
+                        "UPDATE sessions SET outcome=NULL WHERE id=? AND outcome='interrupted'",
+                        (sid,),
+                    )
+                for e in body["events"]:
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO events (session_id, n, utc, t, unit_ms, kind, "
+                        "data) VALUES (?,?,?,?,?,?,?)",
+                        (
+                            sid,
+                            e["n"],
+                            e["utc"],
+                            e["t"],
+                            e["unit_ms"],
+                            e["kind"],
+                            json.dumps(e["data"]),
+                        ),
+                    )
+                if body["events"]:
+                    last = body["events"][-1]
+                    self._db.execute(
+                        "UPDATE sessions SET last_event=?, state=? WHERE id=? AND outcome IS NULL",
+                        (last["kind"], last["state"], sid),
+                    )
+                if finish is not None:
+                    self._db.execute(
+                        "UPDATE sessions SET state=?, outcome=?, stop_reason=?, ended_by=?, "
+                        "delivered_ms=?, started_utc=?, ended_utc=? WHERE id=? AND outcome IS NULL",
+                        (
+                            finish["outcome"],
+                            finish["outcome"],
+                            finish["stop_reason"],
+                            finish["ended_by"],
+                            finish["delivered_ms"],
+                            finish["started_utc"],
+                            finish["ended_utc"],
+                            sid,
+                        ),
+                    )
+        except FileNotFoundError:
+            return None  # imported by another process meanwhile
+        except (OSError, ValueError, KeyError, TypeError, sqlite3.Error, JournalError):
+            return None  # left for the next open; the session is not marked interrupted
+        path.unlink(missing_ok=True)
+        return sid
 
     def _hold_lock(self, sid: str) -> None:
         if fcntl is None:
@@ -692,9 +782,16 @@ class Journal:
     # -- closing -----------------------------------------------------------------------------------
 
     def close(self) -> None:
+        """Close the file. A session still being written keeps its liveness lock
+        until its writer has saved it (``finish`` or ``give_up``): another program
+        opening the journal meanwhile never takes it for a crashed one."""
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             for sid in list(self._locks):
-                self._release_lock(sid)
+                if sid not in self.writing:
+                    self._release_lock(sid)
             self._db.close()
 
     def __enter__(self) -> Journal:
@@ -702,6 +799,11 @@ class Journal:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    info = os.stat(path)
+    return (info.st_dev, info.st_ino)
 
 
 def _utc_text(value: datetime | str, what: str) -> str:

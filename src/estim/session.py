@@ -164,10 +164,13 @@ class SessionHandle:
             port=runner.url,
         )
         core = runner._core
+        first = policy.events[0]  # "start requested", committed by new_policy
         self._writer = JournalWriter(
             journal,
             self.id,
             self.clock,
+            begin={**first.data, "planned_ms": round(self.plan.dwell * 1000), "utc": first.utc},
+            first=first,
             on_durable=lambda n: runner._post(
                 lambda now: core.journal_durable(policy, n), urgent=False
             ),
