@@ -245,6 +245,61 @@ def estim_stop(
     )
 
 
+#: login contexts unlike the one the session was started from (issue 18 item 4):
+#: what changes in the environment
+CONTEXTS = {
+    "another XDG_RUNTIME_DIR (ssh, a service)": {"XDG_RUNTIME_DIR": "other-runtime"},
+    "no XDG_RUNTIME_DIR, another TMPDIR (sudo)": {"XDG_RUNTIME_DIR": None, "TMPDIR": "other-tmp"},
+    "another HOME and ESTIM_HOME": {"HOME": "other-home", "ESTIM_HOME": "other-estim"},
+}
+# (another user: tests/test_owner.py, as this interpreter cannot be run by another user)
+
+
+@pytest.mark.parametrize("context", sorted(CONTEXTS))
+def test_estim_stop_works_from_another_login_context(
+    terminal: Any, sim: SimProcess, env: dict[str, str], tmp_path: Path, context: str
+) -> None:
+    # issue 18: from a shell whose XDG_RUNTIME_DIR or TMPDIR differed, estim stop
+    # said "held by another program, not estim", exit 5, and output stayed on
+    term = terminal()
+    changes = CONTEXTS[context]
+    other = dict(env)
+    for key, value in changes.items():
+        if value is None:
+            other.pop(key, None)
+        else:
+            (tmp_path / value).mkdir(mode=0o777, exist_ok=True)
+            other[key] = str(tmp_path / value)
+    done = estim_stop(sim.port, other)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Output stopped: session "), done.stdout
+    assert sim.wait_for(lambda e: e["kind"] == "output_off")["reason"] == "stop"
+    assert term.wait() == 3
+
+
+@pytest.mark.parametrize("scheme", ["spy://", "alt://", ""])
+def test_a_second_program_cannot_drive_a_unit_by_another_url(
+    terminal: Any, sim: SimProcess, env: dict[str, str], tmp_path: Path, scheme: str
+) -> None:
+    # issue 18: a second process opening the port as spy:///dev/pts/N stopped the
+    # first session's output as an orphan and ran its own
+    term = terminal()
+    url = f"{scheme}{sim.port}" + ("?file=/dev/null" if scheme == "spy://" else "")
+    probe = subprocess.run(
+        [sys.executable, "-m", "estim", "info", "--port", url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert probe.returncode == 5, probe.stderr
+    assert "held by" in probe.stderr or "busy" in probe.stderr, probe.stderr
+    assert len(probe.stderr.strip().splitlines()) == 1
+    assert [e for e in sim.lines[1:] if '"output_off"' in e] == []  # still running
+    term.send(b"q")
+    assert term.wait() == 3
+
+
 def spellings(port: str, tmp_path: Path) -> dict[str, tuple[str, Path | None]]:
     """Other names of the same device: (name, working directory)."""
     link = tmp_path / "unit0"

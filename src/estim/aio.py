@@ -661,9 +661,12 @@ async def _connect(
         port, own or REAL_CLOCK, url=url.strip(), core=core, clinic=clinic, loop=loop
     )
     try:
-        await device._hello()
+        # claimed before a byte is sent: a unit another estim holds is not touched
         device._owner = hold(port_identity(url), device._stop_for_estim_stop)
+        await device._hello()
     except BaseException:
+        if device._owner is not None:
+            device._owner.close()
         device._shut()
         raise
     return device

@@ -447,10 +447,13 @@ def connect(
     )
     device = Device(port, clock or own or REAL_CLOCK, url=url.strip(), core=core, clinic=clinic)
     try:
+        # claimed before a byte is sent: a unit another estim holds is not touched
+        device._owner = hold(port_identity(url), device._stop_for_estim_stop)
         device._hello()
         device._stop_orphaned_output()
-        device._owner = hold(port_identity(url), device._stop_for_estim_stop)
     except BaseException:
+        if device._owner is not None:
+            device._owner.close()
         device._closed = True  # nothing to stop: close the port only
         with device._lock:
             device._closing = True

@@ -1,31 +1,42 @@
 """Who holds a unit, so that ``estim stop`` reaches the session running on it
-whatever name the port was opened by, from any terminal and any ``ESTIM_HOME``.
+whatever name the port was opened by, from any terminal, any login and any user
+with rights to the device; and so that no second estim can drive it meanwhile.
 
 A serial port has one owner at a time. Each connected device (threaded or asyncio,
-from the CLI or a charting app) registers the port's *identity*: for a local device
-path, the device itself (its device number, after resolving symlinks such as
-``/dev/serial/by-id/...``, relative paths and ``.`` segments); for ``socket://`` and
-``rfc2217://``, the host and port. It listens on a Unix socket named after that
-identity in the user's runtime directory (``$XDG_RUNTIME_DIR/estim``, else
-``/tmp/estim-<uid>``, mode 0700: never under ``ESTIM_HOME``). ``request_stop``
-connects there and asks the owner to stop its output; the owner answers with one
-line saying what it stopped. A socket left by a process that died is found dead
-and replaced.
+from the CLI, a charting app or the clinic service) claims the port's *identity*
+before it sends a byte: for a local device path (also behind ``spy://`` and
+``alt://``), the device itself (its device number, after resolving symlinks such
+as ``/dev/serial/by-id/...``, relative paths and ``.`` segments); for
+``socket://`` and ``rfc2217://``, the host and port. The claim is a Unix socket
+named after that identity in a place that depends on no environment variable and
+no user: Linux's abstract socket namespace (``@estim-owner-<hash>``; the kernel
+drops it when the process dies, even on ``kill -9``), elsewhere
+``/tmp/estim-owners/<hash>.sock``. A second claim of the same identity, from
+this process or another, is refused (``PortBusy``, naming the holder's pid).
+
+``request_stop`` connects there and asks the owner to stop its output; the owner
+answers with one line saying what it stopped. Anyone who can reach the socket may
+ask: stopping output is the safe direction, as a unit's own stop button is (a
+local user could as well pull the cable). Nothing else is asked or answered on it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
 import socket
 import stat
-import tempfile
+import struct
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from estim.errors import PortBusy
 
 log = logging.getLogger("estim.owner")
 
@@ -45,6 +56,8 @@ def port_identity(url: str) -> str | None:
             if host in ("localhost", "::1"):
                 host = "127.0.0.1"
             return f"{scheme}://{host}:{parts.port}"
+        if scheme in ("spy", "alt") and (parts.netloc + parts.path):
+            return port_identity(parts.netloc + parts.path)  # a local device, observed
         return None
     path = os.path.realpath(url)
     try:
@@ -56,23 +69,35 @@ def port_identity(url: str) -> str | None:
     return f"path:{path}"
 
 
-def runtime_dir() -> Path:
-    """The user's private directory for live estim processes (created 0700)."""
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    if base and Path(base).is_dir():
-        path = Path(base) / "estim"
-    else:
-        path = Path(tempfile.gettempdir()) / f"estim-{os.getuid()}"
-    path.mkdir(mode=0o700, exist_ok=True)
-    info = path.lstat()
-    if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
-        raise PermissionError(f"{path} is not private to this user; remove it and try again")
-    return path
+#: where owners listen when there is no abstract namespace (not Linux): one fixed
+#: place for every user, sticky like /tmp itself
+SHARED_DIR = Path("/tmp/estim-owners")
+
+ABSTRACT = sys.platform.startswith("linux")
 
 
-def _socket_path(identity: str) -> Path:
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:20]
-    return runtime_dir() / f"{digest}.sock"
+def _address(identity: str) -> str:
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:32]
+    if ABSTRACT:
+        return f"\0estim-owner-{digest}"
+    SHARED_DIR.mkdir(mode=0o1777, exist_ok=True)
+    info = SHARED_DIR.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid not in (0, os.getuid()):
+        raise PermissionError(f"{SHARED_DIR} is not estim's; remove it and try again")
+    return str(SHARED_DIR / f"{digest}.sock")
+
+
+def _peer_pid(conn: socket.socket) -> int | None:
+    """The process at the other end of a Unix socket (Linux), or None."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    try:
+        creds = conn.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+    except OSError:
+        return None
+    pid, _, _ = struct.unpack("3i", creds)
+    return int(pid)
 
 
 class Owner:
@@ -82,7 +107,7 @@ class Owner:
     def __init__(self, identity: str, on_stop: Callable[[], str]) -> None:
         self.identity = identity
         self._on_stop = on_stop
-        self._path = _socket_path(identity)
+        self._address = _address(identity)
         self._server = self._bind()
         self._closing = False
         self._thread = threading.Thread(
@@ -94,14 +119,16 @@ class Owner:
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             try:
-                server.bind(str(self._path))
-            except OSError:
-                if _answers(self._path):
-                    raise  # another live process holds the same unit
-                self._path.unlink(missing_ok=True)  # left by a process that died
-                server.bind(str(self._path))
-            os.chmod(self._path, 0o600)
-            server.listen(4)
+                server.bind(self._address)
+            except OSError as err:
+                holder = _holder(self._address)
+                if holder is not None or err.errno != errno.EADDRINUSE or ABSTRACT:
+                    raise _busy(self.identity, holder) from None
+                Path(self._address).unlink(missing_ok=True)  # left by a process that died
+                server.bind(self._address)
+            if not ABSTRACT:
+                os.chmod(self._address, 0o666)  # any user may ask for a stop
+            server.listen(8)
         except BaseException:
             server.close()
             raise
@@ -133,18 +160,30 @@ class Owner:
         self._server.close()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=5.0)
-        with contextlib.suppress(OSError):
-            if self._path.exists() and not _answers(self._path):
-                self._path.unlink()
+        if not ABSTRACT:
+            with contextlib.suppress(OSError):
+                if _holder(self._address) is None:
+                    Path(self._address).unlink()
+
+
+def _busy(identity: str, holder: int | None) -> PortBusy:
+    who = f"estim process {holder}" if holder else "another estim process"
+    return PortBusy(
+        f"the unit ({identity}) is held by {who}: stop or close it there first "
+        "(estim stop --port ... stops its output from here)"
+    )
 
 
 def hold(identity: str | None, on_stop: Callable[[], str]) -> Owner | None:
-    """Register as the owner of ``identity`` (None, or a system without Unix
-    sockets: nothing to register). Never fails a connection: it logs instead."""
+    """Claim ``identity`` for this device (None, or a system without Unix sockets:
+    nothing to claim). Raises ``PortBusy`` if a live estim holds it, in this
+    process or another; any other failure to register is logged, not raised."""
     if identity is None or not hasattr(socket, "AF_UNIX"):
         return None
     try:
         return Owner(identity, on_stop)
+    except PortBusy:
+        raise
     except OSError as err:
         log.warning("cannot register as the owner of %s: %s", identity, err)
         return None
@@ -155,13 +194,11 @@ def request_stop(identity: str | None) -> str | None:
     or None if no live process holds it."""
     if identity is None or not hasattr(socket, "AF_UNIX"):
         return None
-    path = _socket_path(identity)
-    if not path.exists():
-        return None
+    address = _address(identity)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.settimeout(ANSWER_S)
         try:
-            client.connect(str(path))
+            client.connect(address)
             client.sendall(b"stop\n")
             answer = b""
             while not answer.endswith(b"\n"):
@@ -174,11 +211,13 @@ def request_stop(identity: str | None) -> str | None:
     return answer.decode(errors="replace").strip() or None
 
 
-def _answers(path: Path) -> bool:
+def _holder(address: str) -> int | None:
+    """The pid of the live process listening at ``address`` (0 if it cannot be
+    told), or None if none listens."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(1.0)
         try:
-            probe.connect(str(path))
+            probe.connect(address)
         except OSError:
-            return False
-    return True
+            return None
+        return _peer_pid(probe) or 0

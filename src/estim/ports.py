@@ -32,8 +32,10 @@ if "estim.urlhandler" not in serial.protocol_handler_packages:
 
 
 def open_port(url: str, *, baudrate: int = 115200) -> serial.SerialBase:
-    """Open ``url`` for a host: 8N1 at ``baudrate``, exclusive for a local device
-    path, blocking reads that ``cancel_read`` interrupts where the port can."""
+    """Open ``url`` for a host: 8N1 at ``baudrate``, exclusive (``flock``) for a
+    local device whatever URL names it, blocking reads that ``cancel_read``
+    interrupts where the port can. ``socket://`` and ``rfc2217://`` cannot be locked
+    by the transport; ``estim.owner`` still refuses a second estim on them."""
     if not isinstance(url, str) or not url.strip():
         raise PortNotFound(f"no port given; {ports_hint()}")
     url = url.strip()
@@ -42,7 +44,7 @@ def open_port(url: str, *, baudrate: int = 115200) -> serial.SerialBase:
         port.baudrate = baudrate
         port.write_timeout = 1.0
         port.timeout = None if callable(getattr(port, "cancel_read", None)) else 0.05
-        if "://" not in url:
+        if isinstance(port, serial.Serial):  # a local device, by any URL (spy://, alt://)
             port.exclusive = True
         port.open()
     except (serial.SerialException, OSError, ValueError) as err:
