@@ -19,7 +19,7 @@ import pytest
 from estim import aio
 from estim.clock import ManualClock
 from estim.device import connect as threaded_connect
-from estim.errors import EstimError, OutputLimitError, RemoteProtocolError, UnitBusy
+from estim.errors import EstimError, OptionError, OutputLimitError, RemoteProtocolError, UnitBusy
 from estim.journal import Journal
 from estim.plan import ChannelPlan, SessionPlan
 from estim.protocol import Fault, FaultRaised, State, Stopped
@@ -344,3 +344,70 @@ def test_a_host_clock_that_jumps_ahead_does_not_record_a_short_session_as_comple
     assert record.outcome != "completed"
     assert "55" in (record.stop_reason or "")
     assert "clock" in (record.stop_reason or "")
+
+
+# --- 18.5 and 18.8: every number the API takes is bounded ---------------------------------
+
+BAD_STATUS_EVERY = [0, -1, 0.001, 0.1, 61, float("nan"), float("inf"), "1", True, None]
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize("value", BAD_STATUS_EVERY, ids=repr)
+def test_a_status_period_outside_its_range_is_refused_before_anything_is_sent(
+    runner: str, value: Any, journal: Journal
+) -> None:
+    clock = ManualClock()
+    unit = SimulatedUnit(clock=clock)
+    with serve(unit) as url, connector(runner, clock)(url) as device:
+        seen = dict(unit.requests_seen)
+        with pytest.raises(OptionError, match="status_every") as refused:
+            device.start(plan_of(GENTLE), journal=journal, status_every=value)
+        assert "\n" not in str(refused.value)
+        assert "0.25-60 s" in str(refused.value)
+        assert dict(unit.requests_seen) == seen
+        assert journal.query() == []
+        session = device.start(
+            plan_of(GENTLE), journal=journal, status_every=0.25
+        )  # the unit is free
+        session.stop()
+        session.wait(timeout=10)
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("response_timeout", 0),
+        ("response_timeout", -0.1),
+        ("response_timeout", 30),
+        ("retries", -1),
+        ("retries", 1.5),
+        ("retries", 1000),
+        ("baudrate", 0),
+        ("baudrate", float("nan")),
+    ],
+)
+def test_connect_refuses_options_outside_their_range(runner: str, option: str, value: Any) -> None:
+    clock = ManualClock()
+    with serve(SimulatedUnit(clock=clock)) as url, pytest.raises(OptionError, match=option):
+        connector(runner, clock)(url, **{option: value})
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_stop_and_wait_refuse_times_outside_their_range(runner: str, journal: Journal) -> None:
+    clock = ManualClock()
+    with serve(SimulatedUnit(clock=clock)) as url, connector(runner, clock)(url) as device:
+        for value in (0, -1, float("nan"), 3600):
+            with pytest.raises(OptionError, match="give_up_after"):
+                device.stop(give_up_after=value)
+        session = device.start(plan_of(GENTLE), journal=journal, heartbeat=0.05)
+        with pytest.raises(OutputLimitError, match="heartbeat"):
+            device.start(plan_of(GENTLE), journal=journal, heartbeat=0.001)  # (checked first)
+        if runner == "threads":
+            for value in (-1, float("nan")):
+                with pytest.raises(OptionError, match="timeout"):
+                    session.wait(timeout=value)
+            with pytest.raises(OptionError, match="timeout"):
+                session.set_amplitude(1, 6, timeout=0)
+        session.stop()
+        assert session.wait(timeout=10).outcome == "stopped"

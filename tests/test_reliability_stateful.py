@@ -82,6 +82,10 @@ def tolerated(*errors: type[BaseException]) -> Iterator[None]:
         pass
 
 
+#: how long the session loop may be made to hang, in seconds
+HANGS = [0.15, 0.4, 0.7, 2.0, 30.0]
+
+
 class HostAndUnit(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -258,7 +262,7 @@ class HostAndUnit(RuleBasedStateMachine):
         self.clock.advance(seconds)
 
     @precondition(lambda self: self.live())
-    @rule(seconds=st.sampled_from([0.15, 0.4, 0.7, 2.0, 30.0]))
+    @rule(seconds=st.sampled_from(HANGS))
     def hang_the_loop(self, seconds: float) -> None:
         self.hang_for = seconds
 
@@ -486,6 +490,10 @@ class HostAndUnit(RuleBasedStateMachine):
         finally:
             with contextlib.suppress(Exception):
                 self.device.close()
+            # a hang this harness put in the loop of a device it closed meanwhile (up to
+            # 30 s of virtual time) ends, so that device's I/O thread can return
+            with contextlib.suppress(Exception):
+                self.clock.advance(max(HANGS))
             self._stack.close()
 
 

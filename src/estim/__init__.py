@@ -49,6 +49,8 @@ _EXPORTS: dict[str, str] = {
     "PlanError": "estim.errors",
     "DwellLimitError": "estim.errors",
     "OutputLimitError": "estim.errors",
+    "OptionError": "estim.errors",
+    "UnitBusy": "estim.errors",
     "JournalError": "estim.errors",
     "SessionNotFound": "estim.errors",
 }
@@ -75,6 +77,7 @@ if TYPE_CHECKING:
         LinkTimeout as LinkTimeout,
         LocalProtocolError as LocalProtocolError,
         NoAnswer as NoAnswer,
+        OptionError as OptionError,
         OutputLimitError as OutputLimitError,
         PlanError as PlanError,
         PortBusy as PortBusy,
@@ -82,6 +85,7 @@ if TYPE_CHECKING:
         ProtocolError as ProtocolError,
         RemoteProtocolError as RemoteProtocolError,
         SessionNotFound as SessionNotFound,
+        UnitBusy as UnitBusy,
         VersionMismatch as VersionMismatch,
     )
     from estim.info import UnitInfo as UnitInfo, UnitStatus as UnitStatus

@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 import serial
 
 import estim.shutdown as shutdown
+from estim.bounds import checked, whole
 from estim.clock import REAL_CLOCK, Clock, ManualClock
 from estim.core import (
     GREETING,
@@ -70,7 +71,7 @@ from estim.protocol import (
 from estim.protocol.host import RESPONSE_TIMEOUT_S, RETRIES
 from estim.record import EventRecord, SessionRecord
 from estim.refusals import device_error
-from estim.session import EventCallback, SessionHandle, new_policy
+from estim.session import EventCallback, Judged, SessionHandle, judge, new_policy
 
 log = logging.getLogger("estim.aio")
 
@@ -147,6 +148,7 @@ class AsyncDevice:
         self, reason: StopReason | int = StopReason.OPERATOR, *, give_up_after: float = 0.5
     ) -> State:
         """Output off now, whatever else is in flight (see ``Device.stop``)."""
+        give_up_after = checked("give_up_after", give_up_after)
         result = await self._call(
             lambda now, token: self._core.stop(reason, now, token, give_up_after=give_up_after)
         )
@@ -167,15 +169,12 @@ class AsyncDevice:
         """Run ``plan``; returns once START is accepted. Checked by the device's limits
         before anything is sent; "start requested" is committed to the journal first."""
         owns = journal is None
-        self._core.claim()  # one start at a time: UnitBusy before anything else
+        judged = judge(self, plan, heartbeat=heartbeat, status_every=status_every)
+        self._core.claim()  # one start at a time: UnitBusy before anything is written
         now = self._loop.time()
         # Opening a journal (its recovery may wait on another program's lock) and the
         # commit (an fsync) run off the loop: other units' heartbeats go on.
-        making = self._off_loop(
-            lambda: _make_policy(
-                self, plan, journal, now, heartbeat=heartbeat, status_every=status_every
-            )
-        )
+        making = self._off_loop(lambda: _make_policy(self, judged, journal, now))
         try:
             policy, opened = await asyncio.shield(making)
         except asyncio.CancelledError:
@@ -473,22 +472,14 @@ class AsyncDevice:
 
 
 def _make_policy(
-    device: AsyncDevice,
-    plan: SessionPlan,
-    journal: Journal | None,
-    now: float,
-    *,
-    heartbeat: float | None,
-    status_every: float,
+    device: AsyncDevice, judged: Judged, journal: Journal | None, now: float
 ) -> tuple[SessionPolicy, Journal]:
     """Off the loop: open the default journal if none was given, and commit the
     session's first record (``new_policy``). A journal opened here is closed again
     if the start fails."""
     opened = Journal() if journal is None else journal
     try:
-        policy = new_policy(
-            device, plan, opened, now, heartbeat=heartbeat, status_every=status_every
-        )
+        policy = new_policy(device, judged, opened, now)
     except BaseException:
         if journal is None:
             opened.close()
@@ -642,6 +633,9 @@ async def _connect(
     url: str, *, clinic: ClinicLimits | None, baudrate: int, response_timeout: float, retries: int
 ) -> AsyncDevice:
     loop = asyncio.get_running_loop()
+    response_timeout = checked("response_timeout", response_timeout)
+    retries = whole("retries", retries)
+    baudrate = whole("baudrate", baudrate)
     port = open_port(url, baudrate=baudrate)
     own = port_clock(port)
     loop_clock = getattr(loop, "clock", None)

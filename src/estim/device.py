@@ -31,6 +31,7 @@ from typing import Any
 import serial
 
 import estim.shutdown as shutdown
+from estim.bounds import checked, whole
 from estim.clock import REAL_CLOCK, Clock, ManualClock
 from estim.core import (
     GREETING,
@@ -124,7 +125,10 @@ class Device:
         self._owner: Owner | None = None
         self._read = port_reader(port, clock)
         self._write = port_writer(port)
-        self._thread = clock.start_thread(self._run, name=f"estim-io {url}")
+        #: set when the I/O thread has returned (waited for on the clock: a thread that
+        #: waits on a manual clock needs its waiter to move time)
+        self._io_done = clock.signal()
+        self._thread = clock.start_thread(self._io_thread, name=f"estim-io {url}")
         shutdown.track_device(self)
 
     def __repr__(self) -> str:
@@ -167,6 +171,7 @@ class Device:
         """Output off now, whatever else is in flight; resent until the unit
         acknowledges. Raises ``LinkLost`` if it stays silent for ``give_up_after``
         seconds (its watchdog has then turned output off) or the link is gone."""
+        give_up_after = checked("give_up_after", give_up_after)
         result = self._call(
             lambda now, token: self._core.stop(reason, now, token, give_up_after=give_up_after)
         )
@@ -263,6 +268,17 @@ class Device:
         self._inbox.append(act)
         if urgent:
             self._wake()
+
+    def _io_thread(self) -> None:
+        try:
+            self._run()
+        finally:
+            self._io_done.set()
+
+    def _join_io_thread(self) -> None:
+        if self._thread is not threading.current_thread():
+            self._io_done.wait(5.0)
+            self._thread.join(timeout=1.0)
 
     def _run(self) -> None:
         line_time = 0.0  # advances only while the reader waited on a silent line
@@ -405,8 +421,7 @@ class Device:
             with self._lock:
                 self._closing = True
             self._wake()
-            if self._thread is not threading.current_thread():
-                self._thread.join(timeout=5.0)
+            self._join_io_thread()
             with self._lock:  # no write is under way, and none follows
                 try:
                     self.port.close()
@@ -432,6 +447,9 @@ def connect(
     ``response_timeout`` seconds for its answer and is resent ``retries`` times.
     Raises ``PortNotFound``, ``PortBusy``, ``NoAnswer``, ``VersionMismatch`` or ``LinkError``.
     """
+    response_timeout = checked("response_timeout", response_timeout)
+    retries = whole("retries", retries)
+    baudrate = whole("baudrate", baudrate)
     port = open_port(url, baudrate=baudrate)
     own = port_clock(port)
     if isinstance(clock, ManualClock) and own is not clock:
@@ -458,7 +476,7 @@ def connect(
         with device._lock:
             device._closing = True
         device._wake()
-        device._thread.join(timeout=5.0)
+        device._join_io_thread()
         port.close()
         raise
     return device

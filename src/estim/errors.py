@@ -125,6 +125,10 @@ class OutputLimitError(PlanError):
     """An output parameter outside the unit's limits or SAFETY.md's envelope."""
 
 
+class OptionError(EstimError, ValueError):
+    """A number given to estim's API is outside its documented range (``estim.bounds``)."""
+
+
 # --- records --------------------------------------------------------------
 
 

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
 import estim.shutdown as shutdown
 from estim.background import JournalWriter, Notifier
+from estim.bounds import checked, wait_timeout
 from estim.errors import EstimError, JournalError, OutputLimitError
 from estim.info import UnitInfo, UnitStatus
 from estim.journal import Journal
@@ -39,6 +41,9 @@ if TYPE_CHECKING:
     from estim.core import HostCore, Result
 
 EventCallback = Callable[[EventRecord], None]
+
+#: the shortest heartbeat period a caller may ask for (10 a second is the default)
+HEARTBEAT_MIN_S = 0.02
 
 _INTERRUPTED = "the program was interrupted while the session started"
 
@@ -74,12 +79,16 @@ def heartbeat_period(plan: SessionPlan, asked: float | None) -> float:
     quarter = plan.watchdog / 4
     if asked is None:
         return min(HEARTBEAT_S, quarter)
-    if not (math.isfinite(asked) and 0 < asked <= quarter):
+    if not (
+        isinstance(asked, int | float)
+        and math.isfinite(asked)
+        and HEARTBEAT_MIN_S <= asked <= quarter
+    ):
         raise OutputLimitError(
-            f"heartbeat {asked!r} s must be above 0 and at most a quarter of the "
-            f"{plan.watchdog:g} s watchdog ({quarter:g} s; PROTOCOL.md 9)"
+            f"heartbeat {asked!r} s must be at least {HEARTBEAT_MIN_S:g} s and at most a quarter "
+            f"of the {plan.watchdog:g} s watchdog ({quarter:g} s; PROTOCOL.md 9)"
         )
-    return asked
+    return float(asked)
 
 
 def own_copy(plan: SessionPlan) -> SessionPlan:
@@ -88,25 +97,38 @@ def own_copy(plan: SessionPlan) -> SessionPlan:
     return plan.model_copy(update={"channels": channels})
 
 
-def new_policy(
-    runner: Runner,
-    plan: SessionPlan,
-    journal: Journal,
-    now: float,
-    *,
-    heartbeat: float | None,
-    status_every: float,
-) -> SessionPolicy:
-    """Check ``plan``, make its policy, and commit "start requested" to the journal:
-    the one write that blocks, on purpose (no record, no START). Raises before
-    anything is sent.
+@dataclass(frozen=True)
+class Judged:
+    """A start's arguments once checked: the session's own plan and its periods."""
+
+    plan: SessionPlan
+    heartbeat: float
+    status_every: float
+
+
+def judge(
+    runner: Runner, plan: SessionPlan, *, heartbeat: float | None, status_every: float
+) -> Judged:
+    """Check a start's arguments, before the unit is claimed or anything written.
+    Raises ``PlanError`` (``DwellLimitError``, ``OutputLimitError``) or ``OptionError``.
 
     The session runs its own copy of ``plan``, taken before it is judged: whatever
     the caller later does to the object it holds, what the limits judged is what
     the unit runs and what the record says (SAFETY.md 9)."""
     plan = own_copy(plan)
     runner.limits.check_plan(plan)
-    heartbeat = heartbeat_period(plan, heartbeat)
+    return Judged(
+        plan=plan,
+        heartbeat=heartbeat_period(plan, heartbeat),
+        status_every=checked("status_every", status_every),
+    )
+
+
+def new_policy(runner: Runner, judged: Judged, journal: Journal, now: float) -> SessionPolicy:
+    """Make a judged session's policy and commit "start requested" to the journal:
+    the one write that blocks, on purpose (no record, no START). Raises before
+    anything is sent."""
+    plan = judged.plan
     if runner._core.lost is not None:
         raise runner._core.lost
     session_id = journal.new_session_id()
@@ -120,8 +142,8 @@ def new_policy(
         now=now,
         created_utc=datetime.now(timezone.utc),
         start_requested={"plan": dumped, "unit": unit, "port": runner.url},
-        heartbeat=heartbeat,
-        status_every=status_every,
+        heartbeat=judged.heartbeat,
+        status_every=judged.status_every,
     )
     journal.begin(
         session_id,
@@ -302,16 +324,15 @@ class Session(SessionHandle):
         status_every: float = STATUS_EVERY_S,
     ) -> Session:
         owns = journal is None
+        judged = judge(device, plan, heartbeat=heartbeat, status_every=status_every)
         with device._lock:
-            device._core.claim()  # one start at a time: UnitBusy before anything else
+            device._core.claim()  # one start at a time: UnitBusy before anything is written
         try:
             journal = journal if journal is not None else Journal()
             try:
                 with device._lock:
                     now = device.clock.now()
-                policy = new_policy(
-                    device, plan, journal, now, heartbeat=heartbeat, status_every=status_every
-                )
+                policy = new_policy(device, judged, journal, now)
             except BaseException:
                 if owns:
                     journal.close()
@@ -349,6 +370,7 @@ class Session(SessionHandle):
         Checked by the same limits as the plan (``OutputLimitError`` before anything
         is sent); ``DeviceError`` if the unit refuses; ``LinkTimeout`` if it did not
         answer (it may have taken the change: the record says so)."""
+        timeout = checked("timeout", timeout)
         core = self.device._core
         result = self.device._call(
             lambda now, token: core.set_amplitude(self._policy, channel, ma, now, token), timeout
@@ -378,6 +400,7 @@ class Session(SessionHandle):
         """Block until the session has ended and its record is in the journal (or in
         its sidecar file); return the record. Raises TimeoutError if ``timeout``
         seconds pass first."""
+        timeout = wait_timeout(timeout)
         end = None if timeout is None else self.clock.now() + timeout
         for signal in (self._ended_signal, *self._background_done()):
             left = None if end is None else max(0.0, end - self.clock.now())
