@@ -22,7 +22,7 @@ from estim.device import connect as threaded_connect
 from estim.errors import EstimError, OptionError, OutputLimitError, RemoteProtocolError, UnitBusy
 from estim.journal import Journal
 from estim.plan import ChannelPlan, SessionPlan
-from estim.protocol import Fault, FaultRaised, State, Stopped
+from estim.protocol import Fault, FaultRaised, MessageType, State, Stopped
 from estim.sim import SimulatedUnit, UnitConfig, serve
 
 from .runners import RUNNERS, AsyncFacade, SessionFacade, connector
@@ -411,3 +411,92 @@ def test_stop_and_wait_refuse_times_outside_their_range(runner: str, journal: Jo
                 session.set_amplitude(1, 6, timeout=0)
         session.stop()
         assert session.wait(timeout=10).outcome == "stopped"
+
+
+# --- 18.12: the leftover-output check at connect is asked again, as HELLO is ----------------
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_lost_status_answer_at_connect_is_asked_again(runner: str) -> None:
+    """HELLO is answered; then every byte is lost for 0.32 s, long enough for the
+    STATUS that checks for an orphaned output to use up its three attempts. At
+    0.3 % byte drop this failed 1 connect in 100."""
+    clock = ManualClock()
+    unit = SimulatedUnit(clock=clock)
+    with (
+        serve(unit) as url,
+        connector(runner, clock)(f"{url}?delay=1&delay_ms=20&cut_at=0.03:0.32") as device,
+    ):
+        assert device.status().state == State.IDLE
+    assert unit.requests_seen[MessageType.GET_STATUS] >= 2
+
+
+# --- 18.6: nothing slow runs on an event loop ---------------------------------------------
+
+
+def test_opening_the_default_journal_never_blocks_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``start(journal=None)`` after a crash: the default journal's recovery must
+    write, while another program holds the journal. It waited on the event loop
+    (~9 s), and another unit on the same loop got a WATCHDOG fault. Real time: two
+    simulated units, a 200 ms watchdog on the first."""
+    import sqlite3
+    import time
+
+    default = tmp_path / "default.db"
+    monkeypatch.setenv("ESTIM_DB", str(default))
+    with Journal(default) as crashed:  # a session left unfinished by a host that died
+        crashed.begin(0x1234, plan={}, unit=UNIT_FIELDS, port="sim://", planned_ms=60_000)
+    first, second = SimulatedUnit(), SimulatedUnit()
+    beats_while_locked: list[int] = []
+    locked, released = threading.Event(), threading.Event()
+
+    def other_program() -> None:
+        db = sqlite3.connect(default, timeout=0, isolation_level=None)
+        try:
+            db.execute("BEGIN EXCLUSIVE")
+            locked.set()
+            start = first.requests_seen[MessageType.HEARTBEAT]
+            end = time.monotonic() + 3.0
+            while time.monotonic() < end and not released.is_set():
+                if first.requests_seen[MessageType.HEARTBEAT] - start >= 8:
+                    break  # the first unit's loop went on while the journal was locked
+                released.wait(0.01)
+            beats_while_locked.append(first.requests_seen[MessageType.HEARTBEAT] - start)
+            db.execute("ROLLBACK")
+        finally:
+            db.close()
+
+    async def main(url1: str, url2: str) -> tuple[Any, Any]:
+        async with aio.connect(url1) as a, aio.connect(url2) as b:
+            plan = SessionPlan(dwell=60, ramp=1, watchdog=0.2, channels=[GENTLE])
+            sa = await a.start(plan, journal=journal_a)
+            holder = threading.Thread(target=other_program)
+            holder.start()
+            locked.wait(5)
+            try:
+                sb = await b.start(plan_of(GENTLE), journal=None)
+            finally:
+                released.set()
+                holder.join()
+            await sb.stop()
+            await sa.stop()
+            return await sa.wait(), await sb.wait()
+
+    with serve(first) as url1, serve(second) as url2, Journal(tmp_path / "a.db") as journal_a:
+        record_a, record_b = asyncio.run(main(url1, url2))
+    assert record_a.outcome == "stopped", record_a.stop_reason
+    assert record_a.faults == []
+    assert beats_while_locked[0] >= 8
+    assert record_b.outcome == "stopped"
+    gap = first.events("output_off")[-1].data["max_frame_gap_ms"]
+    assert gap < 150
+
+
+UNIT_FIELDS = {
+    "model": "estim-sim",
+    "serial_number": "SIM-0001",
+    "firmware": "sim-1.0",
+    "simulated": True,
+}

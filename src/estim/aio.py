@@ -43,13 +43,14 @@ from estim.clock import REAL_CLOCK, Clock, ManualClock
 from estim.core import (
     GREETING,
     HELLO,
+    STATUS_REQUESTS,
     HostCore,
     Output,
     Result,
     ask_hello_again,
     unit_from_hello,
 )
-from estim.errors import EstimError, LinkError, LinkLost, RemoteProtocolError
+from estim.errors import EstimError, LinkError, LinkLost, LinkTimeout, RemoteProtocolError
 from estim.info import UnitInfo, UnitStatus
 from estim.journal import Journal
 from estim.limits import ClinicLimits, Limits
@@ -346,7 +347,13 @@ class AsyncDevice:
             answer = await self._call(lambda now, token: self._core.request(HELLO, now, token))
         self.info = unit_from_hello(self.url, answer, self.stats)
         self.limits = Limits(self.info, self.clinic)
-        status = await self.status()
+        for asked in range(1, STATUS_REQUESTS + 1):
+            try:
+                status = await self.status()
+                break
+            except LinkTimeout:
+                if asked == STATUS_REQUESTS:
+                    raise
         if status.state in OUTPUT_STATES:  # an orphaned output: a reconnect means output zero
             await self.stop(StopReason.HOST_SHUTDOWN)
             self.stopped_orphan = status.session_id

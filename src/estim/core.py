@@ -344,6 +344,16 @@ HELLO = Hello(min_version=PROTOCOL_VERSION, max_version=PROTOCOL_VERSION)
 HELLO_REQUESTS = 3
 
 
+#: GET_STATUS requests at connect (each with its resends), for the check of an output
+#: left running: it changes nothing, so on a noisy line it is asked again as HELLO is
+STATUS_REQUESTS = 3
+
+
+#: GET_STATUS requests at connect (each with its resends), for the check of an output
+#: left running: it changes nothing, so on a noisy line it is asked again as HELLO is
+STATUS_REQUESTS = 3
+
+
 def ask_hello_again(answer: Result, stats: ConnectionStats, asked: int) -> bool:
     """Whether to send a new HELLO after ``asked`` went unanswered: only when damaged
     frames arrived, no more of them than HELLOs were sent (damaged answers; a device

@@ -36,6 +36,7 @@ from estim.clock import REAL_CLOCK, Clock, ManualClock
 from estim.core import (
     GREETING,
     HELLO,
+    STATUS_REQUESTS,
     HostCore,
     Output,
     Result,
@@ -46,6 +47,7 @@ from estim.errors import (
     EstimError,
     LinkError,
     LinkLost,
+    LinkTimeout,
     RemoteProtocolError,
 )
 from estim.info import UnitInfo, UnitStatus
@@ -364,7 +366,13 @@ class Device:
     def _stop_orphaned_output(self) -> None:
         """A unit found delivering output has lost its host: whoever could open the
         port now is not running that session. A reconnect means output zero (SAFETY.md 4)."""
-        status = self.status()
+        for asked in range(1, STATUS_REQUESTS + 1):
+            try:
+                status = self.status()
+                break
+            except LinkTimeout:
+                if asked == STATUS_REQUESTS:
+                    raise
         if status.state in OUTPUT_STATES:
             log.warning(
                 "the unit on %s was delivering output for session %08x with no host; stopping it",
