@@ -41,9 +41,14 @@ RUN_CASES: list[tuple[str, list[str], int, str]] = [
         "amplitude 0",
         ["--dwell", "1m", "-c", "1:2:250:0"],
         2,
-        "amplitude_ma 0.0 must be a positive number",
+        "-c 1:2:250:0: amplitude 0 mA must be above 0 mA",
     ),
-    ("amplitude negative", ["--dwell", "1m", "-c", "1:2:250:-1"], 2, "must be a positive number"),
+    (
+        "amplitude negative (issue 18: no internal field path)",
+        ["--dwell", "1m", "-c", "1:2:250:-5"],
+        2,
+        "estim: -c 1:2:250:-5: amplitude -5 mA must be above 0 mA",
+    ),
     (
         "amplitude off the step",
         ["--dwell", "1m", "-c", "1:2:250:12.05"],
@@ -78,7 +83,7 @@ RUN_CASES: list[tuple[str, list[str], int, str]] = [
         "frequency 0",
         ["--dwell", "1m", "-c", "1:0:250:5"],
         2,
-        "frequency_hz 0.0 must be a positive number",
+        "-c 1:0:250:5: frequency 0 Hz must be above 0",
     ),
     (
         "pulse width below the unit's",
@@ -130,6 +135,13 @@ RUN_CASES: list[tuple[str, list[str], int, str]] = [
         "unknown preset 'nope'; known: edn-low",
     ),
     ("CH:MA without a preset", ["--dwell", "1m", "-c", "1:5"], 2, "CH:MA needs --preset"),
+    (
+        "a preset and a full channel (issue 18: it ran the -c values silently)",
+        ["--dwell", "1m", "--preset", "edn-high", "-c", "1:2:250:5"],
+        2,
+        "-c 1:2:250:5 sets its own frequency and pulse width, and --preset edn-high sets them "
+        "too; give -c CH:MA with the preset, or drop --preset",
+    ),
     (
         "malformed -c, three parts",
         ["--dwell", "1m", "-c", "1:2:250"],
@@ -199,6 +211,9 @@ def assert_one_line(stderr: str, expected: str) -> None:
     assert len(lines) == 1, stderr
     assert lines[0].startswith("estim: ")
     assert expected in lines[0]
+    url = next((w for w in lines[0].split() if "://" in w), None)
+    if url is not None:
+        assert lines[0].count(url.rstrip(":;,.")) == 1, f"said twice: {lines[0]}"
 
 
 @pytest.mark.parametrize(
@@ -364,6 +379,30 @@ OTHER_CASES: list[tuple[str, list[str], int, str]] = [
     ("simulate an unknown option", ["simulate", "speed=9"], 2, "unknown sim option 'speed'"),
     ("show a missing journal", ["show", "abc", "--db", "/nonexistent/j.db"], 2, "no journal at"),
     ("history of a missing journal", ["history", "--db", "/nonexistent/j.db"], 2, "no journal at"),
+    (
+        "history of a file that is not a journal (issue 18: exit 6, 'could not be written')",
+        ["history", "--db", "/etc/passwd"],
+        2,
+        "/etc/passwd is not an estim journal",
+    ),
+    (
+        "nothing listening at a socket (issue 18: exit 2 where README says 5)",
+        ["info", "--port", "socket://127.0.0.1:9"],
+        5,
+        "nothing is listening at socket://127.0.0.1:9",
+    ),
+    (
+        "a bad sim:// option (issue 18: exit 5, the URL twice)",
+        ["info", "--port", "sim://?channels=x"],
+        2,
+        "estim: sim://?channels=x: sim option channels='x' is not a number",
+    ),
+    (
+        "a device that is not a serial port (issue 18: pyserial's raw text)",
+        ["info", "--port", "/dev/null"],
+        2,
+        "estim: /dev/null is not a serial port; serial ports here:",
+    ),
 ]
 
 
@@ -449,7 +488,7 @@ def test_a_journal_that_is_not_a_journal_says_so(runner: CliRunner, tmp_path: Pa
     notes = tmp_path / "notes.txt"
     notes.write_text("shopping list\n" * 100)
     result = runner.invoke(cli, ["history", "--db", str(notes)])
-    assert result.exit_code == 6
+    assert result.exit_code == 2  # a wrong --db is bad usage (issue 18: it was 6, "not written")
     assert_one_line(result.stderr, f"{notes} is not an estim journal (or it is damaged)")
     assert notes.read_text() == "shopping list\n" * 100
 

@@ -211,6 +211,23 @@ def test_space_q_and_ctrl_c_stop_at_once(
     assert off["reason"] == "stop"
     assert term.wait() == 3
     assert stored_reason(env) == reason
+    # issue 18: the last screen showed a full bar, "0:00 left" and the channel still
+    # at its amplitude, as if the dwell had completed
+    head, bar, channels, _, message = last_screen(term)
+    assert "STOPPED" in head
+    assert "left of" not in bar
+    assert "delivered of 1 min" in bar
+    assert bar.count("#") < 10
+    assert "off" in channels
+    assert "5.0 mA" not in channels
+    assert message.startswith("STOPPED: ")
+
+
+def last_screen(term: Any) -> list[str]:
+    """The five lines the live view drew last (each drawn line starts with ESC [2K)."""
+    text = term.output.decode(errors="replace")
+    lines = [chunk.split("\n")[0].rstrip("\r") for chunk in text.split("\x1b[2K")[1:]]
+    return lines[-5:]
 
 
 def test_a_closed_terminal_stops_output(

@@ -68,6 +68,10 @@ class PortNotFound(LinkError):
     """The port named does not exist."""
 
 
+class BadPortURL(PortNotFound, ValueError):
+    """The port's name or URL is wrong: not a serial port, or a bad option."""
+
+
 class PortBusy(LinkError):
     """The port exists but another program holds it."""
 

@@ -90,6 +90,10 @@ MIGRATIONS: list[str] = [
 BUSY_TIMEOUT_MS = 10_000
 
 
+class NotAJournal(JournalError):
+    """The file named is not an estim journal (a wrong ``--db``: bad usage)."""
+
+
 class JournalBusy(JournalError):
     """Another program holds the journal's write lock right now (try again soon)."""
 
@@ -159,7 +163,8 @@ class Journal:
             self.interrupted = self._recover()
         except sqlite3.Error as err:
             self._db.close()
-            raise JournalError(_open_problem(self.path, err)) from None
+            kind = NotAJournal if "not a database" in str(err) else JournalError
+            raise kind(_open_problem(self.path, err)) from None
         except BaseException:
             self._db.close()
             raise

@@ -20,7 +20,7 @@ from typing import Any
 import serial
 
 from estim.clock import Clock
-from estim.errors import LinkError, PortBusy, PortNotFound
+from estim.errors import BadPortURL, LinkError, PortBusy, PortNotFound
 
 log = logging.getLogger("estim.ports")
 
@@ -61,7 +61,11 @@ def port_clock(port: Any) -> Clock | None:
 
 def _open_error(url: str, err: BaseException) -> LinkError:
     code = getattr(err, "errno", None)
-    text = str(err)
+    text = str(err).removeprefix(f"{url}: ")  # (said once, in front)
+    if "sim option" in text:
+        return BadPortURL(f"{url}: {text}")
+    if code == errno.ENOTTY or "Inappropriate ioctl" in text:
+        return BadPortURL(f"{url} is not a serial port; {ports_hint()}")
     if code in (errno.EBUSY, errno.EAGAIN) or "exclusively lock" in text or "busy" in text.lower():
         return PortBusy(f"port {url} is busy: another program has it open; close it and try again")
     if code == errno.ENOENT or "No such file" in text:
@@ -71,7 +75,9 @@ def _open_error(url: str, err: BaseException) -> LinkError:
     if "protocol" in text and "not known" in text:
         return PortNotFound(f"{url}: unknown URL scheme; {ports_hint()}")
     if code == errno.ECONNREFUSED or "Connection refused" in text:
-        return PortNotFound(f"nothing is listening at {url}")
+        return LinkError(
+            f"nothing is listening at {url}: is the unit (or estim simulate --tcp) running?"
+        )
     return LinkError(f"cannot open {url}: {text}")
 
 

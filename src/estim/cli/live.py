@@ -168,16 +168,35 @@ class LiveView:
         head = f"estim  session {session.id}  {str(session.state).upper():<12}  {unit.model} {unit.serial_number}"
         if unit.simulated:
             head += "  (SIMULATED)"
-        left = session.remaining
-        done = 1.0 - left / session.plan.dwell if session.plan.dwell else 1.0
+        dwell = session.plan.dwell
         bar_width = max(10, width - 30)
+        ended = session.state.is_end
+        if ended:  # the last screen says what happened, not what the timer would have said
+            record = session.record()
+            delivered = record.delivered_s
+            done = 0.0 if delivered is None else min(1.0, delivered / dwell)
+            told = (
+                "delivered: unknown"
+                if delivered is None
+                else f"{format_duration(round(delivered, 1))} delivered"
+            )
+            tail = f"{told} of {format_duration(dwell)}"
+            self.message = f"{str(record.outcome).upper()}: {record.stop_reason}"
+        else:
+            left = session.remaining
+            done = 1.0 - left / dwell if dwell else 1.0
+            tail = f"{_clock(left)} left of {format_duration(dwell)}"
         filled = round(done * bar_width)
-        bar = f"[{'#' * filled}{'.' * (bar_width - filled)}] {_clock(left)} left of {format_duration(session.plan.dwell)}"
+        bar = f"[{'#' * filled}{'.' * (bar_width - filled)}] {tail}"
         status = session.last_status
         parts = []
         for ch in self.channels:
             now_ma = None
             impedance = None
+            if ended:
+                mark = ">" if ch == self.selected else " "
+                parts.append(f"{mark}ch{ch}  off (was set {self.setpoints[ch]:g} mA)")
+                continue
             if status is not None and ch <= len(status.channels):
                 now_ma = status.channels[ch - 1].amplitude_ma
                 impedance = status.channels[ch - 1].impedance_ohm
@@ -187,11 +206,16 @@ class LiveView:
             parts.append(
                 f"{mark}ch{ch} {shown} mA (set {self.setpoints[ch]:g} of {self.maxima[ch]:g}){imp}"
             )
+        keys = (
+            "the session has ended; output is off"
+            if ended
+            else KEYS_HELP.format(channels=self.channel_keys)
+        )
         return [
             head[:width],
             bar[:width],
             "   ".join(parts)[:width],
-            KEYS_HELP.format(channels=self.channel_keys)[:width],
+            keys[:width],
             self.message[:width],
         ]
 

@@ -28,15 +28,15 @@ def _journal(db: str | None) -> Journal | None:
     """The journal to read; None if no journal was named and the default one does not
     exist yet. Never creates a file: a named journal that does not exist is bad usage."""
     from estim.errors import JournalError
-    from estim.journal import Journal, default_path
+    from estim.journal import Journal, NotAJournal, default_path
 
     path = Path(db).expanduser() if db is not None else default_path()
     if db is None and not path.exists():
         return None
     try:
         return Journal.open_existing(path)
-    except JournalError as err:
-        fail(str(err), JOURNAL if path.is_file() else USAGE)
+    except JournalError as err:  # a wrong --db is bad usage; a journal that fails, exit 6
+        fail(str(err), JOURNAL if path.is_file() and not isinstance(err, NotAJournal) else USAGE)
 
 
 def _need_journal(db: str | None) -> Journal:

@@ -71,13 +71,22 @@ def parse_channel(spec: str, preset: Preset | None, waveform: str | None) -> dic
     """``CH:FREQ_HZ:PW_US:MA`` or, with a preset, ``CH:MA``."""
     parts = spec.split(":")
     if len(parts) == 4:
+        if preset is not None:  # refused, not merged: which one would the clinician mean?
+            fail(
+                f"-c {spec} sets its own frequency and pulse width, and --preset {preset.name} "
+                f"sets them too; give -c CH:MA with the preset, or drop --preset"
+            )
         ch, freq, pw, ma = parts
-        fields: dict[str, Any] = dict(preset.channel_fields()) if preset else {}
+        fields: dict[str, Any] = {}
         fields["frequency_hz"] = _number(freq, "frequency", spec)
+        if fields["frequency_hz"] <= 0:
+            fail(f"-c {spec}: frequency {freq} Hz must be above 0")
         pw_value = _number(pw, "pulse width", spec)
         if pw_value != int(pw_value):
             fail(f"-c {spec}: pulse width {pw!r} must be whole microseconds")
         fields["pulse_width_us"] = int(pw_value)
+        if fields["pulse_width_us"] <= 0:
+            fail(f"-c {spec}: pulse width {pw} us must be above 0")
     elif len(parts) == 2:
         if preset is None:
             fail(f"-c {spec}: CH:MA needs --preset; or give CH:FREQ_HZ:PW_US:MA (e.g. 1:2:250:12)")
@@ -90,6 +99,8 @@ def parse_channel(spec: str, preset: Preset | None, waveform: str | None) -> dic
         fail(f"-c {spec}: channel {ch!r} must be a whole number 1-8")
     fields["channel"] = int(channel)
     fields["amplitude_ma"] = _number(ma, "amplitude", spec)
+    if fields["amplitude_ma"] <= 0:
+        fail(f"-c {spec}: amplitude {ma} mA must be above 0 mA")
     if waveform:
         fields["waveform"] = waveform
     return fields
