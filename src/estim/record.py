@@ -26,6 +26,12 @@ class EventRecord(BaseModel):
     unit_ms: int | None = Field(default=None, description="the unit's own clock, for unit events")
     kind: str
     data: dict[str, Any] = Field(default_factory=dict)
+    output_s: float | None = Field(
+        default=None,
+        description="seconds since the unit's output went on: by the unit's clock for its "
+        "events (across its 32-bit wrap), by the host's for the host's; never decreasing; "
+        "None before output on. Derived when the record is built; exports and plots use it",
+    )
 
 
 class UnitRecord(BaseModel):
@@ -63,6 +69,38 @@ RECORD_SCHEMA_VERSION = 1
 Outcome = Literal[
     "completed", "stopped", "aborted", "faulted", "link_lost", "refused", "interrupted"
 ]
+
+
+#: the unit's clock is milliseconds in 32 bits (PROTOCOL.md 5.2): it wraps after 49.7 days
+UNIT_CLOCK_WRAP_MS = 2**32
+
+
+def since_output_on(events: list[EventRecord]) -> list[EventRecord]:
+    """``events`` with ``output_s`` set from the unit's output-on on: a unit event by
+    the unit's clock (its time then, modulo the wrap), a host event by the host's
+    clock from the moment the host heard output go on. Times never decrease: where
+    the two clocks interleave within a few milliseconds, a later event is never
+    placed earlier. Whatever the unit's clock read at output on (0, 100 s, a second
+    before its wrap), the story is the same."""
+    on = next((e for e in events if e.kind == "output_started"), None)
+    if on is None:
+        return [
+            e.model_copy(update={"output_s": None}) if e.output_s is not None else e for e in events
+        ]
+    start = events.index(on)
+    out = [
+        e.model_copy(update={"output_s": None}) if e.output_s is not None else e
+        for e in events[:start]
+    ]
+    last = 0.0
+    for e in events[start:]:
+        if e.unit_ms is not None and on.unit_ms is not None:
+            seconds = ((e.unit_ms - on.unit_ms) % UNIT_CLOCK_WRAP_MS) / 1000
+        else:
+            seconds = e.t - on.t
+        last = max(last, round(seconds, 3))
+        out.append(e if e.output_s == last else e.model_copy(update={"output_s": last}))
+    return out
 
 
 class SessionRecord(BaseModel):
@@ -109,6 +147,7 @@ class SessionRecord(BaseModel):
         delivered_ms: int | None,
         journal_error: str | None = None,
     ) -> SessionRecord:
+        events = since_output_on(events)
         faults = []
         amplitude = [
             AmplitudePoint(t=0.0, channel=c.channel, ma=c.amplitude_ma, kind="planned")

@@ -82,7 +82,18 @@ EVENT_KEYS = [
     "received",
     "port",
 ]
-EVENT_COLUMNS = ["session", "n", "utc", "local", "t_s", "unit_ms", "kind", *EVENT_KEYS, "other"]
+EVENT_COLUMNS = [
+    "session",
+    "n",
+    "utc",
+    "local",
+    "t_s",
+    "unit_ms",
+    "kind",
+    *EVENT_KEYS,
+    "other",
+    "output_s",  # (added last: columns only ever get appended)
+]
 
 
 def local(utc: str | None) -> str:
@@ -191,6 +202,7 @@ def events(records: Sequence[SessionRecord]) -> bytes:
                     e.kind,
                     *(data.get(k) for k in EVENT_KEYS),
                     other,
+                    "" if e.output_s is None else f"{e.output_s:.3f}",
                 ]
 
     return table(EVENT_COLUMNS, rows())

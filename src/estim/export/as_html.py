@@ -129,7 +129,9 @@ def page(r: SessionRecord) -> str:
         else "<p>No output was delivered, so there is nothing to plot.</p>"
     )
     events = "".join(
-        f'<tr><td class="num">{e.t:.1f} s</td><td>{escape(words.local_time(e.utc))}</td>'
+        f'<tr><td class="num">{e.t:.1f} s</td>'
+        f'<td class="num">{"" if e.output_s is None else f"{e.output_s:.1f} s"}</td>'
+        f"<td>{escape(words.local_time(e.utc))}</td>"
         f"<td>{escape(words.event(e))}</td></tr>"
         for e in r.events
     )
@@ -168,11 +170,13 @@ def page(r: SessionRecord) -> str:
 <h2>Amplitude</h2>
 {figures}
 <h2>Events</h2>
-<table class="grid"><thead><tr><th class="num">Time</th><th>Local time</th><th>Event</th></tr>
+<table class="grid"><thead><tr><th class="num">Time</th><th class="num">Output on</th><th>Local time</th><th>Event</th></tr>
 </thead><tbody>{events}</tbody></table>
 <footer>estim {escape(__version__)} &middot; from the journal's record of session {escape(r.id)}
 (record schema version {r.schema_version}). Times are local to the machine that wrote this
-report, UTC in brackets; event times are seconds since the start was requested.</footer>
+report, UTC in brackets; "Time" is seconds since the start was requested, by this
+computer's clock; "Output on" is seconds since the unit turned output on, by the unit's own
+clock for its events; the plots use the latter.</footer>
 </body>
 </html>
 """

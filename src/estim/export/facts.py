@@ -56,19 +56,23 @@ def planned_trace(record: SessionRecord, channel: int) -> Trace:
     operator set a new one), and the ramp down to zero at the end of the dwell."""
     plan = record.plan
     planned = next(c.amplitude_ma for c in plan.channels if c.channel == channel)
-    on = first(record, "output_started")
-    t_on = on.t if on is not None else 0.0
     points: Trace = [(0.0, 0.0), (plan.ramp, planned)]
     level = planned
-    for p in record.amplitude:
-        if (
-            p.channel == channel
-            and p.kind == "set"
-            and plan.ramp < p.t - t_on < plan.dwell - plan.ramp
-        ):
-            points += [(p.t - t_on, level), (p.t - t_on, p.ma)]
-            level = p.ma
+    for t, ma in amplitude_sets(record, channel):
+        if plan.ramp < t < plan.dwell - plan.ramp:
+            points += [(t, level), (t, ma)]
+            level = ma
     return [*points, (plan.dwell - plan.ramp, level), (plan.dwell, 0.0)]
+
+
+def amplitude_sets(record: SessionRecord, channel: int) -> Trace:
+    """Each amplitude the operator set on ``channel`` while output was on: (seconds
+    since output on, mA)."""
+    return [
+        (e.output_s, float(e.data["ma"]))
+        for e in record.events
+        if e.kind == "amplitude_set" and e.data.get("channel") == channel and e.output_s is not None
+    ]
 
 
 def reached_trace(record: SessionRecord, channel: int) -> Trace:
@@ -93,7 +97,9 @@ def reached_trace(record: SessionRecord, channel: int) -> Trace:
         return points[-1][1]
 
     for e in record.events[record.events.index(on) + 1 :]:
-        t = e.unit_ms / 1000 if e.unit_ms is not None else e.t - on.t  # the unit's clock first
+        t = (
+            e.output_s if e.output_s is not None else 0.0
+        )  # since output on (record.since_output_on)
         if e.kind == "amplitude_set" and e.data.get("channel") == channel:
             points.append((t, level_at(t)))
             target = float(e.data["ma"])

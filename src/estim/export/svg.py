@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from html import escape
 
-from estim.export.facts import Trace, planned_trace, reached_trace
+from estim.export.facts import Trace, amplitude_sets, planned_trace, reached_trace
 from estim.record import SessionRecord
 
 WIDTH, HEIGHT = 640, 200
@@ -71,13 +71,11 @@ def channel_plot(record: SessionRecord, channel: int) -> str:
         f'transform="rotate(-90 12 {TOP + plot_h / 2:.1f})">mA</text>',
         line(planned, PLANNED, ' stroke-dasharray="6 4"'),
     ]
-    on_t = next((e.t for e in record.events if e.kind == "output_started"), 0.0)
-    for p in record.amplitude:
-        if p.channel == channel and p.kind == "set":
-            parts.append(
-                f'<circle cx="{x(p.t - on_t):.1f}" cy="{y(p.ma):.1f}" r="4" fill="white" '
-                f'stroke="{PLANNED}" stroke-width="2"><title>set to {p.ma:g} mA</title></circle>'
-            )
+    for t, ma in amplitude_sets(record, channel):
+        parts.append(
+            f'<circle cx="{x(t):.1f}" cy="{y(ma):.1f}" r="4" fill="white" '
+            f'stroke="{PLANNED}" stroke-width="2"><title>set to {ma:g} mA</title></circle>'
+        )
     if reached:
         parts.append(line(reached, REACHED))
         if record.outcome not in (None, "completed"):
