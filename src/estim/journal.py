@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import estim.outbox as outbox
 from estim.errors import JournalError, SessionNotFound
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: migrations[n] takes a database from version n to n + 1
 MIGRATIONS: list[str] = [
@@ -75,6 +76,7 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (session_id, n)
     );
     """,
+    outbox.MIGRATION,  # 2: the FHIR outbox (estim.outbox)
 ]
 
 
@@ -250,6 +252,7 @@ class Journal:
                             json.dumps({"reason": reason}),
                         ),
                     )
+                    outbox.enqueue(self._db, session_id, utc_now())  # delivered: see outbox.py
             if changed:
                 with contextlib.suppress(OSError):
                     (self._lock_dir / session_id).unlink()
@@ -434,6 +437,7 @@ class Journal:
                         session_id,
                     ),
                 )
+                outbox.enqueue(self._db, session_id, utc_now())  # queued as it is finished
         except sqlite3.Error as err:
             raise JournalError(f"cannot write the journal {self.path}: {err}") from None
         self._release_lock(session_id)
@@ -518,6 +522,7 @@ class Journal:
                                 sid,
                             ),
                         )
+                        outbox.enqueue(self._db, sid, utc_now())  # queued as it is finished
             except (OSError, ValueError, KeyError, TypeError, sqlite3.Error):
                 continue  # left for the next open; the session is not marked interrupted
             path.unlink()
