@@ -446,3 +446,78 @@ def test_estim_push_delivers_and_history_shows_it(
         2,
         "estim: give one of --pending, --since, not several",
     )
+
+
+def _until(condition: Any, within_s: float = 30.0) -> None:
+    """Wait for another thread or process to get somewhere (bounded: fails, never hangs)."""
+    deadline = time.monotonic() + within_s
+    while not condition():
+        assert time.monotonic() < deadline, "not within the deadline"
+        time.sleep(0.05)
+
+
+def test_the_background_sender_delivers_on_its_own_thread(
+    server: FhirServer, templates: list[SessionRecord], tmp_path: Path
+) -> None:
+    from estim.sender import BackgroundSender
+
+    db = tmp_path / "estim.db"
+    with Journal(db) as journal:
+        sid = copy_session(
+            journal, templates[0], 0x500, serial="BG-1", created=datetime.now(timezone.utc)
+        )
+        background = BackgroundSender(db, settings(server.base_url), idle_s=0.2).start()
+        try:
+            _until(lambda: (Outbox(journal).get(sid) or _NONE).state == "sent")
+            later = copy_session(
+                journal, templates[1], 0x501, serial="BG-1", created=datetime.now(timezone.utc)
+            )
+            background.wake()  # a session just ended
+            _until(lambda: (Outbox(journal).get(later) or _NONE).state == "sent")
+        finally:
+            background.stop(timeout=30)
+        assert background.errors == []
+        assert len(held(server, journal.get(later))["Procedure"]) == 1
+
+
+class _NONE:
+    state = "absent"
+
+
+def test_estim_push_watch_keeps_delivering_until_ctrl_c(
+    server: FhirServer, templates: list[SessionRecord], tmp_path: Path
+) -> None:
+    import signal
+
+    db = tmp_path / "estim.db"
+    with Journal(db) as journal:
+        sid = copy_session(
+            journal, templates[0], 0x600, serial="WATCH-1", created=datetime.now(timezone.utc)
+        )
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(f'[fhir]\nbase_url = "{server.base_url}"\n')
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ESTIM_")},
+        "ESTIM_HOME": str(home),
+        "ESTIM_DB": str(db),
+        "ESTIM_FHIR_TOKEN": TOKEN,
+    }
+    watching = subprocess.Popen(
+        [sys.executable, "-m", "estim", "push", "--watch"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with Journal(db) as journal:
+            _until(lambda: (Outbox(journal).get(sid) or _NONE).state == "sent")
+        watching.send_signal(signal.SIGINT)
+        out, err = watching.communicate(timeout=30)
+    finally:
+        if watching.poll() is None:
+            watching.kill()
+            watching.communicate()
+    assert watching.returncode == 0, err
+    assert out.startswith(f"{sid}  sent      Procedure/")

@@ -9,8 +9,8 @@ after a backoff (or the server's ``Retry-After``), recorded in the journal, so i
 survives a restart; a permanent refusal is kept with its reason (``estim.outbox``).
 
 The sender never runs on a session's control loop: ``estim push`` runs it in its own
-process, ``BackgroundSender`` on a thread of its own (the clinic service), and
-neither holds the journal's lock while it waits on the network. Time comes from
+process, ``BackgroundSender`` on a thread and a journal connection of its own (the
+clinic service), and neither holds the journal's lock while it waits on the network. Time comes from
 ``clock`` (seconds since the epoch), so tests run hours of backoff at once.
 
     from estim.sender import Sender
@@ -22,6 +22,7 @@ neither holds the journal's lock while it waits on the network. Time comes from
 from __future__ import annotations
 
 import json
+import os
 import random
 import threading
 import time
@@ -195,14 +196,28 @@ class Sender:
 
 
 class BackgroundSender:
-    """A ``Sender`` on a thread of its own: it sends what is due, then sleeps until the
-    next try is due, ``wake()`` is called (a session just finished) or ``idle_s``
-    passes (another process may have queued one). ``stop()`` ends it between tries."""
+    """A ``Sender`` on a thread of its own, on a journal connection of its own: it sends
+    what is due, then sleeps until the next try is due, ``wake()`` is called (a session
+    just finished) or ``idle_s`` passes (another process may have queued one).
+    ``stop()`` ends it between tries.
 
-    def __init__(self, sender: Sender, *, idle_s: float = 60.0) -> None:
-        self.sender = sender
+    Its own connection, because a transaction may wait on the database (up to the
+    journal's busy timeout, when another program holds it) while holding its
+    connection's lock: never the lock a live session's journal writer needs."""
+
+    def __init__(
+        self,
+        journal_path: str | os.PathLike[str],
+        settings: FhirSettings,
+        *,
+        idle_s: float = 60.0,
+        **sender_options: Any,
+    ) -> None:
+        self.journal_path = journal_path
+        self.settings = settings
         self.idle_s = idle_s
-        self.errors: list[str] = []  # journal errors met, newest last (kept, not raised)
+        self.sender_options = sender_options
+        self.errors: list[str] = []  # what went wrong, newest last (kept, not raised)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="estim-fhir-sender", daemon=True)
@@ -220,12 +235,19 @@ class BackgroundSender:
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.clear()
-            try:
-                self.sender.send_due()
-                due = self.sender.seconds_until_due()
-            except JournalError as err:
-                self.errors.append(str(err))
-                due = None
-            self._wake.wait(self.idle_s if due is None else min(due, self.idle_s))
+        try:
+            journal = Journal(self.journal_path)
+        except JournalError as err:
+            self.errors.append(str(err))
+            return
+        with journal:
+            sender = Sender(journal, self.settings, **self.sender_options)
+            while not self._stop.is_set():
+                self._wake.clear()
+                try:
+                    sender.send_due()
+                    due = sender.seconds_until_due()
+                except Exception as err:  # kept in view; the next round tries again
+                    self.errors.append(f"{type(err).__name__}: {err}")
+                    due = None
+                self._wake.wait(self.idle_s if due is None else min(due, self.idle_s))

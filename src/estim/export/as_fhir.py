@@ -8,9 +8,9 @@ Per session:
   output start was never recorded; in-progress while live), ``statusReason`` the
   stop reason, ``performedPeriod`` the unit's own output on/off (the output start it
   reported plus the time it measured), ``bodySite`` the site as text, ``subject`` a
-  Patient and ``performer`` a Practitioner, each a logical reference holding the
-  opaque patient reference and the clinician as an identifier (estim never knows a
-  server's ids), ``usedReference`` the stimulator, ``note`` the plan and dose in words;
+  Patient and ``performer`` a Practitioner as logical references (by identifier, see
+  below: estim never knows a server's ids), ``usedReference`` the stimulator, ``note``
+  the plan and dose in words;
 - a ``Device``: the stimulator (model, serial number, firmware; a simulated unit says
   so in its note), shared by the sessions of one unit in the bundle;
 - one ``Observation`` per channel (``partOf`` the Procedure): the parameters as
