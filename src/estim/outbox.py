@@ -87,15 +87,21 @@ class Delivery:
     location: str | None
 
     def words(self) -> str:
-        """The state in a few words, for ``estim history`` and ``estim show``."""
+        """The state in a few words (local times), for ``estim show``."""
+        from estim.words import local_time
+
         if self.state == "sent":
-            return f"sent {self.sent_utc}" + (f" as {self.location}" if self.location else "")
+            where = f" as {self.location}" if self.location else ""
+            return f"sent {local_time(self.sent_utc)}{where} to {self.server}"
         if self.state == "refused":
-            return f"REFUSED by the server ({self.status}): {self.last_error}"
+            return (
+                f"REFUSED by the server ({self.status}) {local_time(self.last_attempt_utc)}: "
+                f"{self.last_error}; fix the cause, then estim push {self.session_id}"
+            )
         if self.attempts == 0:
             return "queued, not yet sent"
         return (
-            f"queued, {self.attempts} attempt(s), next at {self.next_attempt_utc}: "
+            f"queued, {self.attempts} attempt(s), next at {local_time(self.next_attempt_utc)}: "
             f"{self.last_error}"
         )
 
