@@ -364,3 +364,56 @@ def test_where_an_entry_was_filed_is_read_in_the_forms_servers_write_it() -> Non
     missing = fhir_client.judge(answer("Procedure/1", ""), entries=2)
     assert missing.kind == "retry"
     assert "without the location where it was filed" in missing.detail
+
+
+def test_a_redirect_is_not_followed_and_the_token_goes_nowhere_else() -> None:
+    """A server that answers 302 (a login page, a moved server): estim tries again later
+    and says why; the place it points to never hears from estim (nor gets the token)."""
+    import http.server
+    import threading
+
+    heard: list[str] = []
+
+    class Elsewhere(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            heard.append(self.headers.get("Authorization", ""))
+            self.send_response(200)
+            self.end_headers()
+
+        do_POST = do_GET
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    class Redirecting(Elsewhere):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(302)
+            self.send_header("Location", f"http://127.0.0.1:{elsewhere.server_port}/login")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    elsewhere = http.server.HTTPServer(("127.0.0.1", 0), Elsewhere)
+    redirecting = http.server.HTTPServer(("127.0.0.1", 0), Redirecting)
+    threads = [
+        threading.Thread(target=s.serve_forever, daemon=True) for s in (elsewhere, redirecting)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        answer = fhir_client.post(
+            f"http://127.0.0.1:{redirecting.server_port}/fhir",
+            b"{}",
+            token="s3cret",
+            timeout_s=10,
+        )
+    finally:
+        for server in (elsewhere, redirecting):
+            server.shutdown()
+            server.server_close()
+        for thread in threads:
+            thread.join()
+    verdict = fhir_client.judge(answer, entries=1)
+    assert (verdict.kind, verdict.status) == ("retry", 302)
+    assert "the server redirects: check [fhir] base_url" in verdict.detail
+    assert heard == []

@@ -10,7 +10,8 @@ response cut off). ``judge`` turns an answer into one of three verdicts:
   403, 404, 405, 408 or 429) whose body is an OperationOutcome; the reason is its
   words. Sending it again unchanged would be refused again;
 - ``retry``: anything else (5xx, 429 and 408, a 401/403 token or 404/405 address
-  problem that the clinic fixes in its config, a 4xx without an OperationOutcome,
+  problem that the clinic fixes in its config, a redirect (never followed: the token
+  would go with it), a 4xx without an OperationOutcome,
   which is a proxy's and not the FHIR server's, a 2xx that is not a complete
   transaction-response), with the server's ``Retry-After`` when it gave one.
 """
@@ -31,6 +32,17 @@ MAX_ANSWER_BYTES = 4 * 1024 * 1024
 #: 4xx answers that concern where and how estim sends, not the record
 RETRY_4XX = {401, 403, 404, 405, 408, 429}
 USER_AGENT = "estim (FHIR outbox)"
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is answered as it came: urllib would turn the POST into a GET and
+    carry the token to wherever the redirect points."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 class Unreachable(Exception):
@@ -65,7 +77,7 @@ def post(base_url: str, body: bytes, *, token: str | None, timeout_s: float) -> 
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(base_url, data=body, method="POST", headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        with _OPENER.open(request, timeout=timeout_s) as response:
             return _answer(response.status, response.headers, response)
     except urllib.error.HTTPError as err:
         with err:
@@ -116,6 +128,11 @@ def judge(answer: Answer, *, entries: int) -> Verdict:
     if 400 <= status < 500 and status not in RETRY_4XX and outcome is not None:
         return Verdict("refused", f"HTTP {status}: {words}", status)
     hint = {
+        301: " (the server redirects: check [fhir] base_url)",
+        302: " (the server redirects: check [fhir] base_url)",
+        303: " (the server redirects: check [fhir] base_url)",
+        307: " (the server redirects: check [fhir] base_url)",
+        308: " (the server redirects: check [fhir] base_url)",
         401: " (check the [fhir] token)",
         403: " (check the [fhir] token's rights)",
         404: " (check [fhir] base_url)",
