@@ -1,5 +1,6 @@
 """Write the JSON Schemas of what a charting app sends (SessionPlan) and gets back
-(SessionRecord) into this directory, from the pydantic models.
+(SessionRecord) into this directory, from the pydantic models, and estim's FHIR code
+system (fhir/CodeSystem-estim-observation.json) from ``estim.export.as_fhir``.
 
     python schemas/generate.py          # regenerate; review the diff
     python schemas/generate.py --check  # exit 1 if a file differs from the models
@@ -17,6 +18,7 @@ HERE = Path(__file__).resolve().parent
 
 def schemas() -> dict[str, dict[str, Any]]:
     """File name -> schema, as the models say today."""
+    from estim.export.as_fhir import code_system
     from estim.plan import SessionPlan
     from estim.record import RECORD_SCHEMA_VERSION, SessionRecord
 
@@ -28,6 +30,7 @@ def schemas() -> dict[str, dict[str, Any]]:
     return {
         "session-plan.schema.json": _with_header(plan),
         "session-record.schema.json": _with_header(record),
+        "fhir/CodeSystem-estim-observation.json": code_system(),
     }
 
 
@@ -58,6 +61,7 @@ def main(argv: list[str]) -> int:
         print("usage: python schemas/generate.py [--check]", file=sys.stderr)
         return 2
     for name, schema in schemas().items():
+        (HERE / name).parent.mkdir(exist_ok=True)
         (HERE / name).write_text(render(schema), encoding="utf-8")
         print(f"wrote schemas/{name}")
     return 0

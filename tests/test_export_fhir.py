@@ -1,7 +1,9 @@
 """FHIR export: every bundle is validated by an independent FHIR library
 (fhir.resources, R4B models) and by the rules a FHIR server applies to a transaction
 that the models alone do not check (references resolve, each entry is a conditional
-create). A bundle a server would reject fails here."""
+create on an identifier with a system, distinct from its fullUrl; every code has a
+system). A bundle a server would reject, or could not match on a resend, fails here.
+tests/test_fhir_server.py sends them to a real FHIR engine."""
 
 from __future__ import annotations
 
@@ -9,12 +11,20 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
 from estim.export import export
-from estim.export.as_fhir import URI
+from estim.export.as_fhir import (
+    CODE_SYSTEM,
+    OBSERVATION_CODES,
+    OBSERVATION_SYSTEM,
+    SESSION_SYSTEM,
+    Systems,
+    bundle as fhir_bundle,
+)
 from estim.record import SessionRecord
 
 from .records_helpers import eight_channels, live_and_interrupted, varied_journal
@@ -31,9 +41,11 @@ def records(tmp_path_factory: pytest.TempPathFactory) -> list[SessionRecord]:
     return made
 
 
-def valid_bundle(records: Sequence[SessionRecord]) -> dict[str, Any]:
+def valid_bundle(
+    records: Sequence[SessionRecord], systems: Systems | None = None
+) -> dict[str, Any]:
     """The bundle for ``records``, after every check; fails the test if any fails."""
-    data = export("fhir", records)
+    data = export("fhir", records) if systems is None else fhir_bundle(records, systems)
     Bundle.model_validate_json(data)  # the FHIR library's own validation (raises)
     bundle = json.loads(data)
     assert bundle["resourceType"] == "Bundle"
@@ -46,13 +58,23 @@ def valid_bundle(records: Sequence[SessionRecord]) -> dict[str, Any]:
         assert entry["fullUrl"].startswith("urn:uuid:")
         assert request["method"] == "POST"
         assert request["url"] == resource["resourceType"]
-        assert request["ifNoneExist"] == f"identifier={URI}|{entry['fullUrl']}"
-        assert {"system": URI, "value": entry["fullUrl"]} in resource["identifier"]
+        first = resource["identifier"][0]
+        name, _, query = request["ifNoneExist"].partition("=")
+        system, _, value = query.partition("|")
+        assert (name, unquote(system), unquote(value)) == ("identifier", *first.values())
+        for ident in _identifiers(resource):
+            assert ident["system"].startswith(("https://", "http://", "urn:")), ident
+            assert ident["value"] != entry["fullUrl"]  # a server would rewrite it
+            assert not set(ident["value"]) & set(",|$\\"), ident  # special in a search
         assert "id" not in resource  # a POST in a transaction carries no id
         for reference in _references(resource):
             assert reference in urls, f"{reference} does not resolve inside the bundle"
         if resource["resourceType"] == "Observation":
             assert not ("valueQuantity" in resource and "dataAbsentReason" in resource)
+            for concept in [resource["code"], *(c["code"] for c in resource["component"])]:
+                assert [c["system"] for c in concept["coding"]] == [CODE_SYSTEM], concept
+                assert concept["coding"][0]["code"] in OBSERVATION_CODES
+            assert resource["category"][0]["coding"][0]["system"].startswith("http://terminology")
     check_bindings(bundle)
     VALIDATED.append(1)
     return bundle
@@ -115,6 +137,17 @@ def _quantities(value: Any) -> list[dict[str, Any]]:
     return []
 
 
+def _identifiers(value: Any) -> list[dict[str, Any]]:
+    """Every Identifier in a resource: its own and those in logical references."""
+    if isinstance(value, dict):
+        own = value.get("identifier", [])
+        found = own if isinstance(own, list) else [own]
+        return found + [i for k, v in value.items() if k != "identifier" for i in _identifiers(v)]
+    if isinstance(value, list):
+        return [i for v in value for i in _identifiers(v)]
+    return []
+
+
 def _references(value: Any) -> list[str]:
     if isinstance(value, dict):
         found = [value["reference"]] if isinstance(value.get("reference"), str) else []
@@ -171,12 +204,19 @@ def test_the_procedure_says_who_where_what_and_when(records: list[SessionRecord]
     assert "dry needling" in procedure["code"]["text"]
     assert procedure["subject"] == {
         "type": "Patient",
-        "identifier": {"type": {"text": "patient reference"}, "value": "P-0042"},
+        "identifier": {"system": Systems().patient, "value": "P-0042"},
     }
-    assert procedure["performer"][0]["actor"]["identifier"]["value"] == "Dr Ada Lovelace"
+    # no practitioner system configured: a name is shown, never passed off as an identifier
+    assert procedure["performer"][0]["actor"] == {
+        "type": "Practitioner",
+        "display": "Dr Ada Lovelace",
+    }
     assert procedure["bodySite"] == [{"text": "left vastus lateralis"}]
     assert procedure["reasonCode"] == [{"text": "knee osteoarthritis"}]
-    assert {"type": {"text": "estim session id"}, "value": record.id} in procedure["identifier"]
+    compact = record.created_utc.replace("-", "").replace(":", "")
+    assert procedure["identifier"] == [
+        {"system": SESSION_SYSTEM, "value": f"{record.id}-{compact}"}
+    ]
     period = procedure["performedPeriod"]
     start, end = (
         datetime.fromisoformat(period[k].replace("Z", "+00:00")) for k in ("start", "end")
@@ -199,6 +239,29 @@ def test_an_early_end_has_a_reason_and_a_fault_a_complication(records: list[Sess
     assert refused["subject"]["identifier"]["value"] == "P-0009"
 
 
+def test_the_clinic_s_identifier_systems(records: list[SessionRecord]) -> None:
+    clinic = Systems(
+        patient="https://clinic.example/fhir/sid/mrn",
+        practitioner="https://clinic.example/fhir/sid/staff",
+        device="https://clinic.example/fhir/sid/asset",
+    )
+    bundle = valid_bundle(records[:1], clinic)
+    (procedure,) = resources(bundle, "Procedure")
+    (device,) = resources(bundle, "Device")
+    assert procedure["subject"]["identifier"] == {"system": clinic.patient, "value": "P-0042"}
+    assert procedure["performer"][0]["actor"]["identifier"] == {
+        "system": clinic.practitioner,
+        "value": "Dr Ada Lovelace",
+    }
+    assert device["identifier"] == [{"system": clinic.device, "value": "estim-sim/SIM-0001"}]
+    for observation in resources(bundle, "Observation"):
+        assert observation["subject"] == procedure["subject"]
+        assert observation["identifier"][0]["system"] == OBSERVATION_SYSTEM
+        assert observation["identifier"][0]["value"].startswith(
+            procedure["identifier"][0]["value"] + "/"
+        )
+
+
 def test_the_device_is_the_stimulator(records: list[SessionRecord]) -> None:
     (device,) = resources(valid_bundle([records[0]]), "Device")
     assert device["serialNumber"] == "SIM-0001"
@@ -215,7 +278,7 @@ def test_the_device_is_the_stimulator(records: list[SessionRecord]) -> None:
 
 def test_dose_and_parameters_are_observations_with_ucum_units(records: list[SessionRecord]) -> None:
     observations = resources(valid_bundle([records[0]]), "Observation")
-    dose = next(o for o in observations if o["code"]["text"] == "Stimulation time delivered")
+    dose = next(o for o in observations if o["code"]["coding"][0]["code"] == "stimulation-time")
     assert dose["valueQuantity"] == {
         "value": 60.0,
         "unit": "s",
@@ -226,6 +289,7 @@ def test_dose_and_parameters_are_observations_with_ucum_units(records: list[Sess
     values = {
         c["code"]["text"]: c.get("valueQuantity", c.get("valueString")) for c in ch1["component"]
     }
+    assert ch1["code"]["coding"][0]["code"] == "stimulation-parameters"
     assert values["Pulse rate"]["value"] == 2
     assert values["Pulse width (one phase)"]["code"] == "us"
     assert values["Planned peak amplitude"]["value"] == 12

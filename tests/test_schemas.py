@@ -25,7 +25,8 @@ def test_the_check_fails_when_a_schema_drifts(tmp_path: Path) -> None:
     copy.mkdir()
     script = copy / "generate.py"
     script.write_text((ROOT / "schemas" / "generate.py").read_text())
-    for name in ("session-plan.schema.json", "session-record.schema.json"):
+    for name in generator()["schemas"]():
+        (copy / name).parent.mkdir(exist_ok=True)
         (copy / name).write_text((ROOT / "schemas" / name).read_text())
     ok = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stdout
@@ -48,3 +49,14 @@ def test_the_schemas_describe_the_fields_a_charting_app_uses() -> None:
     assert record["properties"]["schema_version"]["default"] == 1
     assert {"id", "unit", "plan", "outcome", "delivered_s", "events"} <= set(record["properties"])
     assert "version 1" in record["description"]
+
+
+def test_the_fhir_code_system_is_a_valid_codesystem_with_every_code_estim_writes() -> None:
+    from fhir.resources.R4B.codesystem import CodeSystem
+
+    from estim.export.as_fhir import CODE_SYSTEM, OBSERVATION_CODES
+
+    text = (ROOT / "schemas" / "fhir" / "CodeSystem-estim-observation.json").read_text()
+    published = CodeSystem.model_validate_json(text)
+    assert published.url == CODE_SYSTEM
+    assert [c.code for c in published.concept or []] == list(OBSERVATION_CODES)

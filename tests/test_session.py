@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
 
 from estim.clock import ManualClock
 from estim.device import Device
@@ -81,7 +80,7 @@ def journal_record(journal: Journal, session: Session) -> SessionRecord:
     "dwell", [59, 601, 0, -5, float("nan"), float("inf"), "abc", "11m", "59s", "10m1s", True, None]
 )
 def test_the_model_refuses_dwell_outside_60_to_600_s(dwell: Any) -> None:
-    with pytest.raises(ValidationError, match="dwell"):
+    with pytest.raises(DwellLimitError, match="dwell"):  # estim's own error, still a ValueError
         plan(dwell)
 
 
@@ -236,7 +235,7 @@ def test_heartbeats_are_at_most_100_ms_apart(
 
 
 def test_plausibility_rms_into_500_ohm_is_refused() -> None:
-    with pytest.raises(ValidationError, match=r"r\.m\.s\. into 500 ohm, which exceeds 50 mA"):
+    with pytest.raises(OutputLimitError, match=r"r\.m\.s\. into 500 ohm, which exceeds 50 mA"):
         ChannelPlan(channel=1, frequency_hz=150, pulse_width_us=500, amplitude_ma=250)
 
 

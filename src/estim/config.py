@@ -13,6 +13,11 @@ unit's own is refused, never silently clipped. It can also define presets::
     frequency_hz = 4
     pulse_width_us = 200
 
+    [fhir]                       # where finished sessions are delivered (estim push)
+    base_url = "https://fhir.clinic.example/R4"
+    token_env = "CLINIC_FHIR_TOKEN"   # or token = "..." (then keep this file 0600)
+    patient_system = "https://clinic.example/fhir/sid/mrn"
+
 Every error names the file, the line and the key.
 """
 
@@ -85,11 +90,49 @@ BUILTIN_PRESETS: dict[str, Preset] = {
 }
 
 
+#: the environment variable a FHIR token is read from unless [fhir] token_env names another
+FHIR_TOKEN_ENV = "ESTIM_FHIR_TOKEN"
+#: seconds one request to the FHIR server may take, unless [fhir] timeout says otherwise
+FHIR_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class FhirSettings:
+    """The clinic's FHIR server (``[fhir]``): where the outbox delivers finished
+    sessions, with what token, and the clinic's own identifier systems (None: estim's,
+    see ``estim.export.as_fhir.Systems``)."""
+
+    base_url: str
+    token: str | None = field(default=None, repr=False)
+    token_env: str = FHIR_TOKEN_ENV
+    timeout_s: float = FHIR_TIMEOUT_S
+    patient_system: str | None = None
+    practitioner_system: str | None = None
+    device_system: str | None = None
+
+    def bearer(self) -> str | None:
+        """The token: the config's own, else the environment variable's (read now, so a
+        token rotated in the environment is used by the next request)."""
+        return self.token or os.environ.get(self.token_env) or None
+
+    def systems(self) -> Any:
+        """``estim.export.as_fhir.Systems`` with the clinic's systems where it set them."""
+        from estim.export.as_fhir import Systems
+
+        defaults = Systems()
+        return Systems(
+            patient=self.patient_system or defaults.patient,
+            practitioner=self.practitioner_system,
+            device=self.device_system or defaults.device,
+        )
+
+
 @dataclass(frozen=True)
 class ClinicConfig:
     path: Path | None = None
     limits: ClinicLimits = field(default_factory=ClinicLimits)
     presets: dict[str, Preset] = field(default_factory=lambda: dict(BUILTIN_PRESETS))
+    fhir: FhirSettings | None = None
 
 
 def _line_of(text: str, section: str | None, key: str) -> int:
@@ -162,10 +205,12 @@ def load_config(path: Path | None = None) -> ClinicConfig:
         full = ".".join(part for part in (section, key) if part)
         return ConfigError(f"{where}: {full}: {message}")
 
-    unknown = set(data) - {"limits", "presets"}
+    unknown = set(data) - {"limits", "presets", "fhir"}
     if unknown:
         key = sorted(unknown)[0]
-        raise fail(None, key, "unknown section or key; expected [limits] and [presets.NAME]")
+        raise fail(
+            None, key, "unknown section or key; expected [limits], [presets.NAME] and [fhir]"
+        )
     limits = _read_limits(data.get("limits", {}), fail)
     presets = dict(BUILTIN_PRESETS)
     raw_presets = data.get("presets", {})
@@ -173,7 +218,76 @@ def load_config(path: Path | None = None) -> ClinicConfig:
         raise fail(None, "presets", "must be a table of [presets.NAME] sections")
     for name, body in raw_presets.items():
         presets[name] = _read_preset(name, body, fail)
-    return ClinicConfig(path=path, limits=limits, presets=presets)
+    fhir = _read_fhir(data["fhir"], fail) if "fhir" in data else None
+    return ClinicConfig(path=path, limits=limits, presets=presets, fhir=fhir)
+
+
+_FHIR_KEYS = {
+    "base_url",
+    "token",
+    "token_env",
+    "timeout",
+    "patient_system",
+    "practitioner_system",
+    "device_system",
+}
+#: an identifier system goes into a search (``identifier=SYSTEM|VALUE``) as it is
+_SYSTEM = re.compile(r"(https?://[^\s|,$\\?#&]+|urn:[a-z0-9][a-z0-9-]*:[^\s|,$\\?#&]+)")
+
+
+def _read_fhir(raw: Any, fail: Any) -> FhirSettings:
+    if not isinstance(raw, dict):
+        raise fail(None, "fhir", "must be a table")
+    for key in raw:
+        if key not in _FHIR_KEYS:
+            raise fail("fhir", key, f"unknown key; known: {', '.join(sorted(_FHIR_KEYS))}")
+    for key, value in raw.items():
+        if key != "timeout" and not isinstance(value, str):
+            raise fail("fhir", key, f"{value!r} must be text in quotes")
+    base_url = raw.get("base_url")
+    if base_url is None:
+        raise fail("fhir", "", "base_url is missing: the clinic's FHIR server, https://...")
+    if not re.fullmatch(r"https?://[^\s?#]+", base_url):
+        raise fail(
+            "fhir", "base_url", f"{base_url!r} is not an http(s) URL without a query or fragment"
+        )
+    if base_url.startswith("http://") and not _loopback(base_url):
+        raise fail(
+            "fhir",
+            "base_url",
+            f"{base_url!r} would send patient records unencrypted; use https:// "
+            "(http:// is only for a server on this machine)",
+        )
+    timeout = raw.get("timeout", FHIR_TIMEOUT_S)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 1 <= timeout <= 600:
+        raise fail("fhir", "timeout", f"{timeout!r} must be seconds from 1 to 600")
+    for key in ("patient_system", "practitioner_system", "device_system"):
+        if key in raw and not _SYSTEM.fullmatch(raw[key]):
+            raise fail(
+                "fhir",
+                key,
+                f"{raw[key]!r} is not an identifier system (an https:// URL or a urn:, without "
+                "spaces, | , $ \\ ? # or &)",
+            )
+    token_env = raw.get("token_env", FHIR_TOKEN_ENV)
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", token_env):
+        raise fail("fhir", "token_env", f"{token_env!r} is not an environment variable name")
+    return FhirSettings(
+        base_url=base_url.rstrip("/"),
+        token=raw.get("token") or None,
+        token_env=token_env,
+        timeout_s=float(timeout),
+        patient_system=raw.get("patient_system"),
+        practitioner_system=raw.get("practitioner_system"),
+        device_system=raw.get("device_system"),
+    )
+
+
+def _loopback(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def _read_limits(raw: Any, fail: Any) -> ClinicLimits:

@@ -35,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import estim.outbox as outbox
 from estim.errors import JournalError, SessionNotFound
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: migrations[n] takes a database from version n to n + 1
 MIGRATIONS: list[str] = [
@@ -83,6 +84,7 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (session_id, n)
     );
     """,
+    outbox.MIGRATION,  # 2: the FHIR outbox (estim.outbox)
 ]
 
 
@@ -289,6 +291,7 @@ class Journal:
                             json.dumps({"reason": reason}),
                         ),
                     )
+                    outbox.enqueue(self._db, session_id, utc_now())  # delivered: see outbox.py
             if changed:
                 with contextlib.suppress(OSError):
                     (self._lock_dir / session_id).unlink()
@@ -488,6 +491,7 @@ class Journal:
                         session_id,
                     ),
                 )
+                outbox.enqueue(self._db, session_id, utc_now())  # queued as it is finished
         except sqlite3.Error as err:
             raise JournalError(f"cannot write the journal {self.path}: {err}") from None
         self._release_lock(session_id)
@@ -612,6 +616,7 @@ class Journal:
                             sid,
                         ),
                     )
+                    outbox.enqueue(self._db, sid, utc_now())  # queued as it is finished
         except FileNotFoundError:
             return None  # imported by another process meanwhile
         except (OSError, ValueError, KeyError, TypeError, sqlite3.Error, JournalError):

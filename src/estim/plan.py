@@ -6,13 +6,26 @@ clinic before anything is sent, and every live change; the unit checks again):
 the dwell is 60 to 600 s inclusive, and every channel passes the plausibility
 limits of SAFETY.md section 3 into a 500 ohm load.
 
-Durations accept what a person types: ``480``, ``"8m"``, ``"90s"``, ``"1m30s"``,
-``"8:00"``. Every refusal names the value and the limit.
+One plan, one schema: ``schemas/session-plan.schema.json`` is generated from these
+models and accepts exactly what they accept, field by field. Each number's bounds are
+written once (``_number``) and give both the check and the schema; durations take
+the grammar of ``estim.durations.PLAN_DURATION_GRAMMAR``, whose in-range strings are
+one regular expression. What no JSON Schema can judge (a product or a comparison of
+two fields: the ramp against the dwell, and SAFETY.md 3's envelope) is said in the
+schema's description and shown by the corpus in ``schemas/session-plan.corpus.json``.
+
+A refused plan raises estim's own errors, one line each: ``DwellLimitError`` for the
+dwell, ``OutputLimitError`` for what reaches the patient (amplitude, rate, pulse
+width, the envelope), ``PlanError`` for the rest; all are ``ValueError``s. Used as a
+field of another pydantic model (a request body, ``SessionRecord.plan``), the same
+words arrive inside that model's ``ValidationError`` (pydantic turns a ValueError
+raised while validating into one), so an HTTP API answers 422, not 500.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -20,14 +33,26 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    field_validator,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
     model_validator,
 )
+from pydantic.config import JsonDict
+from typing_extensions import Self
 
-from estim.durations import format_duration, parse_duration
+from estim.durations import (
+    duration_pattern,
+    format_duration,
+    parse_duration,
+    plan_duration_seconds,
+)
+from estim.errors import DwellLimitError, OutputLimitError, PlanError
 from estim.safety import (
     DWELL_MAX_S,
     DWELL_MIN_S,
+    LOAD_OHM,
+    PEAK_VOLTAGE_MAX_V,
     WATCHDOG_DEFAULT_S,
     WATCHDOG_MAX_S,
     WATCHDOG_MIN_S,
@@ -37,76 +62,296 @@ from estim.safety import (
 Waveform = Literal["biphasic_symmetric", "biphasic_asymmetric", "monophasic"]
 Mode = Literal["continuous", "burst", "dense_disperse"]
 
+#: SAFETY.md 3's peak voltage into 500 ohm alone bounds the amplitude: 1000 mA
+AMPLITUDE_MAX_MA = PEAK_VOLTAGE_MAX_V / LOAD_OHM * 1000
+#: two phases of at least 1 us must fit in one period (PROTOCOL.md 5.1): below 500 kHz
+RATE_BELOW_HZ = 1e6 / 2
+PULSE_WIDTH_MAX_US = 65535
+CHANNELS_MAX = 8
+#: the longest ramp: twice it must fit in the longest dwell
+RAMP_MAX_S = DWELL_MAX_S / 2
+
+# --- durations ------------------------------------------------------------------------------
+
+
+def _duration(
+    value: Any, what: str, low: float, high: float, error: type[PlanError], advice: str
+) -> float:
+    """Seconds from a number or from text in the plan grammar, within low..high."""
+    shown = f"{value!r}" if isinstance(value, str) else None
+    if isinstance(value, str):
+        exact = plan_duration_seconds(value)
+        if exact is None:
+            try:
+                seconds = parse_duration(value, what)
+            except ValueError as err:
+                raise error(str(err)) from None
+            if low <= seconds <= high:
+                raise error(
+                    f"{what} {value!r} is not written as a plan takes it; write "
+                    "seconds (480) or text like 8m, 90s, 1m30s, 8:00"
+                )
+        else:
+            seconds = float(exact)
+            if low <= exact <= high:  # exact: a float bound compares as its exact value
+                return seconds
+    else:
+        try:
+            seconds = parse_duration(value, what)
+        except ValueError as err:
+            raise error(str(err)) from None
+        shown = f"{seconds:g} s"
+        if low <= seconds <= high:
+            return seconds
+    raise error(f"{what} {shown} {advice}")
+
 
 def _dwell(value: Any) -> float:
-    seconds = parse_duration(value, "dwell")
-    if not DWELL_MIN_S <= seconds <= DWELL_MAX_S:
-        shown = f"{value!r}" if isinstance(value, str) else f"{seconds:g} s"
-        raise ValueError(
-            f"dwell {shown} is outside 60-600 s (1 to 10 minutes); choose a dwell in that range"
-        )
-    return seconds
+    return _duration(
+        value,
+        "dwell",
+        DWELL_MIN_S,
+        DWELL_MAX_S,
+        DwellLimitError,
+        "is outside 60-600 s (1 to 10 minutes); choose a dwell in that range",
+    )
 
 
 def _ramp(value: Any) -> float:
-    seconds = parse_duration(value, "ramp")
-    if seconds < 0:
-        raise ValueError(f"ramp {value!r} is negative")
-    return seconds
+    # no upper bound here: above half the dwell the whole-plan check says so in words
+    return _duration(value, "ramp", 0.0, math.inf, PlanError, "is negative; give 0 s or more")
 
 
-Dwell = Annotated[float, BeforeValidator(_dwell)]
-Ramp = Annotated[float, BeforeValidator(_ramp)]
+def _duration_schema(low_s: float, high_s: float) -> WithJsonSchema:
+    return WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": low_s, "maximum": high_s},
+                {
+                    "type": "string",
+                    "pattern": duration_pattern(int(low_s) // 60, int(high_s) // 60),
+                },
+            ],
+        }
+    )
 
 
-def _finite_positive(name: str, value: float) -> float:
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} {value!r} must be a positive number")
-    return value
+Dwell = Annotated[
+    float,
+    BeforeValidator(_dwell),
+    _duration_schema(DWELL_MIN_S, DWELL_MAX_S),
+]
+Ramp = Annotated[
+    float,
+    BeforeValidator(_ramp),
+    _duration_schema(0.0, RAMP_MAX_S),
+]
+
+# --- numbers: each bound written once, for the check and for the schema ----------------------
 
 
-class ChannelPlan(BaseModel):
-    """One channel: where, how and how strong."""
+def _number(
+    what: str,
+    *,
+    integer: bool = False,
+    above: float | None = None,
+    minimum: float | None = None,
+    below: float | None = None,
+    maximum: float | None = None,
+    unit: str = "",
+    error: type[PlanError] = OutputLimitError,
+) -> tuple[Callable[[Any], Any], WithJsonSchema]:
+    """A JSON number (never text, never a boolean), finite, within its bounds; the same
+    bounds as the schema's ``minimum``/``exclusiveMinimum``/... for that field."""
+    schema: dict[str, Any] = {"type": "integer" if integer else "number"}
+    for key, bound in (
+        ("exclusiveMinimum", above),
+        ("minimum", minimum),
+        ("exclusiveMaximum", below),
+        ("maximum", maximum),
+    ):
+        if bound is not None:
+            schema[key] = bound
+    suffix = f" {unit}" if unit else ""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    def check(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            kind = "a whole number" if integer else "a number"
+            raise error(
+                f"{what} {value!r} is not {kind}; give {kind}" + (f" ({unit})" if unit else "")
+            )
+        if not math.isfinite(value):
+            raise error(f"{what} {value!r} is not a finite number")
+        if integer and value != int(value):
+            raise error(f"{what} {value!r} must be a whole number")
+        if above is not None and value <= above:
+            if above == 0:
+                raise error(f"{what} {value!r} must be a positive number")
+            raise error(f"{what} {value:g}{suffix} must be above {above:g}{suffix}")
+        if minimum is not None and value < minimum:
+            raise error(f"{what} {value:g}{suffix} is below {minimum:g}{suffix}, the least allowed")
+        if below is not None and value >= below:
+            raise error(f"{what} {value:g}{suffix} must be below {below:g}{suffix}")
+        if maximum is not None and value > maximum:
+            raise error(f"{what} {value:g}{suffix} is above {maximum:g}{suffix}, the most allowed")
+        return int(value) if integer else float(value)
 
-    channel: int = Field(ge=1, le=8, description="channel number on the unit, from 1")
-    frequency_hz: float = Field(description="pulse rate; dense-disperse: the first rate")
-    pulse_width_us: int = Field(ge=1, le=65535, description="width of one phase, microseconds")
-    amplitude_ma: float = Field(description="target peak amplitude, milliamps")
+    return check, WithJsonSchema(schema)
+
+
+_CHANNEL = _number("channel", integer=True, minimum=1, maximum=CHANNELS_MAX, error=PlanError)
+ChannelNumber = Annotated[int, BeforeValidator(_CHANNEL[0]), _CHANNEL[1]]
+_FREQ = _number("frequency_hz", above=0, below=RATE_BELOW_HZ, unit="Hz")
+Frequency = Annotated[float, BeforeValidator(_FREQ[0]), _FREQ[1]]
+_ALT = _number("alt_frequency_hz", above=0, below=RATE_BELOW_HZ, unit="Hz")
+AltFrequency = Annotated[float, BeforeValidator(_ALT[0]), _ALT[1]]
+_PW = _number("pulse_width_us", integer=True, minimum=1, maximum=PULSE_WIDTH_MAX_US, unit="us")
+PulseWidth = Annotated[int, BeforeValidator(_PW[0]), _PW[1]]
+_AMP = _number("amplitude_ma", above=0, maximum=AMPLITUDE_MAX_MA, unit="mA")
+Amplitude = Annotated[float, BeforeValidator(_AMP[0]), _AMP[1]]
+_SWITCH = _number("switch_s", above=0, unit="s", error=PlanError)
+SwitchTime = Annotated[float, BeforeValidator(_SWITCH[0]), _SWITCH[1]]
+_WATCHDOG = _number(
+    "watchdog", minimum=WATCHDOG_MIN_S, maximum=WATCHDOG_MAX_S, unit="s", error=PlanError
+)
+Watchdog = Annotated[float, BeforeValidator(_WATCHDOG[0]), _WATCHDOG[1]]
+
+
+def _text(most: int) -> tuple[Callable[[Any, ValidationInfo], Any], WithJsonSchema]:
+    """Optional free text of at most ``most`` characters (JSON Schema counts them alike)."""
+
+    def check(value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise PlanError(f"{info.field_name} {value!r} is not text; give text or leave it out")
+        if len(value) > most:
+            raise PlanError(
+                f"{info.field_name} is {len(value)} characters long; give at most {most} characters"
+            )
+        return value
+
+    schema = {"anyOf": [{"type": "string", "maxLength": most}, {"type": "null"}]}
+    return check, WithJsonSchema(schema)
+
+
+_TEXT200, _TEXT4000 = _text(200), _text(4000)
+Text200 = Annotated[str | None, BeforeValidator(_TEXT200[0]), _TEXT200[1]]
+Text4000 = Annotated[str | None, BeforeValidator(_TEXT4000[0]), _TEXT4000[1]]
+
+
+# --- refusals as estim's own errors ----------------------------------------------------------
+
+
+def plan_error(err: ValidationError, model: str = "plan") -> PlanError:
+    """The first problem in ``err`` as estim's error, one line.
+
+    A problem one of estim's checks found comes back as the very error it raised
+    (``DwellLimitError``, ``OutputLimitError``, ``PlanError``); one that pydantic's
+    own structure found (a missing or unknown field, a list where an object belongs)
+    becomes a ``PlanError`` naming the field. An HTTP API that takes a plan inside
+    its own request model can pass that model's ``ValidationError`` here too."""
+    problems = err.errors()
+    first = problems[0]
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, PlanError):
+        return cause
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    kind = first.get("type", "")
+    if kind == "missing":
+        text = f"{model}: {where} is missing; see schemas/session-plan.schema.json"
+    elif kind == "extra_forbidden":
+        text = f"{model}: unknown field {where!r}; see schemas/session-plan.schema.json"
+    else:
+        message = str(first.get("msg", err)).removeprefix("Value error, ")
+        text = f"{model}: {where}: {message}" if where else f"{model}: {message}"
+    return PlanError(" ".join(text.split()))
+
+
+class _Refusing(BaseModel):
+    """Construction and ``model_validate*`` raise estim's errors, not pydantic's."""
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            raise plan_error(err, type(self).__name__) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Self:
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError as err:
+            raise plan_error(err, cls.__name__) from None
+
+    @classmethod
+    def model_validate_json(cls, json_data: Any, **kwargs: Any) -> Self:
+        try:
+            return super().model_validate_json(json_data, **kwargs)
+        except ValidationError as err:
+            raise plan_error(err, cls.__name__) from None
+
+
+# --- the models ---------------------------------------------------------------------------------
+
+_CHANNEL_RULES: JsonDict = {
+    "allOf": [
+        {
+            "if": {"properties": {"mode": {"const": "continuous"}}},
+            "then": {
+                "properties": {"alt_frequency_hz": {"type": "null"}, "switch_s": {"type": "null"}}
+            },
+            "else": {
+                "required": ["alt_frequency_hz", "switch_s"],
+                "properties": {
+                    "alt_frequency_hz": {"type": "number"},
+                    "switch_s": {"type": "number"},
+                },
+            },
+        }
+    ]
+}
+
+
+class ChannelPlan(_Refusing):
+    """One channel: where, how and how strong. Burst and dense_disperse modes need
+    alt_frequency_hz and switch_s; continuous takes neither. SAFETY.md 3's envelope
+    (pulses that overlap, r.m.s. current, pulse energy) multiplies fields together:
+    the model judges it, this schema cannot."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_CHANNEL_RULES)
+
+    channel: ChannelNumber = Field(description="channel number on the unit, 1 to 8")
+    frequency_hz: Frequency = Field(
+        description="pulse rate in Hz, above 0 and below 500000; dense-disperse: the first rate"
+    )
+    pulse_width_us: PulseWidth = Field(description="width of one phase, whole microseconds")
+    amplitude_ma: Amplitude = Field(
+        description="target peak amplitude in mA, above 0; at most 1000 (500 V into 500 ohm)"
+    )
     waveform: Waveform = "biphasic_symmetric"
     mode: Mode = "continuous"
-    alt_frequency_hz: float | None = Field(
+    alt_frequency_hz: AltFrequency | None = Field(
         default=None, description="dense-disperse: the second rate; burst: the burst rate"
     )
-    switch_s: float | None = Field(
+    switch_s: SwitchTime | None = Field(
         default=None, description="dense-disperse: time on each rate; burst: burst length"
     )
-
-    @field_validator("frequency_hz", "amplitude_ma")
-    @classmethod
-    def _positive(cls, value: float, info: Any) -> float:
-        return _finite_positive(info.field_name, value)
-
-    @field_validator("alt_frequency_hz", "switch_s")
-    @classmethod
-    def _optional_positive(cls, value: float | None, info: Any) -> float | None:
-        return None if value is None else _finite_positive(info.field_name, value)
 
     @model_validator(mode="after")
     def _mode_fields(self) -> ChannelPlan:
         needs = self.mode != "continuous"
         if needs and (self.alt_frequency_hz is None or self.switch_s is None):
-            raise ValueError(
+            raise PlanError(
                 f"channel {self.channel}: mode {self.mode} needs alt_frequency_hz and switch_s"
             )
         if not needs and (self.alt_frequency_hz is not None or self.switch_s is not None):
-            raise ValueError(
+            raise PlanError(
                 f"channel {self.channel}: alt_frequency_hz and switch_s belong to burst "
                 "and dense_disperse modes, not continuous"
             )
         for problem in self.plausibility_problems():
-            raise ValueError(problem)
+            raise OutputLimitError(problem)
         return self
 
     def plausibility_problems(self) -> list[str]:
@@ -121,36 +366,69 @@ class ChannelPlan(BaseModel):
         )
 
 
-class SessionPlan(BaseModel):
-    """A whole session: how long, how fast to ramp, which channels, and for whom."""
+def _plan_schema(schema: dict[str, Any]) -> None:
+    schema["allOf"] = [  # each channel number at most once (2020-12: maxContains)
+        {
+            "contains": {"required": ["channel"], "properties": {"channel": {"const": n}}},
+            "minContains": 0,
+            "maxContains": 1,
+        }
+        for n in range(1, CHANNELS_MAX + 1)
+    ]
+    schema["properties"]["channels"]["allOf"] = schema.pop("allOf")
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    dwell: Dwell = Field(description="seconds of stimulation, 60 to 600 inclusive")
-    ramp: Ramp = Field(default=5.0, description="seconds of ramp at the start and at the end")
-    channels: tuple[ChannelPlan, ...] = Field(min_length=1, max_length=8)
-    watchdog: float = Field(
+class SessionPlan(_Refusing):
+    """A whole session: how long, how fast to ramp, which channels, and for whom.
+
+    This schema accepts exactly the plans estim accepts, except two kinds of plan it
+    cannot judge, which estim refuses: a ramp longer than half the dwell, and a channel
+    outside SAFETY.md 3's envelope into 500 ohm (two phases that overlap: 2 x
+    pulse_width_us x rate >= 1e6; more than 50 mA r.m.s.: amplitude_ma x sqrt(phases
+    x pulse_width_us x 1e-6 x rate) > 50, where rate is the higher of the two rates
+    and phases 1 for monophasic, else 2; more than 300 mJ a pulse). See
+    schemas/session-plan.corpus.json."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_plan_schema)
+
+    dwell: Dwell = Field(
+        description="stimulation time, 60 to 600 s inclusive: seconds as a number, or text: "
+        "480, 90s, 8m, 1.5m, 1m30s, 1 min 30 sec, 8:00 (units s, sec, m, min in any case)"
+    )
+    ramp: Ramp = Field(
+        default=5.0,
+        description="ramp time at the start and again at the end, written as the dwell is; "
+        "at most half the dwell (a rule between two fields that this schema cannot judge)",
+    )
+    channels: tuple[ChannelPlan, ...] = Field(min_length=1, max_length=CHANNELS_MAX)
+    watchdog: Watchdog = Field(
         default=WATCHDOG_DEFAULT_S,
-        ge=WATCHDOG_MIN_S,
-        le=WATCHDOG_MAX_S,
-        description="seconds of host silence after which the unit turns output off",
+        description="seconds of host silence after which the unit turns output off, 0.2 to 2",
     )
-    patient_ref: str | None = Field(
-        default=None, max_length=200, description="opaque reference, never a name"
-    )
-    clinician: str | None = Field(default=None, max_length=200)
-    site: str | None = Field(default=None, max_length=200, description="e.g. left vastus lateralis")
-    condition: str | None = Field(default=None, max_length=200)
-    notes: str | None = Field(default=None, max_length=4000)
+    patient_ref: Text200 = Field(default=None, description="opaque reference, never a name")
+    clinician: Text200 = Field(default=None)
+    site: Text200 = Field(default=None, description="e.g. left vastus lateralis")
+    condition: Text200 = Field(default=None)
+    notes: Text4000 = Field(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _channel_count(cls, data: Any) -> Any:
+        channels = data.get("channels") if isinstance(data, dict) else None
+        if isinstance(channels, list | tuple) and not 1 <= len(channels) <= CHANNELS_MAX:
+            raise PlanError(
+                f"the plan has {len(channels)} channels; give 1 to {CHANNELS_MAX}, each once"
+            )
+        return data
 
     @model_validator(mode="after")
     def _whole_plan(self) -> SessionPlan:
         numbers = [c.channel for c in self.channels]
         duplicates = sorted({n for n in numbers if numbers.count(n) > 1})
         if duplicates:
-            raise ValueError(f"channel {duplicates[0]} appears more than once in the plan")
+            raise PlanError(f"channel {duplicates[0]} appears more than once in the plan")
         if 2 * self.ramp > self.dwell:
-            raise ValueError(
+            raise PlanError(
                 f"ramp {format_duration(self.ramp)} is more than half the dwell "
                 f"{format_duration(self.dwell)}; the start and end ramps must fit in the dwell"
             )

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "export",
         "Export sessions: JSON, CSV, FHIR or an HTML report.",
     ),
+    "push": ("estim.cli.push", "push", "Send finished sessions to the clinic's FHIR server."),
     "simulate": ("estim.cli.simulate", "simulate", "Serve a simulated unit on a pty or TCP."),
     "conformance": (
         "estim.cli.conformance",

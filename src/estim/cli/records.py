@@ -1,4 +1,5 @@
-"""``estim history``, ``show`` and ``export``: reading the journal.
+"""``estim history``, ``show`` and ``export``: reading the journal (and, for each
+session, where its delivery to the clinic's FHIR server stands: ``estim.outbox``).
 
 These commands never create a journal: a ``--db`` (or ``$ESTIM_DB``) that does not
 exist is an error, and with neither, a missing default journal means nothing has
@@ -19,6 +20,7 @@ from estim.cli.common import JOURNAL, OK, USAGE, echo_json, error_line, fail
 
 if TYPE_CHECKING:
     from estim.journal import Journal
+    from estim.outbox import Delivery
     from estim.record import SessionRecord
 
 OUTCOMES = ["completed", "stopped", "aborted", "faulted", "link_lost", "refused", "interrupted"]
@@ -125,7 +127,10 @@ def history(
     until_utc = parse_when(until, "--until") if until else None
     journal = _journal(db)
     records: list[SessionRecord] = []
+    deliveries: dict[str, Delivery] = {}
     if journal is not None:
+        from estim.outbox import Outbox
+
         with journal:
             records = journal.query(
                 since=since_utc,
@@ -136,8 +141,9 @@ def history(
                 outcome=outcome,
                 limit=limit,
             )
+            deliveries = Outbox(journal).deliveries([r.id for r in records])
     if as_json:
-        echo_json([_summary(r) for r in records])
+        echo_json([_summary(r, deliveries.get(r.id)) for r in records])
         return OK
     if not records:
         filtered = any((since, until, patient, clinician, unit_serial, outcome))
@@ -147,7 +153,7 @@ def history(
 
     click.echo(
         f"{'session':<9} {'started (local)':<20} {'outcome':<12} {'delivered':>9} {'planned':>8}  "
-        f"{'clinician':<20} patient / site"
+        f"{'FHIR':<8} {'clinician':<20} patient / site"
     )
     for r in records:
         delivered = "-" if r.delivered_s is None else f"{r.delivered_s:.1f}s"
@@ -155,12 +161,23 @@ def history(
         click.echo(
             f"{r.id:<9} {words.local_time(r.created_utc, seconds=False)[:16]:<20} "
             f"{r.outcome or 'live':<12} {delivered:>9} {r.planned_s:>7.0f}s  "
+            f"{_delivery_word(deliveries.get(r.id)):<8} "
             f"{(r.plan.clinician or '-')[:20]:<20} {who}"
         )
     return OK
 
 
-def _summary(r: SessionRecord) -> dict[str, Any]:
+def _delivery_word(d: Delivery | None) -> str:
+    """The FHIR column: sent, queued, retry N (N tries failed), REFUSED, or - (not in
+    the outbox: live, or recorded before it existed)."""
+    if d is None:
+        return "-"
+    if d.state == "pending":
+        return f"retry {d.attempts}" if d.attempts else "queued"
+    return "REFUSED" if d.state == "refused" else d.state
+
+
+def _summary(r: SessionRecord, delivery: Delivery | None = None) -> dict[str, Any]:
     return {
         "id": r.id,
         "created_utc": r.created_utc,
@@ -175,6 +192,7 @@ def _summary(r: SessionRecord) -> dict[str, Any]:
         "site": r.plan.site,
         "condition": r.plan.condition,
         "unit": f"{r.unit.model} {r.unit.serial_number}",
+        "fhir": delivery.as_json() if delivery else None,
     }
 
 
@@ -193,16 +211,19 @@ def _get(journal: Journal, session_id: str) -> SessionRecord:
 @db_option
 def show(session_id: str, as_json: bool, db: str | None) -> int:
     """Show one session in words: plan, unit, outcome and every event."""
+    from estim.outbox import Outbox
+
     with _need_journal(db) as journal:
         record = _get(journal, session_id)
+        delivery = Outbox(journal).get(record.id)
     if as_json:
         echo_json(record.model_dump(mode="json"))
         return OK
-    click.echo("\n".join(describe(record)))
+    click.echo("\n".join(describe(record, delivery)))
     return OK
 
 
-def describe(r: SessionRecord) -> list[str]:
+def describe(r: SessionRecord, delivery: Delivery | None = None) -> list[str]:
     """The record in words, one fact a line."""
     from estim import words
     from estim.durations import format_duration
@@ -238,6 +259,10 @@ def describe(r: SessionRecord) -> list[str]:
     for ch in plan.channels:
         lines.append(f"Channel {ch.channel} {words.channel(ch)}")
     lines.append(f"Faults    {'; '.join(fault_names(r)) or 'none'}")
+    lines.append(
+        "FHIR      "
+        + (delivery.words() if delivery else "not queued (live, or recorded before the outbox)")
+    )
     if r.journal_error:
         lines.append(f"Journal   could not be written: {r.journal_error}")
     lines.append("Events (seconds since the start was requested)")
@@ -319,7 +344,7 @@ def export(
             f"--format {fmt} holds exactly one session and {what}; name one session, "
             "or use jsonl, csv or fhir for several"
         )
-    data = chosen.render(records)
+    data = chosen.render(records) if fmt != "fhir" else _fhir(records)
     if not records:
         error_line(f"no session matches; the {fmt} export is empty")
     if target is None:
@@ -328,6 +353,15 @@ def export(
     else:
         _write(target, data, force)
     return OK
+
+
+def _fhir(records: list[SessionRecord]) -> bytes:
+    """The FHIR bundle with the clinic's identifier systems when its config has [fhir]."""
+    from estim.cli.run import load_clinic_config
+    from estim.export.as_fhir import bundle
+
+    fhir = load_clinic_config().fhir
+    return bundle(records, fhir.systems() if fhir else None)
 
 
 def _check_target(target: Path, force: bool) -> None:
