@@ -21,6 +21,7 @@ from estim.journal import Journal
 from estim.plan import ChannelPlan, SessionPlan
 from estim.protocol import Fault, MessageType, StopReason
 from estim.record import EventRecord, SessionRecord
+from estim.runner import INTERRUPTED
 from estim.session import Session
 from estim.session_state import SessionState
 from estim.sim import SimulatedUnit, UnitConfig, serve
@@ -483,7 +484,7 @@ def test_an_exception_while_start_waits_for_the_unit_stops_the_session(
         signal.signal(signal.SIGUSR1, previous)
     (record,) = journal.query()
     assert record.outcome == "stopped"
-    assert record.stop_reason == "the program was interrupted while the session started"
+    assert record.stop_reason == INTERRUPTED
 
 
 def test_amplitude_changes_are_recorded(

@@ -28,8 +28,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import os
-import random
 import selectors
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -37,42 +35,25 @@ from typing import Any, TypeVar
 
 import serial
 
+import estim.runner as runner
 import estim.shutdown as shutdown
-from estim.bounds import checked, whole
+import estim.steps as steps
+from estim.bounds import checked
 from estim.clock import REAL_CLOCK, Clock, ManualClock
-from estim.core import (
-    GREETING,
-    HELLO,
-    STATUS_REQUESTS,
-    HostCore,
-    Output,
-    Result,
-    ask_hello_again,
-    unit_from_hello,
-)
-from estim.errors import EstimError, LinkError, LinkLost, LinkTimeout, RemoteProtocolError
-from estim.info import UnitInfo, UnitStatus
+from estim.core import HostCore, Result
+from estim.errors import LinkError
+from estim.info import UnitStatus
 from estim.journal import Journal
-from estim.limits import ClinicLimits, Limits
-from estim.owner import ANSWER_S, Owner, hold, port_identity
+from estim.limits import ClinicLimits
+from estim.owner import ANSWER_S, hold, port_identity
 from estim.plan import SessionPlan
 from estim.policy import STATUS_EVERY_S, SessionPolicy
-from estim.ports import open_port, port_clock, port_reader, port_writer, write_frames
-from estim.protocol import (
-    OUTPUT_STATES,
-    Ack,
-    ClearFault,
-    GetStatus,
-    Message,
-    Nack,
-    State,
-    Status,
-    StopReason,
-)
+from estim.protocol import Message, State, StopReason
 from estim.protocol.host import RESPONSE_TIMEOUT_S, RETRIES
 from estim.record import EventRecord, SessionRecord
-from estim.refusals import device_error
-from estim.session import EventCallback, Judged, SessionHandle, judge, new_policy
+from estim.runner import RunnerBase
+from estim.session import EventCallback, SessionHandle
+from estim.steps import Ask, Block, Steps, Touch
 
 log = logging.getLogger("estim.aio")
 
@@ -80,10 +61,8 @@ __all__ = ["AsyncDevice", "AsyncSession", "ManualClockLoop", "connect", "run"]
 
 T = TypeVar("T")
 
-_CANCELLED = "the task starting the session was cancelled"
 
-
-class AsyncDevice:
+class AsyncDevice(RunnerBase):
     """A connected unit, on the running event loop. Create with ``await connect(url)``."""
 
     def __init__(
@@ -96,35 +75,15 @@ class AsyncDevice:
         clinic: ClinicLimits | None,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        self.port = port
-        self.clock = clock
-        self.url = url
-        self.clinic = clinic
-        self.info: UnitInfo
-        self.limits: Limits
-        self.stopped_orphan: int | None = None
-        self._core = core
+        super().__init__(port, clock, url=url, core=core, clinic=clinic)
         self._loop = loop
         self._timer: asyncio.TimerHandle | None = None
-        self._sessions: dict[SessionPolicy, AsyncSession] = {}
         self._closing = False
-        self._closed = False
-        self._owner: Owner | None = None
-        self._read = port_reader(port, clock)
-        self._write = port_writer(port)
         #: bytes read, with their line time, not yet fed to the core: the reader thread
         #: appends, the loop takes; what a closed loop never took is still here
         self._inbox: deque[tuple[bytes, float]] = deque()
         self._reader = clock.start_thread(self._read_loop, name=f"estim-aio-reader {url}")
         shutdown.track_device(self)
-
-    @property
-    def lost(self) -> LinkLost | None:
-        return self._core.lost
-
-    @property
-    def stats(self) -> Any:
-        return self._core.conn.stats
 
     async def __aenter__(self) -> AsyncDevice:
         return self
@@ -135,28 +94,16 @@ class AsyncDevice:
     # -- operations ----------------------------------------------------------------------
 
     async def status(self) -> UnitStatus:
-        answer = await self._request(GetStatus(), "status")
-        if not isinstance(answer, Status):
-            raise RemoteProtocolError(f"the unit answered GET_STATUS with {answer.TYPE.name}")
-        return UnitStatus.from_message(answer)
+        return await self._drive(steps.status())
 
     async def clear_fault(self) -> State:
-        answer = await self._request(ClearFault(), "clear fault")
-        assert isinstance(answer, Ack)
-        return answer.state
+        return await self._drive(steps.clear_fault())
 
     async def stop(
         self, reason: StopReason | int = StopReason.OPERATOR, *, give_up_after: float = 0.5
     ) -> State:
         """Output off now, whatever else is in flight (see ``Device.stop``)."""
-        give_up_after = checked("give_up_after", give_up_after)
-        result = await self._call(
-            lambda now, token: self._core.stop(reason, now, token, give_up_after=give_up_after)
-        )
-        if isinstance(result, EstimError):
-            raise result
-        assert isinstance(result, Ack | Nack)
-        return result.state
+        return await self._drive(steps.stop(reason, checked("give_up_after", give_up_after)))
 
     async def start(
         self,
@@ -168,35 +115,106 @@ class AsyncDevice:
         status_every: float = STATUS_EVERY_S,
     ) -> AsyncSession:
         """Run ``plan``; returns once START is accepted. Checked by the device's limits
-        before anything is sent; "start requested" is committed to the journal first."""
-        owns = journal is None
-        judged = judge(self, plan, heartbeat=heartbeat, status_every=status_every)
-        self._core.claim()  # one start at a time: UnitBusy before anything is written
-        now = self._loop.time()
-        # Opening a journal (its recovery may wait on another program's lock) and the
-        # commit (an fsync) run off the loop: other units' heartbeats go on.
-        making = self._off_loop(lambda: _make_policy(self, judged, journal, now))
-        try:
-            policy, opened = await asyncio.shield(making)
-        except asyncio.CancelledError:
-            making.add_done_callback(lambda made: self._abandon(made, owns))
-            raise
-        except BaseException:
-            self._core.release()
-            raise
-        session = AsyncSession(self, policy, opened, owns_journal=owns, on_event=on_event)
-        self._sessions[policy] = session
-        try:
-            result = await self._call(lambda now, token: self._core.start(policy, now, token))
-        except asyncio.CancelledError:  # STOP now: the loop may not run another turn
-            now = self._loop.time()
-            self._core.stop_session(policy, StopReason.HOST_SHUTDOWN, _CANCELLED, now, None)
-            self._carry_out()
-            raise
-        if isinstance(result, EstimError):
-            await session.wait()
-            raise result
+        before anything is sent; "start requested" is committed to the journal first,
+        off the loop (without ``journal``, the default journal is opened there too)."""
+        session = await self._drive(
+            runner.start(
+                self,
+                plan,
+                journal,
+                heartbeat=heartbeat,
+                status_every=status_every,
+                make_session=lambda policy, opened, owns: AsyncSession(
+                    self, policy, opened, owns_journal=owns, on_event=on_event
+                ),
+            )
+        )
+        assert isinstance(session, AsyncSession)
         return session
+
+    async def _request(self, message: Message, what: str) -> Message:
+        return await self._drive(steps.request(message, what))
+
+    # -- how this runner carries out steps ----------------------------------------------
+
+    async def _drive(self, todo: Steps[T]) -> T:
+        """Carry out ``todo``'s steps on the loop: a ``Touch`` at once, an ``Ask`` by
+        awaiting its answer, a ``Block`` on a thread of its own, a ``Settle`` by
+        awaiting the session. An exception is thrown into the steps. A cancellation
+        while waiting goes in too, and the clean-up is then carried out at once
+        (``_drive_cancelled``): the loop may not run another turn. Cancelled during
+        a ``Block``, the steps go on (cancelled) once its work is done."""
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = todo.throw(error) if error is not None else todo.send(value)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            value, error = None, None
+            if isinstance(step, Touch):
+                try:
+                    value = step.act(self._core, self._loop.time())
+                except BaseException as err:
+                    error = err
+                self._carry_out()
+                continue
+            if isinstance(step, Block):
+                work = self._off_loop(step.work)
+                try:
+                    value = await asyncio.shield(work)
+                except asyncio.CancelledError:
+                    work.add_done_callback(lambda done: self._after_block(todo, done))
+                    raise
+                except BaseException as err:
+                    error = err
+                continue
+            try:
+                if isinstance(step, Ask):
+                    value = await self._call(step.act)
+                elif step.timeout is None:
+                    await step.session.wait()
+                else:
+                    await asyncio.wait_for(step.session.wait(), step.timeout)
+            except asyncio.CancelledError as cancelled:
+                self._drive_cancelled(todo, error=cancelled)
+                raise
+            except BaseException as err:
+                error = err
+
+    def _after_block(self, todo: Steps[Any], done: asyncio.Future[Any]) -> None:
+        if done.cancelled():
+            self._drive_cancelled(todo, error=asyncio.CancelledError())
+        elif done.exception() is not None:
+            self._drive_cancelled(todo, error=done.exception())
+        else:
+            self._drive_cancelled(todo, value=done.result())
+
+    def _drive_cancelled(
+        self, todo: Steps[Any], *, value: Any = None, error: BaseException | None = None
+    ) -> None:
+        """The rest of ``todo`` now, on the loop, without waiting: ``Touch`` steps are
+        carried out; at every step that would wait, a cancellation is thrown in."""
+        while True:
+            try:
+                step = todo.throw(error) if error is not None else todo.send(value)
+            except BaseException:  # done, or the steps' own re-raise of the cancellation
+                return
+            value, error = None, None
+            if isinstance(step, Touch):
+                try:
+                    value = step.act(self._core, self._loop.time())
+                except BaseException as err:
+                    error = err
+                self._carry_out()
+            else:
+                error = asyncio.CancelledError()
+
+    def _call(self, act: Callable[[HostCore, float, object], None]) -> asyncio.Future[Result]:
+        future: asyncio.Future[Result] = self._loop.create_future()
+        act(self._core, self._loop.time(), future)
+        self._carry_out()
+        return future
 
     def _off_loop(self, work: Callable[[], T]) -> asyncio.Future[T]:
         """``work()`` on a thread of its own, its result on the loop. Not
@@ -220,48 +238,23 @@ class AsyncDevice:
         self.clock.start_thread(body, name=f"estim-aio-journal {self.url}")
         return future
 
-    def _abandon(self, made: asyncio.Future[tuple[SessionPolicy, Journal]], owns: bool) -> None:
-        """A start cancelled while its record was being committed: once it is, end that
-        session at once (nothing has been sent; CONFIGURING ends without output)."""
-        if made.exception() is not None:
-            self._core.release()
-            return
-        policy, journal = made.result()
-        session = AsyncSession(self, policy, journal, owns_journal=owns, on_event=None)
-        self._sessions[policy] = session
-        now = self._loop.time()
-        self._core.start(policy, now, None)
-        self._core.stop_session(policy, StopReason.HOST_SHUTDOWN, _CANCELLED, now, None)
-        self._carry_out()
+    def _resolve(self, token: object, result: Result) -> None:
+        if isinstance(token, asyncio.Future) and not token.done() and not self._loop.is_closed():
+            token.set_result(result)
 
-    async def _request(self, message: Message, what: str) -> Message:
-        result = await self._call(lambda now, token: self._core.request(message, now, token))
-        if isinstance(result, EstimError):
-            raise result
-        assert result is not None
-        if isinstance(result, Nack):
-            raise device_error(result, what)
-        return result
-
-    # -- the runner ------------------------------------------------------------------------------
-
-    def _call(self, act: Callable[[float, object], None]) -> asyncio.Future[Result]:
-        future: asyncio.Future[Result] = self._loop.create_future()
-        act(self._loop.time(), future)
-        self._carry_out()
-        return future
-
-    def _post(self, act: Callable[[float], None], *, urgent: bool = True) -> None:
-        """From any thread: do ``act(now)`` on the loop (nothing once the loop is closed:
-        then nothing can be sent, and the unit's watchdog ends any output)."""
+    def _post(self, act: Callable[[HostCore, float], None], *, urgent: bool = True) -> None:
+        """From any thread: do ``act(core, now)`` on the loop (nothing once the loop is
+        closed: then nothing can be sent, and the unit's watchdog ends any output)."""
         try:
             self._loop.call_soon_threadsafe(self._run_posted, act)
         except RuntimeError:
             log.warning("%s: the event loop is closed; a request to the unit was dropped", self.url)
 
-    def _run_posted(self, act: Callable[[float], None]) -> None:
-        act(self._loop.time())
+    def _run_posted(self, act: Callable[[HostCore, float], None]) -> None:
+        act(self._core, self._loop.time())
         self._carry_out()
+
+    # -- bytes in, timers, what the core says ---------------------------------------------
 
     def _read_loop(self) -> None:
         """The reader thread: blocking reads, handed to the loop with the line time
@@ -298,34 +291,19 @@ class AsyncDevice:
         self._carry_out()
 
     def _port_failed(self, err: BaseException) -> None:
-        self._core.port_failed(LinkLost(f"lost the port {self.url}: {err}"), self._loop.time())
-        out = self._core.take()
-        out.writes.clear()
-        self._do(out)
+        self._lose_port(err, self._loop.time())
+        self._schedule()
 
     def _carry_out(self) -> None:
-        self._do(self._core.take())
-
-    def _do(self, out: Output) -> None:
-        failed = write_frames(self._write, out.writes, self.url)
-        records = out.records()
-        for token, result in out.resolved:
-            if isinstance(token, asyncio.Future) and not token.done():
-                token.set_result(result)
-        for policy, record, state in records:
-            session = self._sessions.get(policy)
-            if session is not None:
-                session._recorded(record, state)
-        for policy in out.ended:
-            session = self._sessions.pop(policy, None)
-            if session is not None:
-                session._ended()
+        failed = self._dispatch(self._core.take())
         if failed is not None:
             self._port_failed(failed)
             return
         self._schedule()
 
     def _schedule(self) -> None:
+        if self._loop.is_closed():
+            return
         deadline = self._core.next_deadline()
         if self._timer is not None:
             if deadline is not None and self._timer.when() == deadline:
@@ -336,42 +314,14 @@ class AsyncDevice:
         if deadline is not None and not self._closing:
             self._timer = self._loop.call_at(deadline, self._tick)
 
-    # -- connecting and closing ------------------------------------------------------------------
-
-    async def _hello(self) -> None:
-        self._write(GREETING)
-        asked = 1
-        answer = await self._call(lambda now, token: self._core.request(HELLO, now, token))
-        while ask_hello_again(answer, self.stats, asked):
-            asked += 1
-            answer = await self._call(lambda now, token: self._core.request(HELLO, now, token))
-        self.info = unit_from_hello(self.url, answer, self.stats)
-        self.limits = Limits(self.info, self.clinic)
-        for asked in range(1, STATUS_REQUESTS + 1):
-            try:
-                status = await self.status()
-                break
-            except LinkTimeout:
-                if asked == STATUS_REQUESTS:
-                    raise
-        if status.state in OUTPUT_STATES:  # an orphaned output: a reconnect means output zero
-            await self.stop(StopReason.HOST_SHUTDOWN)
-            self.stopped_orphan = status.session_id
+    # -- estim stop, closing ------------------------------------------------------------------
 
     def _stop_for_estim_stop(self) -> str:
         """``estim stop`` from another process found this device (on the owner's thread)."""
-        future = asyncio.run_coroutine_threadsafe(self._stop_everything(), self._loop)
+        future = asyncio.run_coroutine_threadsafe(
+            self._drive(runner.stop_everything(self)), self._loop
+        )
         return future.result(timeout=ANSWER_S)
-
-    async def _stop_everything(self) -> str:
-        sessions = list(self._sessions.values())
-        for session in sessions:
-            await session.stop(StopReason.OPERATOR, "stopped with estim stop")
-        where = f"{self.url}, held by process {os.getpid()}"
-        if sessions:
-            return f"session {', '.join(s.id for s in sessions)} on {where}"
-        state = await self.stop(StopReason.OPERATOR)
-        return f"no session was running on {where}; the unit was told to stop and is {state.name}"
 
     def _close_at_exit(self, detail: str, limit: float) -> None:
         """The program is ending with this device open (``estim.shutdown``): stop its
@@ -381,16 +331,11 @@ class AsyncDevice:
         if loop.is_closed():
             self._finish_without_loop(detail, limit)
         elif loop.is_running():  # on another thread
-            done = asyncio.run_coroutine_threadsafe(self._close_with(detail), loop)
+            done = asyncio.run_coroutine_threadsafe(self._close(detail), loop)
             with contextlib.suppress(TimeoutError, concurrent.futures.TimeoutError):
                 done.result(timeout=limit)
         else:
-            loop.run_until_complete(asyncio.wait_for(self._close_with(detail), limit))
-
-    async def _close_with(self, detail: str) -> None:
-        for session in list(self._sessions.values()):
-            await session.stop(StopReason.HOST_SHUTDOWN, detail)
-        await self.close()
+            loop.run_until_complete(asyncio.wait_for(self._close(detail), limit))
 
     def _finish_without_loop(self, detail: str, limit: float) -> None:
         """Drive the core from this thread, the loop being gone: the reader thread
@@ -415,18 +360,9 @@ class AsyncDevice:
         for policy in list(self._sessions):
             self._core.stop_session(policy, StopReason.HOST_SHUTDOWN, detail, clock.now(), None)
         while True:
-            out = self._core.take()
-            if write_frames(self._write, out.writes, self.url) is not None:
-                self._core.port_failed(LinkLost(f"lost the port {self.url}"), clock.now())
-                out = self._core.take()
-            for policy, record, state in out.records():
-                session = self._sessions.get(policy)
-                if session is not None:
-                    SessionHandle._recorded(session, record, state)
-            for policy in out.ended:
-                session = self._sessions.pop(policy, None)
-                if session is not None:
-                    SessionHandle._ended(session)
+            failed = self._dispatch(self._core.take())
+            if failed is not None:
+                self._lose_port(failed, clock.now())
             now = clock.now()
             if not self._sessions or now >= end or self._core.lost is not None:
                 break
@@ -435,7 +371,7 @@ class AsyncDevice:
             try:
                 data, waited = self._read(max(0.0, wait))
             except (serial.SerialException, OSError) as err:
-                self._core.port_failed(LinkLost(f"lost the port {self.url}: {err}"), clock.now())
+                self._lose_port(err, clock.now())
                 continue
             line_time += waited
             if data:
@@ -448,20 +384,19 @@ class AsyncDevice:
 
     async def close(self) -> None:
         """Stop any live session and any output (best effort), then close the port."""
+        await self._close("the device was closed")
+
+    async def _close(self, detail: str) -> None:
         shutdown.forget_device(self)
         if self._closed:
             return
         self._closed = True
         if self._owner is not None:
             self._owner.close()
-        for session in list(self._sessions.values()):
-            await session.stop(StopReason.HOST_SHUTDOWN, "the device was closed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(session.wait(), 5.0)
-        with contextlib.suppress(LinkError):
-            if self.lost is None:
-                await self.stop(StopReason.HOST_SHUTDOWN)
-        self._shut()
+        try:
+            await self._drive(runner.close(self, detail))
+        finally:
+            self._shut()
 
     def _shut(self) -> None:
         shutdown.forget_device(self)
@@ -476,22 +411,6 @@ class AsyncDevice:
         self._reader.join(timeout=5.0)
         with contextlib.suppress(serial.SerialException, OSError):
             self.port.close()
-
-
-def _make_policy(
-    device: AsyncDevice, judged: Judged, journal: Journal | None, now: float
-) -> tuple[SessionPolicy, Journal]:
-    """Off the loop: open the default journal if none was given, and commit the
-    session's first record (``new_policy``). A journal opened here is closed again
-    if the start fails."""
-    opened = Journal() if journal is None else journal
-    try:
-        policy = new_policy(device, judged, opened, now)
-    except BaseException:
-        if journal is None:
-            opened.close()
-        raise
-    return policy, opened
 
 
 class AsyncSession(SessionHandle):
@@ -512,7 +431,7 @@ class AsyncSession(SessionHandle):
 
     def _settled_threadsafe(self) -> None:
         with contextlib.suppress(RuntimeError):
-            self.device._loop.call_soon_threadsafe(self._one_settled)
+            self._loop.call_soon_threadsafe(self._one_settled)
 
     def _one_settled(self) -> None:
         self._pending_background -= 1
@@ -521,26 +440,15 @@ class AsyncSession(SessionHandle):
 
     async def set_amplitude(self, channel: int, ma: float) -> None:
         """Change a channel's amplitude (see ``Session.set_amplitude``)."""
-        core = self.device._core
-        result = await self.device._call(
-            lambda now, token: core.set_amplitude(self._policy, channel, ma, now, token)
-        )
-        if isinstance(result, EstimError):
-            raise result
+        await self.device._drive(steps.set_amplitude(self._policy, channel, ma))
 
     async def stop(self, reason: StopReason = StopReason.OPERATOR, detail: str = "") -> None:
         """Output off now; returns once the unit acknowledged it."""
-        text = detail or reason.name.lower().replace("_", " ")
-        core = self.device._core
-        await self.device._call(
-            lambda now, token: core.stop_session(self._policy, reason, text, now, token)
-        )
+        await self.device._drive(steps.stop_session(self._policy, reason, detail))
 
     def request_stop(self, reason: StopReason = StopReason.OPERATOR, detail: str = "") -> None:
         """Ask for a stop from any thread, without blocking (a signal handler)."""
-        text = detail or reason.name.lower().replace("_", " ")
-        core = self.device._core
-        self.device._post(lambda now: core.stop_session(self._policy, reason, text, now, None))
+        self.device._post(steps.posted_stop(self._policy, reason, detail))
 
     async def events(self) -> AsyncIterator[EventRecord]:
         """Every record of the session, in order, from the first; ends after "ended"."""
@@ -557,15 +465,13 @@ class AsyncSession(SessionHandle):
             await asyncio.shield(self._ended_future)
         except asyncio.CancelledError:  # STOP now: the loop may not run another turn
             if not self.state.is_end:
-                device = self.device
-                device._core.stop_session(
-                    self._policy,
-                    StopReason.HOST_SHUTDOWN,
-                    "the task waiting for the session was cancelled",
-                    device._loop.time(),
-                    None,
+                self.device._run_posted(
+                    steps.posted_stop(
+                        self._policy,
+                        StopReason.HOST_SHUTDOWN,
+                        "the task waiting for the session was cancelled",
+                    )
                 )
-                device._carry_out()
             raise
         await self._background
         self._close_journal()
@@ -583,10 +489,13 @@ class AsyncSession(SessionHandle):
 
     def _recorded(self, record: EventRecord, state: str) -> None:
         super()._recorded(record, state)
-        self._events.put_nowait(record)
+        if not self._loop.is_closed():  # (a closed loop: the program is ending)
+            self._events.put_nowait(record)
 
     def _ended(self) -> None:
         super()._ended()
+        if self._loop.is_closed():
+            return
         self._events.put_nowait(None)
         if not self._ended_future.done():
             self._ended_future.set_result(None)
@@ -640,11 +549,9 @@ async def _connect(
     url: str, *, clinic: ClinicLimits | None, baudrate: int, response_timeout: float, retries: int
 ) -> AsyncDevice:
     loop = asyncio.get_running_loop()
-    response_timeout = checked("response_timeout", response_timeout)
-    retries = whole("retries", retries)
-    baudrate = whole("baudrate", baudrate)
-    port = open_port(url, baudrate=baudrate)
-    own = port_clock(port)
+    port, own, core = runner.open_unit(
+        url, baudrate=baudrate, response_timeout=response_timeout, retries=retries
+    )
     loop_clock = getattr(loop, "clock", None)
     if isinstance(own, ManualClock) and own is not loop_clock:
         port.close()
@@ -652,19 +559,14 @@ async def _connect(
             f"{url} runs on a manual clock: run the program with estim.aio.run(main(), clock=...) "
             "on that clock"
         )
-    core = HostCore(
-        name=url.strip(),
-        first_seq=random.randrange(0x10000),
-        response_timeout=response_timeout,
-        retries=retries,
-    )
     device = AsyncDevice(
         port, own or REAL_CLOCK, url=url.strip(), core=core, clinic=clinic, loop=loop
     )
     try:
         # claimed before a byte is sent: a unit another estim holds is not touched
         device._owner = hold(port_identity(url), device._stop_for_estim_stop)
-        await device._hello()
+        await device._drive(runner.hello(device))
+        await device._drive(runner.check_orphan(device))
     except BaseException:
         if device._owner is not None:
             device._owner.close()

@@ -189,6 +189,11 @@ class HostCore:
     def stop_session(
         self, policy: SessionPolicy, reason: StopReason, detail: str, now: float, token: object
     ) -> None:
+        """Stop ``policy``'s session; one whose start was claimed but never asked (an
+        interrupted start) ends at once, nothing sent, and gives the claim back."""
+        if policy not in self.sessions and not policy.done:
+            self._starting = False
+            self.sessions.append(policy)
         if policy in self.sessions:
             policy.stop(reason, detail, now, token)
             self._collect()

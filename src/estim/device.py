@@ -1,16 +1,18 @@
 """The threaded runner: ``estim.connect(url) -> Device``.
 
-Thin on purpose: every decision is in ``estim.core`` (and the session policy and
-connection under it). This module owns the port, the clock and one I/O thread per
-port, which reads whatever the unit sends, feeds it to the core with the time,
-runs the core's timers (heartbeats come from here, the session loop) and does
-what the core says: write bytes, wake callers, hand records to each session's
-journal writer and callback thread (``estim.background``), so nothing slow ever
-runs on it. A caller's request is written by the caller's own thread at once
-(a STOP never waits behind anything), and its answer wakes it.
+Only how this runner waits, wakes and reads the clock; every decision is in
+``estim.core`` (and the session policy and connection under it), and every
+operation is written once, as steps, in ``estim.steps`` and ``estim.runner``. This
+module owns one I/O thread per port, which reads whatever the unit sends, feeds it
+to the core with the time, runs the core's timers (heartbeats come from here, the
+session loop) and does what the core says (``RunnerBase._dispatch``): write bytes,
+wake callers, hand records to each session's journal writer and callback thread
+(``estim.background``), so nothing slow ever runs on it. A caller's request is
+written by the caller's own thread at once (a STOP never waits behind anything),
+and its answer wakes it.
 
-A signal handler or another thread that must not block posts to an inbox the
-I/O thread empties on its next turn (``Session.request_stop``).
+A signal handler or another thread that must not block posts to an inbox the I/O
+thread empties on its next turn (``Session.request_stop``).
 
 The core and the port writes share one lock, held only for pure code and for
 writes (at most the port's write timeout, 1 s): the I/O thread never holds it
@@ -21,69 +23,39 @@ even while the loop waits.
 from __future__ import annotations
 
 import logging
-import os
-import random
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import serial
 
+import estim.runner as runner
 import estim.shutdown as shutdown
-from estim.bounds import checked, whole
+import estim.steps as steps
+from estim.bounds import checked
 from estim.clock import REAL_CLOCK, Clock, ManualClock
-from estim.core import (
-    GREETING,
-    HELLO,
-    STATUS_REQUESTS,
-    HostCore,
-    Output,
-    Result,
-    ask_hello_again,
-    unit_from_hello,
-)
-from estim.errors import (
-    EstimError,
-    LinkError,
-    LinkLost,
-    LinkTimeout,
-    RemoteProtocolError,
-)
-from estim.info import UnitInfo, UnitStatus
+from estim.core import HostCore, Result
+from estim.errors import LinkError
+from estim.info import UnitStatus
 from estim.journal import Journal
-from estim.limits import ClinicLimits, Limits
-from estim.owner import Owner, hold, port_identity
+from estim.limits import ClinicLimits
+from estim.owner import hold, port_identity
 from estim.plan import SessionPlan
-from estim.policy import STATUS_EVERY_S, SessionPolicy
-from estim.ports import (
-    list_ports,
-    open_port,
-    port_clock,
-    port_reader,
-    port_writer,
-    ports_hint,
-    write_frames,
-)
-from estim.protocol import (
-    OUTPUT_STATES,
-    Ack,
-    ClearFault,
-    GetStatus,
-    Message,
-    Nack,
-    State,
-    Status,
-    StopReason,
-)
+from estim.policy import STATUS_EVERY_S
+from estim.ports import list_ports, ports_hint
+from estim.protocol import Message, State, StopReason
 from estim.protocol.host import RESPONSE_TIMEOUT_S, RETRIES
 from estim.record import SessionRecord
-from estim.refusals import device_error
+from estim.runner import RunnerBase
 from estim.session import EventCallback, Session
+from estim.steps import Ask, Block, Settle, Steps, Touch
 
 log = logging.getLogger("estim.device")
 
 __all__ = ["Device", "connect", "list_ports", "ports_hint", "run_session"]
+
+T = TypeVar("T")
 
 
 class _Waiter:
@@ -94,7 +66,7 @@ class _Waiter:
         self.result: Result = None
 
 
-class Device:
+class Device(RunnerBase):
     """A connected unit. Thread-safe: any thread may call any method."""
 
     def __init__(
@@ -106,37 +78,17 @@ class Device:
         core: HostCore,
         clinic: ClinicLimits | None = None,
     ) -> None:
-        self.port = port
-        self.clock = clock
-        self.url = url
-        self.clinic = clinic
-        #: the unit's identity and limits (from DEVICE_INFO, at connect)
-        self.info: UnitInfo
-        #: SAFETY.md ∩ this unit ∩ the clinic: asked for every plan and every live change
-        self.limits: Limits
-        #: the session id of an output found running at connect and stopped, if any
-        self.stopped_orphan: int | None = None
-        self._core = core
+        super().__init__(port, clock, url=url, core=core, clinic=clinic)
         self._lock = threading.RLock()  # the core, and carrying out what it says, in order
-        self._inbox: deque[Callable[[float], None]] = deque()
+        self._inbox: deque[Callable[[HostCore, float], None]] = deque()
         self._waiters: dict[object, _Waiter] = {}
-        self._sessions: dict[SessionPolicy, Any] = {}
         self._io_deadline: float | None = None
         self._closing = False
-        self._closed = False
-        self._owner: Owner | None = None
-        self._read = port_reader(port, clock)
-        self._write = port_writer(port)
         #: set when the I/O thread has returned (waited for on the clock: a thread that
         #: waits on a manual clock needs its waiter to move time)
         self._io_done = clock.signal()
         self._thread = clock.start_thread(self._io_thread, name=f"estim-io {url}")
         shutdown.track_device(self)
-
-    def __repr__(self) -> str:
-        info = getattr(self, "info", None)
-        who = f"{info.model} {info.serial_number}" if info else "unit"
-        return f"<Device {who} on {self.url}>"
 
     def __enter__(self) -> Device:
         return self
@@ -144,28 +96,13 @@ class Device:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @property
-    def lost(self) -> LinkLost | None:
-        """Why the link is gone for good (the port failed, or the unit cannot be
-        reached any more), or None."""
-        return self._core.lost
-
-    @property
-    def stats(self) -> Any:
-        return self._core.conn.stats
-
     # -- operations ----------------------------------------------------------------------
 
     def status(self) -> UnitStatus:
-        answer = self._request(GetStatus(), "status")
-        if not isinstance(answer, Status):
-            raise RemoteProtocolError(f"the unit answered GET_STATUS with {answer.TYPE.name}")
-        return UnitStatus.from_message(answer)
+        return self._drive(steps.status())
 
     def clear_fault(self) -> State:
-        answer = self._request(ClearFault(), "clear fault")
-        assert isinstance(answer, Ack)
-        return answer.state
+        return self._drive(steps.clear_fault())
 
     def stop(
         self, reason: StopReason | int = StopReason.OPERATOR, *, give_up_after: float = 0.5
@@ -173,48 +110,77 @@ class Device:
         """Output off now, whatever else is in flight; resent until the unit
         acknowledges. Raises ``LinkLost`` if it stays silent for ``give_up_after``
         seconds (its watchdog has then turned output off) or the link is gone."""
-        give_up_after = checked("give_up_after", give_up_after)
-        result = self._call(
-            lambda now, token: self._core.stop(reason, now, token, give_up_after=give_up_after)
-        )
-        if isinstance(result, EstimError):
-            raise result
-        assert isinstance(result, Ack | Nack)
-        return result.state
+        return self._drive(steps.stop(reason, checked("give_up_after", give_up_after)))
 
     def start(
         self,
         plan: SessionPlan,
         *,
-        journal: Any = None,
-        on_event: Any = None,
+        journal: Journal | None = None,
+        on_event: EventCallback | None = None,
         heartbeat: float | None = None,
         status_every: float = STATUS_EVERY_S,
     ) -> Session:
-        """Run ``plan`` as a session; returns once START is accepted. See ``estim.session``."""
-        return Session.begin(
-            self,
-            plan,
-            journal=journal,
-            on_event=on_event,
-            heartbeat=heartbeat,
-            status_every=status_every,
+        """Run ``plan`` as a session; returns once START is accepted (see README).
+        Without ``journal``, the default journal is opened for the session."""
+        session = self._drive(
+            runner.start(
+                self,
+                plan,
+                journal,
+                heartbeat=heartbeat,
+                status_every=status_every,
+                make_session=lambda policy, opened, owns: Session(
+                    self, policy, opened, owns_journal=owns, on_event=on_event
+                ),
+            )
         )
+        assert isinstance(session, Session)
+        return session
 
     def _request(self, message: Message, what: str) -> Message:
-        result = self._call(lambda now, token: self._core.request(message, now, token))
-        if isinstance(result, EstimError):
-            raise result
-        assert result is not None
-        if isinstance(result, Nack):
-            raise device_error(result, what)
-        return result
+        return self._drive(steps.request(message, what))
 
-    # -- the runner ---------------------------------------------------------------------------
+    def _hello(self) -> None:
+        self._drive(runner.hello(self))
 
-    def _call(self, act: Callable[[float, object], None], timeout: float | None = None) -> Result:
-        """Ask the core (``act(now, token)``), carry out what it says from this thread,
-        and wait for ``token`` to be resolved. Raises TimeoutError after ``timeout``.
+    # -- how this runner carries out steps ----------------------------------------------
+
+    def _drive(self, todo: Steps[T]) -> T:
+        """Carry out ``todo``'s steps from the calling thread: a ``Touch`` under the
+        lock, an ``Ask`` waiting for its answer, a ``Block`` right here (this thread
+        is a caller's, never the I/O thread), a ``Settle`` waiting for the session.
+        An exception (Ctrl-C while waiting) is thrown into the steps, so their
+        clean-up runs before it goes on."""
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = todo.throw(error) if error is not None else todo.send(value)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            value, error = None, None
+            try:
+                if isinstance(step, Touch):
+                    with self._lock:
+                        value = step.act(self._core, self.clock.now())
+                        self._carry_out()
+                        self._wake_if_sooner()
+                elif isinstance(step, Ask):
+                    value = self._call(step.act, step.timeout)
+                elif isinstance(step, Block):
+                    value = step.work()
+                elif isinstance(step, Settle):
+                    step.session.wait(step.timeout)
+            except BaseException as err:  # into the steps: their clean-up runs
+                error = err
+
+    def _call(
+        self, act: Callable[[HostCore, float, object], None], timeout: float | None
+    ) -> Result:
+        """Ask the core (``act(core, now, token)``), carry out what it says from this
+        thread, and wait for ``token`` to be resolved. Raises TimeoutError after
+        ``timeout``.
 
         The I/O thread is not woken for the request: its answer wakes it anyway. If a
         deadline comes first that the I/O thread is not waiting for (this request's
@@ -222,8 +188,8 @@ class Device:
         waiter = _Waiter(self.clock)
         with self._lock:
             self._waiters[waiter] = waiter
-            act(self.clock.now(), waiter)
-            self._carry_out(self._core.take())
+            act(self._core, self.clock.now(), waiter)
+            self._carry_out()
         give_up = None if timeout is None else self.clock.now() + timeout
         ticked = False
         try:
@@ -242,7 +208,7 @@ class Device:
                 with self._lock:
                     ticked = True
                     self._core.tick(now)
-                    self._carry_out(self._core.take())
+                    self._carry_out()
         finally:
             if ticked:
                 with self._lock:
@@ -257,19 +223,26 @@ class Device:
             due = None
         return min((t for t in (due, give_up) if t is not None), default=None)
 
-    def _do(self, act: Callable[[float], None]) -> None:
-        """Ask the core something that needs no answer, from this thread."""
-        with self._lock:
-            act(self.clock.now())
-            self._carry_out(self._core.take())
-            self._wake_if_sooner()
+    def _resolve(self, token: object, result: Result) -> None:
+        waiter = self._waiters.pop(token, None)
+        if waiter is not None:
+            waiter.result = result
+            waiter.signal.set()
 
-    def _post(self, act: Callable[[float], None], *, urgent: bool = True) -> None:
+    def _post(self, act: Callable[[HostCore, float], None], *, urgent: bool = True) -> None:
         """From a thread that must not block (a signal handler, a background job):
         the I/O thread does it on its next turn."""
         self._inbox.append(act)
         if urgent:
             self._wake()
+
+    def _carry_out(self) -> None:
+        """What the core now says, carried out (lock held)."""
+        failed = self._dispatch(self._core.take())
+        if failed is not None:
+            self._lose_port(failed, self.clock.now())
+
+    # -- the I/O thread -----------------------------------------------------------------
 
     def _io_thread(self) -> None:
         try:
@@ -295,47 +268,21 @@ class Device:
                 data, waited = self._read(None if self._inbox else timeout)
             except (serial.SerialException, OSError, TypeError, AttributeError) as err:
                 if not self._closing:
-                    self._port_failed(err)
+                    with self._lock:
+                        self._lose_port(err, self.clock.now())
                 return
             line_time += waited
             with self._lock:
                 now = self.clock.now()
                 while self._inbox:
-                    self._inbox.popleft()(now)
+                    self._inbox.popleft()(self._core, now)
                 if data:
                     self._core.receive(data, now, line_time=line_time)
                 if not data or (deadline is not None and now >= deadline):
                     # (bytes before the deadline, an ACK usually: no timer is due; one
                     # that has become due is seen by the next turn, with timeout 0)
                     self._core.tick(now)
-                self._carry_out(self._core.take())
-
-    def _carry_out(self, out: Output) -> None:
-        """Do what the core said, in its order (lock held)."""
-        failed = write_frames(self._write, out.writes, self.url)
-        records = out.records()
-        for token, result in out.resolved:
-            waiter = self._waiters.pop(token, None)
-            if waiter is not None:
-                waiter.result = result
-                waiter.signal.set()
-        for policy, record, state in records:
-            session = self._sessions.get(policy)
-            if session is not None:
-                session._recorded(record, state)
-        for policy in out.ended:
-            session = self._sessions.pop(policy, None)
-            if session is not None:
-                session._ended()
-        if failed is not None:
-            self._port_failed(failed)
-
-    def _port_failed(self, err: BaseException) -> None:
-        with self._lock:
-            self._core.port_failed(LinkLost(f"lost the port {self.url}: {err}"), self.clock.now())
-            out = self._core.take()
-            out.writes.clear()  # the port is what failed
-            self._carry_out(out)
+                self._carry_out()
 
     def _wake_if_sooner(self) -> None:
         deadline = self._core.next_deadline()
@@ -350,91 +297,46 @@ class Device:
             except (serial.SerialException, OSError):
                 pass
 
-    # -- connecting and closing -----------------------------------------------------------------
-
-    def _hello(self) -> None:
-        with self._lock:
-            self._write(GREETING)
-        asked = 1
-        answer = self._call(lambda now, token: self._core.request(HELLO, now, token))
-        while ask_hello_again(answer, self.stats, asked):
-            asked += 1
-            answer = self._call(lambda now, token: self._core.request(HELLO, now, token))
-        self.info = unit_from_hello(self.url, answer, self.stats)
-        self.limits = Limits(self.info, self.clinic)
-
-    def _stop_orphaned_output(self) -> None:
-        """A unit found delivering output has lost its host: whoever could open the
-        port now is not running that session. A reconnect means output zero (SAFETY.md 4)."""
-        for asked in range(1, STATUS_REQUESTS + 1):
-            try:
-                status = self.status()
-                break
-            except LinkTimeout:
-                if asked == STATUS_REQUESTS:
-                    raise
-        if status.state in OUTPUT_STATES:
-            log.warning(
-                "the unit on %s was delivering output for session %08x with no host; stopping it",
-                self.url,
-                status.session_id,
-            )
-            self.stop(StopReason.HOST_SHUTDOWN)
-            self.stopped_orphan = status.session_id
+    # -- closing ------------------------------------------------------------------------------
 
     def _stop_for_estim_stop(self) -> str:
-        """``estim stop`` from another process found this device: stop its output."""
-        with self._lock:
-            sessions = list(self._sessions.values())
-        for session in sessions:
-            session.stop(StopReason.OPERATOR, "stopped with estim stop")
-        where = f"{self.url}, held by process {os.getpid()}"
-        if sessions:
-            return f"session {', '.join(s.id for s in sessions)} on {where}"
-        state = self.stop(StopReason.OPERATOR)
-        return f"no session was running on {where}; the unit was told to stop and is {state.name}"
+        """``estim stop`` from another process found this device (on the owner's thread)."""
+        return self._drive(runner.stop_everything(self))
 
     def _close_at_exit(self, detail: str, limit: float) -> None:
         """The program is ending with this device open (``estim.shutdown``): stop
         its sessions with ``detail`` as the reason, then close."""
-        with self._lock:
-            sessions = list(self._sessions.values())
-        for session in sessions:
-            session.stop(StopReason.HOST_SHUTDOWN, detail)
-        self.close()
+        self._close(detail)
 
     def close(self) -> None:
         """Stop any live session and any output (best effort), then close the port.
         Idempotent."""
+        self._close("the device was closed")
+
+    def _close(self, detail: str) -> None:
         shutdown.forget_device(self)
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            sessions = list(self._sessions.values())
         if self._owner is not None:
             self._owner.close()
-        for session in sessions:
-            session.stop(StopReason.HOST_SHUTDOWN, "the device was closed")
-            try:
-                session.wait(timeout=5.0)
-            except TimeoutError:
-                log.warning("session %s did not end within 5 s of closing the device", session.id)
         try:
-            if self.lost is None:
-                self.stop(StopReason.HOST_SHUTDOWN)
-        except LinkError:
-            pass  # the unit's watchdog is the backstop
+            self._drive(runner.close(self, detail))
         finally:
-            with self._lock:
-                self._closing = True
-            self._wake()
-            self._join_io_thread()
-            with self._lock:  # no write is under way, and none follows
-                try:
-                    self.port.close()
-                except (serial.SerialException, OSError):
-                    pass
+            self._shut()
+
+    def _shut(self) -> None:
+        """The I/O thread ended and the port closed: nothing is sent any more."""
+        with self._lock:
+            self._closing = True
+        self._wake()
+        self._join_io_thread()
+        with self._lock:  # no write is under way, and none follows
+            try:
+                self.port.close()
+            except (serial.SerialException, OSError):
+                pass
 
 
 def connect(
@@ -453,39 +355,29 @@ def connect(
     A port that runs on virtual time (``sim://`` on a ``ManualClock``) brings its
     clock; a ``ManualClock`` given for any other port is refused. Each request waits
     ``response_timeout`` seconds for its answer and is resent ``retries`` times.
-    Raises ``PortNotFound``, ``PortBusy``, ``NoAnswer``, ``VersionMismatch`` or ``LinkError``.
+    Raises ``PortNotFound``, ``PortBusy``, ``NoAnswer``, ``VersionMismatch``,
+    ``OptionError`` or ``LinkError``.
     """
-    response_timeout = checked("response_timeout", response_timeout)
-    retries = whole("retries", retries)
-    baudrate = whole("baudrate", baudrate)
-    port = open_port(url, baudrate=baudrate)
-    own = port_clock(port)
+    port, own, core = runner.open_unit(
+        url, baudrate=baudrate, response_timeout=response_timeout, retries=retries
+    )
     if isinstance(clock, ManualClock) and own is not clock:
         port.close()
         raise LinkError(
             f"a manual clock can only drive a simulated unit that shares it (not {url})"
         )
-    core = HostCore(
-        name=url.strip(),
-        first_seq=random.randrange(0x10000),  # PROTOCOL.md 10: a new host starts at random
-        response_timeout=response_timeout,
-        retries=retries,
-    )
     device = Device(port, clock or own or REAL_CLOCK, url=url.strip(), core=core, clinic=clinic)
     try:
         # claimed before a byte is sent: a unit another estim holds is not touched
         device._owner = hold(port_identity(url), device._stop_for_estim_stop)
-        device._hello()
-        device._stop_orphaned_output()
+        device._drive(runner.hello(device))
+        device._drive(runner.check_orphan(device))
     except BaseException:
         if device._owner is not None:
             device._owner.close()
         device._closed = True  # nothing to stop: close the port only
-        with device._lock:
-            device._closing = True
-        device._wake()
-        device._join_io_thread()
-        port.close()
+        shutdown.forget_device(device)
+        device._shut()
         raise
     return device
 

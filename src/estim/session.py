@@ -1,16 +1,17 @@
-"""A running session, for the threaded API: ``device.start(plan) -> Session``.
+"""A session: what both runners' session handles share, and the threaded one.
 
-``Device.start`` checks the plan with the device's limits (nothing is sent if it
-would be refused), commits "start requested" to the journal (if that fails, the
-session does not start), and returns once the unit has accepted START. What the
-session then does is decided by ``estim.policy`` on the device's I/O thread; this
-handle only asks it things (``set_amplitude``, ``stop``), reads its state, and
-waits for its record. Journal writes and ``on_event`` callbacks run on threads
-of their own (``estim.background``): a slow disk or a slow callback never delays
-a heartbeat, and an exception in a callback still stops output.
+``judge`` checks a start's arguments (the session's own copy of the plan, its
+periods) before anything is claimed or written; ``new_policy`` makes its policy and
+commits "start requested" to the journal, the one write that blocks (no record, no
+START). What the session then does is decided by ``estim.policy`` on the runner's
+loop; a handle only asks it things (``set_amplitude``, ``stop``), reads its state
+and waits for its record. Journal writes and ``on_event`` callbacks run on threads
+of their own (``estim.background``): a slow disk or a slow callback never delays a
+heartbeat, and an exception in a callback still stops output.
 
-``SessionHandle`` is what this and the asyncio session (``estim.aio``) share:
-the policy, its journal writer and callback thread, and the record.
+``SessionHandle`` is what the threaded ``Session`` (here) and the asyncio
+``AsyncSession`` (``estim.aio``) share; each asks its runner through the steps of
+``estim.steps`` (``runner._drive``), so neither reaches into the runner.
 """
 
 from __future__ import annotations
@@ -19,33 +20,36 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import estim.shutdown as shutdown
+import estim.steps as steps
 from estim.background import JournalWriter, Notifier
 from estim.bounds import checked, wait_timeout
-from estim.errors import EstimError, JournalError, OutputLimitError
+from estim.errors import JournalError, OutputLimitError
 from estim.info import UnitInfo, UnitStatus
 from estim.journal import Journal
 from estim.limits import Limits
 from estim.plan import SessionPlan
-from estim.policy import HEARTBEAT_S, STATUS_EVERY_S, SessionPolicy
+from estim.policy import HEARTBEAT_S, SessionPolicy
 from estim.protocol import StopReason
 from estim.record import EventRecord, SessionRecord, UnitRecord
 from estim.session_state import SessionState
+from estim.steps import Steps
 
 if TYPE_CHECKING:
-    import threading
-
     from estim.clock import Clock
-    from estim.core import HostCore, Result
+    from estim.core import HostCore
+
+T = TypeVar("T")
 
 EventCallback = Callable[[EventRecord], None]
 
 #: the shortest heartbeat period a caller may ask for (10 a second is the default)
 HEARTBEAT_MIN_S = 0.02
 
-_INTERRUPTED = "the program was interrupted while the session started"
+#: a change to make on the runner's loop: ``act(core, now)``
+CoreAct = Callable[["HostCore", float], None]
 
 
 class Runner(Protocol):
@@ -55,22 +59,14 @@ class Runner(Protocol):
     clock: Clock
     info: UnitInfo
     limits: Limits
-    _core: HostCore
 
-    def _post(self, act: Callable[[float], None], *, urgent: bool = True) -> None: ...
+    def _post(self, act: CoreAct, *, urgent: bool = True) -> None: ...
 
 
 class ThreadedRunner(Runner, Protocol):
     """What the threaded session needs of ``estim.device.Device`` (without importing it)."""
 
-    _lock: threading.RLock
-    _sessions: dict[SessionPolicy, Any]
-
-    def _call(
-        self, act: Callable[[float, object], None], timeout: float | None = None
-    ) -> Result: ...
-
-    def _do(self, act: Callable[[float], None]) -> None: ...
+    def _drive(self, steps: Steps[T]) -> T: ...
 
 
 def heartbeat_period(plan: SessionPlan, asked: float | None) -> float:
@@ -107,7 +103,7 @@ class Judged:
 
 
 def judge(
-    runner: Runner, plan: SessionPlan, *, heartbeat: float | None, status_every: float
+    limits: Limits, plan: SessionPlan, *, heartbeat: float | None, status_every: float
 ) -> Judged:
     """Check a start's arguments, before the unit is claimed or anything written.
     Raises ``PlanError`` (``DwellLimitError``, ``OutputLimitError``) or ``OptionError``.
@@ -116,7 +112,7 @@ def judge(
     the caller later does to the object it holds, what the limits judged is what
     the unit runs and what the record says (SAFETY.md 9)."""
     plan = own_copy(plan)
-    runner.limits.check_plan(plan)
+    limits.check_plan(plan)
     return Judged(
         plan=plan,
         heartbeat=heartbeat_period(plan, heartbeat),
@@ -124,13 +120,15 @@ def judge(
     )
 
 
-def new_policy(runner: Runner, judged: Judged, journal: Journal, now: float) -> SessionPolicy:
+def new_policy(
+    runner: Runner, core: HostCore, judged: Judged, journal: Journal, now: float
+) -> SessionPolicy:
     """Make a judged session's policy and commit "start requested" to the journal:
     the one write that blocks, on purpose (no record, no START). Raises before
     anything is sent."""
     plan = judged.plan
-    if runner._core.lost is not None:
-        raise runner._core.lost
+    if core.lost is not None:
+        raise core.lost
     session_id = journal.new_session_id()
     unit = runner.info.as_dict()
     dumped = plan.model_dump(mode="json")
@@ -138,7 +136,7 @@ def new_policy(runner: Runner, judged: Judged, journal: Journal, now: float) -> 
         plan=plan,
         limits=runner.limits,
         session_id=session_id,
-        link=runner._core,
+        link=core,
         now=now,
         created_utc=datetime.now(timezone.utc),
         start_requested={"plan": dumped, "unit": unit, "port": runner.url},
@@ -174,7 +172,6 @@ class SessionHandle:
         self.session_id = policy.session_id
         self.id = policy.id
         self.journal = journal
-        self._runner = runner
         self._policy = policy
         self._owns_journal = owns_journal
         self._closed = False
@@ -185,7 +182,6 @@ class SessionHandle:
             simulated=runner.info.simulated,
             port=runner.url,
         )
-        core = runner._core
         first = policy.events[0]  # "start requested", committed by new_policy
         self._writer = JournalWriter(
             journal,
@@ -194,10 +190,10 @@ class SessionHandle:
             begin={**first.data, "planned_ms": round(self.plan.dwell * 1000), "utc": first.utc},
             first=first,
             on_durable=lambda n: runner._post(
-                lambda now: core.journal_durable(policy, n), urgent=False
+                lambda core, now: core.journal_durable(policy, n), urgent=False
             ),
             on_failed=lambda error: runner._post(
-                lambda now: core.journal_failed(policy, error, now)
+                lambda core, now: core.journal_failed(policy, error, now)
             ),
             on_done=on_settled,
         )
@@ -207,7 +203,7 @@ class SessionHandle:
                 self.id,
                 self.clock,
                 on_failed=lambda error: runner._post(
-                    lambda now: core.callback_failed(policy, error, now)
+                    lambda core, now: core.callback_failed(policy, error, now)
                 ),
                 on_done=on_settled,
             )
@@ -312,54 +308,6 @@ class Session(SessionHandle):
         self.device = device
         self._ended_signal = self.clock.signal()
 
-    @classmethod
-    def begin(
-        cls,
-        device: ThreadedRunner,
-        plan: SessionPlan,
-        *,
-        journal: Journal | None = None,
-        on_event: EventCallback | None = None,
-        heartbeat: float | None = None,
-        status_every: float = STATUS_EVERY_S,
-    ) -> Session:
-        owns = journal is None
-        judged = judge(device, plan, heartbeat=heartbeat, status_every=status_every)
-        with device._lock:
-            device._core.claim()  # one start at a time: UnitBusy before anything is written
-        try:
-            journal = journal if journal is not None else Journal()
-            try:
-                with device._lock:
-                    now = device.clock.now()
-                policy = new_policy(device, judged, journal, now)
-            except BaseException:
-                if owns:
-                    journal.close()
-                raise
-        except BaseException:
-            with device._lock:
-                device._core.release()
-            raise
-        session = cls(device, policy, journal, owns_journal=owns, on_event=on_event)
-        with device._lock:
-            device._sessions[policy] = session
-        try:
-            result = device._call(lambda now, token: device._core.start(policy, now, token))
-        except BaseException:  # Ctrl-C while waiting: nobody will hold this session
-            # STOP now, from this thread: the program may be about to exit
-            core = device._core
-            device._do(
-                lambda now: core.stop_session(
-                    policy, StopReason.HOST_SHUTDOWN, _INTERRUPTED, now, None
-                )
-            )
-            raise
-        if isinstance(result, EstimError):
-            session.wait()  # its end is recorded before the error reaches the caller
-            raise result
-        return session
-
     @property
     def events(self) -> list[EventRecord]:
         """The session's records so far (``on_event`` gets each as it happens)."""
@@ -371,30 +319,19 @@ class Session(SessionHandle):
         is sent); ``DeviceError`` if the unit refuses; ``LinkTimeout`` if it did not
         answer (it may have taken the change: the record says so)."""
         timeout = checked("timeout", timeout)
-        core = self.device._core
-        result = self.device._call(
-            lambda now, token: core.set_amplitude(self._policy, channel, ma, now, token), timeout
-        )
-        if isinstance(result, EstimError):
-            raise result
+        self.device._drive(steps.set_amplitude(self._policy, channel, ma, timeout))
 
     def stop(self, reason: StopReason = StopReason.OPERATOR, detail: str = "") -> None:
         """Output off now, from this thread (STOP jumps every queue); returns once the
         unit acknowledged it (or the link was given up). The session then ends and
         records ``reason``, or the reason of a stop already on its way. Safe from any
         thread; idempotent."""
-        text = detail or reason.name.lower().replace("_", " ")
-        core = self.device._core
-        self.device._call(
-            lambda now, token: core.stop_session(self._policy, reason, text, now, token)
-        )
+        self.device._drive(steps.stop_session(self._policy, reason, detail))
 
     def request_stop(self, reason: StopReason = StopReason.OPERATOR, detail: str = "") -> None:
         """Ask for a stop without blocking (for signal handlers): the I/O thread
         sends STOP on its next turn."""
-        text = detail or reason.name.lower().replace("_", " ")
-        core = self.device._core
-        self.device._post(lambda now: core.stop_session(self._policy, reason, text, now, None))
+        self.device._post(steps.posted_stop(self._policy, reason, detail))
 
     def wait(self, timeout: float | None = None) -> SessionRecord:
         """Block until the session has ended and its record is in the journal (or in
