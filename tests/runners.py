@@ -2,29 +2,59 @@
 the threaded runner and the asyncio one (issue 10).
 
 ``AsyncFacade`` runs an ``estim.aio`` device on a ``ManualClockLoop`` in a thread
-that takes part in the manual clock; each call submits a coroutine and waits on
-the clock, so the test thread drives virtual time exactly as it does for the
-threaded runner. Attributes the facade does not define are the asyncio objects'
-own (``port``, ``_core``, ``_read``, ``_policy``...).
+that takes part in the manual clock. Every coroutine method of the device, and of
+the sessions it starts, is called through it as a plain method: the coroutine runs
+on the loop and the test thread waits on the clock, driving virtual time exactly
+as it does for the threaded runner. Everything else is the asyncio objects' own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from estim import aio
 from estim.clock import ManualClock
 from estim.device import connect as threaded_connect
-from estim.protocol import StopReason
-from estim.record import SessionRecord
 
 T = TypeVar("T")
 RUNNERS = ["threads", "asyncio"]
 
 
-class AsyncFacade:
+class _Synchronous:
+    """``target`` with each coroutine method made a plain one (``timeout=`` waits
+    that long on the clock, as the threaded runner's calls do)."""
+
+    def __init__(self, facade: AsyncFacade, target: Any) -> None:
+        self._facade = facade
+        self._target = target
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._target, name)
+        if not inspect.iscoroutinefunction(value):
+            return value
+
+        def call(*args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+            return self._facade.run(value(*args, **kwargs), timeout)
+
+        return call
+
+
+class SessionFacade(_Synchronous):
+    @property
+    def events(self) -> list[Any]:  # the threaded Session's list, not AsyncSession.events()
+        return list(self._target._policy.events)
+
+    def __enter__(self) -> SessionFacade:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._facade.run(self._target.__aexit__(*exc))
+
+
+class AsyncFacade(_Synchronous):
     def __init__(
         self,
         url: str,
@@ -37,10 +67,11 @@ class AsyncFacade:
         self._loop = loop or aio.ManualClockLoop(clock)
         self._thread = clock.start_thread(self._loop.run_forever, name="estim-test-loop")
         try:
-            self._device: aio.AsyncDevice = self.run(aio.connect(url, **options))
+            super().__init__(self, self.run(aio.connect(url, **options)))
         except BaseException:
             self._stop_loop()
             raise
+        self._device: aio.AsyncDevice = self._target
 
     def run(self, awaitable: Awaitable[T], timeout: float | None = None) -> T:
         """Run ``awaitable`` on the loop; wait on the clock (which drives it)."""
@@ -54,18 +85,6 @@ class AsyncFacade:
         if not done.wait(timeout):
             raise TimeoutError(f"not done within {timeout} s")
         return future.result()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._device, name)
-
-    def status(self) -> Any:
-        return self.run(self._device.status())
-
-    def clear_fault(self) -> Any:
-        return self.run(self._device.clear_fault())
-
-    def stop(self, reason: Any = StopReason.OPERATOR, **kw: Any) -> Any:
-        return self.run(self._device.stop(reason, **kw))
 
     def start(self, plan: Any, **kw: Any) -> SessionFacade:
         return SessionFacade(self, self.run(self._device.start(plan, **kw)))
@@ -86,36 +105,6 @@ class AsyncFacade:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class SessionFacade:
-    def __init__(self, device: AsyncFacade, session: aio.AsyncSession) -> None:
-        self.device = device
-        self._session = session
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._session, name)
-
-    @property
-    def events(self) -> list[Any]:
-        return list(self._session._policy.events)
-
-    def set_amplitude(self, channel: int, ma: float, *, timeout: float = 2.0) -> None:
-        self.device.run(self._session.set_amplitude(channel, ma), timeout)
-
-    def stop(self, reason: StopReason = StopReason.OPERATOR, detail: str = "") -> None:
-        self.device.run(self._session.stop(reason, detail))
-
-    def wait(self, timeout: float | None = None) -> SessionRecord:
-        return self.device.run(self._session.wait(), timeout)
-
-    def __enter__(self) -> SessionFacade:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if not self.state.is_end:
-            self.stop(StopReason.HOST_SHUTDOWN, "the program left the session's with block")
-        self.wait()
 
 
 def connector(runner: str, clock: ManualClock) -> Callable[..., Any]:
@@ -140,3 +129,6 @@ def hang_the_loop(device: Any, clock: ManualClock, seconds: float) -> None:
         return read(timeout)
 
     device._read = stuck_once
+
+
+__all__ = ["RUNNERS", "AsyncFacade", "SessionFacade", "connector", "hang_the_loop"]
