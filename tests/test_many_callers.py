@@ -19,7 +19,14 @@ import pytest
 from estim import aio
 from estim.clock import ManualClock
 from estim.device import connect as threaded_connect
-from estim.errors import EstimError, OptionError, OutputLimitError, RemoteProtocolError, UnitBusy
+from estim.errors import (
+    DeviceFault,
+    EstimError,
+    OptionError,
+    OutputLimitError,
+    RemoteProtocolError,
+    UnitBusy,
+)
 from estim.journal import Journal
 from estim.plan import ChannelPlan, SessionPlan
 from estim.protocol import Fault, FaultRaised, MessageType, State, Stopped
@@ -500,3 +507,23 @@ UNIT_FIELDS = {
     "firmware": "sim-1.0",
     "simulated": True,
 }
+
+
+# --- issue 20: DeviceFault is raised where a unit fault ended the session -----------------
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_command_to_a_session_a_unit_fault_ended_raises_device_fault(
+    runner: str, journal: Journal
+) -> None:
+    clock = ManualClock()
+    unit = SimulatedUnit(clock=clock)
+    with serve(unit) as url, connector(runner, clock)(url) as device:
+        session = device.start(plan_of(GENTLE), journal=journal)
+        clock.advance(8)
+        unit.over_current(1)
+        assert session.wait(timeout=5).outcome == "faulted"
+        with pytest.raises(DeviceFault, match="OVER_CURRENT") as raised:
+            session.set_amplitude(1, 6)
+    assert raised.value.code == Fault.OVER_CURRENT
+    assert raised.value.channel == 1

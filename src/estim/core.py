@@ -207,8 +207,7 @@ class HostCore:
             policy.set_amplitude(channel, ma, now, token)
             self._collect()
         else:
-            error = EstimError(f"session {policy.id} has ended ({policy.state})")
-            self._out.resolved.append((token, error))
+            self._out.resolved.append((token, policy.not_running()))
 
     def journal_durable(self, policy: SessionPolicy, n: int) -> None:
         policy.journal_durable(n)

@@ -35,7 +35,14 @@ from datetime import datetime, timedelta
 from enum import Enum
 from typing import Any, Protocol
 
-from estim.errors import DeviceError, EstimError, LinkLost, LinkTimeout, OutputLimitError
+from estim.errors import (
+    DeviceError,
+    DeviceFault,
+    EstimError,
+    LinkLost,
+    LinkTimeout,
+    OutputLimitError,
+)
 from estim.info import MODES, WAVEFORMS, UnitStatus
 from estim.limits import Limits
 from estim.plan import ChannelPlan, SessionPlan
@@ -197,9 +204,10 @@ class SessionPolicy:
         self._next_status = 0.0
         self._recover_until = 0.0
         self._next_poll = 0.0
-        self._silent_ms = 0
         self._stalled_s = 0.0
         self._pending_fault: str | None = None
+        #: (code, channel) of the unit's fault, once it reported one
+        self._fault: tuple[int, int] | None = None
         #: every amplitude (uA) the limits judged for each channel: what the unit's
         #: reports are checked against (SAFETY.md 9)
         self._judged_ua: dict[int, set[int]] = {
@@ -222,8 +230,18 @@ class SessionPolicy:
     def done(self) -> bool:
         return self.phase is Phase.DONE
 
-    def owns(self, seq: int) -> bool:
-        return seq in self._tags
+    def not_running(self) -> EstimError:
+        """What a command to this session meets once it is not running: the unit's
+        fault, if one ended it (``DeviceFault`` with its code and channel)."""
+        if self.outcome == "faulted" and self._fault is not None:
+            code, channel = self._fault
+            return DeviceFault(
+                f"session {self.id} was ended by a unit fault: {self.stop_reason}",
+                code=code,
+                channel=channel,
+            )
+        verb = "has ended" if self.state.is_end else "is not running"
+        return EstimError(f"session {self.id} {verb} ({self.state})")
 
     def remaining(self, now: float) -> float:
         """Seconds until the dwell ends (host's timer), 0 once ended."""
@@ -392,7 +410,7 @@ class SessionPolicy:
         self._activate(now)
         planned = next((c for c in self.plan.channels if c.channel == channel), None)
         if self.state.is_end or self.phase is not Phase.LIVE:
-            self._resolve(token, EstimError(f"session {self.id} is not running ({self.state})"))
+            self._resolve(token, self.not_running())
             return
         if planned is None:
             self._resolve(token, OutputLimitError(f"channel {channel} is not in this session"))
@@ -678,6 +696,7 @@ class SessionPolicy:
                 self._end("completed", "the unit's own deadline ended it", ended_by="unit", now=now)
         elif isinstance(item, FaultRaised):
             name = fault_name(item.fault)
+            self._fault = self._fault or (item.fault, item.channel)
             self._pending_fault = f"unit fault {name}" + (
                 f" on channel {item.channel}" if item.channel else ""
             )

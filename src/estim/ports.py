@@ -98,10 +98,6 @@ class PortInfo:
     #: the name of the known unit, if the USB ids match one
     known_unit: str | None
 
-    @property
-    def looks_like_estim(self) -> bool:
-        return self.known_unit is not None
-
 
 def list_ports() -> list[PortInfo]:
     """Serial ports on this machine, known estim units marked. ``sim://`` is always

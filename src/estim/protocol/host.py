@@ -135,9 +135,6 @@ class HostConnection:
         """Forget a pending request: it is not resent, and its answer is ignored."""
         self._pending.pop(seq, None)
 
-    def pending(self, seq: int) -> bool:
-        return seq in self._pending
-
     def poll(self, now: float) -> tuple[list[bytes], list[Expired]]:
         """What time alone does: the bytes of every retransmission due, and the
         requests that have used up their attempts (forgotten from now on)."""
