@@ -31,7 +31,6 @@ from estim.errors import (
 from estim.info import UnitInfo
 from estim.journal import Journal
 from estim.plan import ChannelPlan, SessionPlan
-from estim.policy import _configure
 from estim.protocol import (
     Ack,
     DeviceInfo,
@@ -48,6 +47,7 @@ from estim.protocol import (
 )
 from estim.refusals import describe_refusal
 from estim.sim import FaultWindow, LinkFaults, SimulatedUnit, UnitConfig, serve
+from estim.start_sequence import _configure
 
 from . import vectors
 from .scripted import ScriptedPort
