@@ -4,13 +4,13 @@ Every event is one transaction (WAL, ``synchronous=FULL``): once ``append``
 returns, the event survives a crash or a power cut. "Start requested" is committed
 before START is sent, so every period of output has a start record.
 
-While a session runs, its process holds an exclusive lock on a small lock file
-(``<db>.locks/<id>``); the operating system drops it when the process dies, even
-on ``kill -9``. Opening the journal marks a session ``interrupted`` only if it is
-unfinished *and* nobody holds its lock, so a session running in another terminal
-is never mistaken for a crashed one. The lock is let go only once the session's
-record is safe: finished in the journal, or saved whole to its sidecar file
-(``close()`` with a session still being written keeps it until then).
+By job (issue 20): this module is the store (schema, transactions, writes, reads);
+``estim.journal_recovery`` knows which sessions are live in some process (their
+liveness locks) and marks those a dead host left ``interrupted``;
+``estim.journal_sidecar`` saves what could not be written and imports it. A
+session's lock is let go only once its record is safe: finished in the journal, or
+saved whole to its sidecar file (``close()`` with a session still being written
+keeps it until then).
 
 A journal file deleted or replaced under a live session is noticed at the next
 write and by the session's writer at least once a second (``check_file``): the
@@ -37,14 +37,12 @@ from typing import TYPE_CHECKING, Any
 
 import estim.outbox as outbox
 from estim.errors import JournalError, SessionNotFound
+from estim.journal_recovery import LivenessLocks, recover
+from estim.journal_sidecar import import_sidecars, sidecar_path, write_sidecar
 
 if TYPE_CHECKING:
     from estim.record import EventRecord, SessionRecord
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not POSIX
-    fcntl = None  # type: ignore[assignment]
 
 SCHEMA_VERSION = 2
 
@@ -139,7 +137,7 @@ class Journal:
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path).expanduser() if path is not None else default_path()
         self._lock = threading.RLock()
-        self._locks: dict[str, int] = {}
+        self._liveness = LivenessLocks(self.path.with_name(self.path.name + ".locks"))
         #: sessions whose records a writer (``estim.background``) is still saving
         self.writing: set[str] = set()
         self._counters: dict[str, int] = {}
@@ -161,8 +159,8 @@ class Journal:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
             #: sessions whose final records came back from a sidecar file
-            self.imported = self._import_sidecars()
-            self.interrupted = self._recover()
+            self.imported = import_sidecars(self)
+            self.interrupted = recover(self)
         except sqlite3.Error as err:
             self._db.close()
             kind = NotAJournal if "not a database" in str(err) else JournalError
@@ -180,11 +178,7 @@ class Journal:
         if not self.path.exists():
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
             os.close(fd)
-        self._lock_dir.mkdir(mode=0o700, exist_ok=True)
-
-    @property
-    def _lock_dir(self) -> Path:
-        return self.path.with_name(self.path.name + ".locks")
+        self._liveness.create()
 
     def _migrate(self) -> None:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
@@ -253,65 +247,8 @@ class Journal:
                 if not wait:
                     self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
-    def _recover(self) -> list[str]:
-        """Mark unfinished sessions whose process is gone as interrupted, stamped with
-        their last record: the last moment the host knew the state of output. A
-        session that another process finishes meanwhile is left as it is."""
-        rows = self._db.execute("SELECT id FROM sessions WHERE outcome IS NULL").fetchall()
-        interrupted = []
-        for (session_id,) in rows:
-            if self._held_elsewhere(session_id) or self.sidecar_path(session_id).exists():
-                continue
-            with self._transaction():
-                last = self._db.execute(
-                    "SELECT n, utc, t, kind FROM events WHERE session_id=? ORDER BY n DESC LIMIT 1",
-                    (session_id,),
-                ).fetchone()
-                n, utc, t, kind = last if last else (-1, utc_now(), 0.0, "none")
-                reason = (
-                    f"the host stopped unexpectedly; last known: {kind} at {utc}, its last "
-                    "record; the unit's watchdog or its own deadline ended output after that"
-                )
-                changed = self._db.execute(
-                    "UPDATE sessions SET state='interrupted', outcome='interrupted', stop_reason=?, "
-                    "last_event='interrupted' WHERE id=? AND outcome IS NULL",
-                    (reason, session_id),
-                ).rowcount
-                if changed:  # (not finished since it was read)
-                    self._db.execute(
-                        "INSERT INTO events (session_id, n, utc, t, unit_ms, kind, data) "
-                        "VALUES (?,?,?,?,?,?,?)",
-                        (
-                            session_id,
-                            n + 1,
-                            utc,
-                            t,
-                            None,
-                            "interrupted",
-                            json.dumps({"reason": reason}),
-                        ),
-                    )
-                    outbox.enqueue(self._db, session_id, utc_now())  # delivered: see outbox.py
-            if changed:
-                with contextlib.suppress(OSError):
-                    (self._lock_dir / session_id).unlink()
-                interrupted.append(session_id)
-        return interrupted
-
     def _held_elsewhere(self, session_id: str) -> bool:
-        if session_id in self._locks:
-            return True  # this journal's own live session
-        path = self._lock_dir / session_id
-        if fcntl is None or not path.exists():
-            return False
-        fd = os.open(path, os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
+        return self._liveness.held_elsewhere(session_id)
 
     def _next_n(self, session_id: str) -> int:
         (n,) = self._db.execute(
@@ -345,7 +282,7 @@ class Journal:
         sid = format_id(session_id)
         now = utc or utc_now()
         try:
-            self._hold_lock(sid)
+            self._liveness.hold(sid)
             with self._transaction():
                 self._insert_session(
                     sid,
@@ -503,7 +440,7 @@ class Journal:
     # -- a sidecar: what could not be written, imported at the next open ---------------------
 
     def sidecar_path(self, session_id: str) -> Path:
-        return self.path.with_name(f"{self.path.name}.pending-{session_id}.json")
+        return sidecar_path(self.path, session_id)
 
     def write_sidecar(
         self,
@@ -513,136 +450,16 @@ class Journal:
         *,
         begin: dict[str, Any] | None = None,
     ) -> Path:
-        """Save what the journal would not take, next to it (0600, written whole or
-        not at all). The next ``Journal`` opened on this file imports it; with
-        ``begin`` (``Journal.begin``'s fields) and every event, it holds the whole
-        session, for a journal that lost it. Raises OSError."""
-        path = self.sidecar_path(session_id)
-        body = {
-            "session_id": session_id,
-            "begin": begin,
-            "events": [{**e.model_dump(mode="json"), "state": state} for e, state in events],
-            "finish": finish,
-        }
-        temp = path.with_name(path.name + ".tmp")
-        try:
-            fd = os.open(temp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(body, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                temp.unlink()
-            raise
-        return path
+        """Save what the journal would not take, next to it (``estim.journal_sidecar``).
+        Raises OSError."""
+        return write_sidecar(self.path, session_id, events, finish, begin=begin)
 
-    def _import_sidecars(self) -> list[str]:
-        """Import every sidecar next to this journal, one process at a time (others
-        that open the journal meanwhile wait for the import lock, then find the files
-        gone). A session a sidecar finishes that was marked interrupted meanwhile
-        (by a host that could not know it was alive) gets its real end."""
-        pending = sorted(self.path.parent.glob(f"{self.path.name}.pending-*.json"))
-        if not pending:
-            return []
-        with self._import_lock():
-            return [sid for path in pending if (sid := self._import_sidecar(path))]
-
-    @contextlib.contextmanager
-    def _import_lock(self) -> Iterator[None]:
-        if fcntl is None:
-            yield
-            return
-        fd = os.open(self._lock_dir / "import", os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
-    def _import_sidecar(self, path: Path) -> str | None:
-        try:
-            body = json.loads(path.read_text(encoding="utf-8"))
-            sid = str(body["session_id"])
-            with self._transaction():
-                begin = body.get("begin")
-                if begin is not None:
-                    self._insert_session(sid, begin, ignore=True)
-                finish = body["finish"]
-                guessed = self._db.execute(
-                    "SELECT 1 FROM sessions WHERE id=? AND outcome='interrupted'", (sid,)
-                ).fetchone()
-                if guessed and finish is not None:  # the facts replace the guess
-                    self._db.execute(
-                        "DELETE FROM events WHERE session_id=? AND kind='interrupted'", (sid,)
-                    )
-                    self._db.execute(
-                        "UPDATE sessions SET outcome=NULL WHERE id=? AND outcome='interrupted'",
-                        (sid,),
-                    )
-                for e in body["events"]:
-                    self._db.execute(
-                        "INSERT OR IGNORE INTO events (session_id, n, utc, t, unit_ms, kind, "
-                        "data) VALUES (?,?,?,?,?,?,?)",
-                        (
-                            sid,
-                            e["n"],
-                            e["utc"],
-                            e["t"],
-                            e["unit_ms"],
-                            e["kind"],
-                            json.dumps(e["data"]),
-                        ),
-                    )
-                if body["events"]:
-                    last = body["events"][-1]
-                    self._db.execute(
-                        "UPDATE sessions SET last_event=?, state=? WHERE id=? AND outcome IS NULL",
-                        (last["kind"], last["state"], sid),
-                    )
-                if finish is not None:
-                    self._db.execute(
-                        "UPDATE sessions SET state=?, outcome=?, stop_reason=?, ended_by=?, "
-                        "delivered_ms=?, started_utc=?, ended_utc=? WHERE id=? AND outcome IS NULL",
-                        (
-                            finish["outcome"],
-                            finish["outcome"],
-                            finish["stop_reason"],
-                            finish["ended_by"],
-                            finish["delivered_ms"],
-                            finish["started_utc"],
-                            finish["ended_utc"],
-                            sid,
-                        ),
-                    )
-                    outbox.enqueue(self._db, sid, utc_now())  # queued as it is finished
-        except FileNotFoundError:
-            return None  # imported by another process meanwhile
-        except (OSError, ValueError, KeyError, TypeError, sqlite3.Error, JournalError):
-            return None  # left for the next open; the session is not marked interrupted
-        path.unlink(missing_ok=True)
-        return sid
-
-    def _hold_lock(self, sid: str) -> None:
-        if fcntl is None:
-            return
-        path = self._lock_dir / sid
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise
-        self._locks[sid] = fd
+    @property
+    def _locks(self) -> dict[str, int]:
+        return self._liveness.fds
 
     def _release_lock(self, sid: str) -> None:
-        fd = self._locks.pop(sid, None)
-        if fd is None:
-            return
-        with contextlib.suppress(OSError):
-            (self._lock_dir / sid).unlink()
-        os.close(fd)
+        self._liveness.release(sid)
 
     # -- reading ---------------------------------------------------------------------------------
 
