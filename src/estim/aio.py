@@ -30,7 +30,7 @@ import contextlib
 import logging
 import selectors
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import serial
@@ -38,6 +38,7 @@ import serial
 import estim.runner as runner
 import estim.shutdown as shutdown
 import estim.steps as steps
+from estim.aio_session import AsyncSession
 from estim.bounds import checked
 from estim.clock import REAL_CLOCK, Clock, ManualClock
 from estim.core import HostCore, Result
@@ -47,12 +48,11 @@ from estim.journal import Journal
 from estim.limits import ClinicLimits
 from estim.owner import ANSWER_S, hold, port_identity
 from estim.plan import SessionPlan
-from estim.policy import STATUS_EVERY_S, SessionPolicy
+from estim.policy import STATUS_EVERY_S
 from estim.protocol import Message, State, StopReason
 from estim.protocol.host import RESPONSE_TIMEOUT_S, RETRIES
-from estim.record import EventRecord, SessionRecord
 from estim.runner import RunnerBase
-from estim.session import EventCallback, SessionHandle
+from estim.session import EventCallback
 from estim.steps import Ask, Block, Steps, Touch
 
 log = logging.getLogger("estim.aio")
@@ -411,97 +411,6 @@ class AsyncDevice(RunnerBase):
         self._reader.join(timeout=5.0)
         with contextlib.suppress(serial.SerialException, OSError):
             self.port.close()
-
-
-class AsyncSession(SessionHandle):
-    """A running session on an ``AsyncDevice``. Create with ``await unit.start(plan)``."""
-
-    def __init__(
-        self, device: AsyncDevice, policy: SessionPolicy, journal: Journal, **kw: Any
-    ) -> None:
-        loop = device._loop
-        self._pending_background = 0
-        self._background = loop.create_future()
-        super().__init__(device, policy, journal, on_settled=self._settled_threadsafe, **kw)
-        self._pending_background = 1 + (self._notifier is not None)
-        self.device = device
-        self._loop = loop
-        self._ended_future: asyncio.Future[None] = loop.create_future()
-        self._events: asyncio.Queue[EventRecord | None] = asyncio.Queue()
-
-    def _settled_threadsafe(self) -> None:
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._one_settled)
-
-    def _one_settled(self) -> None:
-        self._pending_background -= 1
-        if self._pending_background <= 0 and not self._background.done():
-            self._background.set_result(None)
-
-    async def set_amplitude(self, channel: int, ma: float) -> None:
-        """Change a channel's amplitude (see ``Session.set_amplitude``)."""
-        await self.device._drive(steps.set_amplitude(self._policy, channel, ma))
-
-    async def stop(self, reason: StopReason = StopReason.OPERATOR, detail: str = "") -> None:
-        """Output off now; returns once the unit acknowledged it."""
-        await self.device._drive(steps.stop_session(self._policy, reason, detail))
-
-    def request_stop(self, reason: StopReason = StopReason.OPERATOR, detail: str = "") -> None:
-        """Ask for a stop from any thread, without blocking (a signal handler)."""
-        self.device._post(steps.posted_stop(self._policy, reason, detail))
-
-    async def events(self) -> AsyncIterator[EventRecord]:
-        """Every record of the session, in order, from the first; ends after "ended"."""
-        while True:
-            record = await self._events.get()
-            if record is None:
-                return
-            yield record
-
-    async def wait(self) -> SessionRecord:
-        """Wait until the session has ended and its record is in the journal; return
-        it. Cancelling the waiting task stops output."""
-        try:
-            await asyncio.shield(self._ended_future)
-        except asyncio.CancelledError:  # STOP now: the loop may not run another turn
-            if not self.state.is_end:
-                self.device._run_posted(
-                    steps.posted_stop(
-                        self._policy,
-                        StopReason.HOST_SHUTDOWN,
-                        "the task waiting for the session was cancelled",
-                    )
-                )
-            raise
-        await self._background
-        self._close_journal()
-        return self.record()
-
-    async def __aenter__(self) -> AsyncSession:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if not self.state.is_end:
-            await self.stop(
-                StopReason.HOST_SHUTDOWN, "the program left the session's async with block"
-            )
-        await self.wait()
-
-    def _recorded(self, record: EventRecord, state: str) -> None:
-        super()._recorded(record, state)
-        if not self._loop.is_closed():  # (a closed loop: the program is ending)
-            self._events.put_nowait(record)
-
-    def _ended(self) -> None:
-        super()._ended()
-        if self._loop.is_closed():
-            return
-        self._events.put_nowait(None)
-        if not self._ended_future.done():
-            self._ended_future.set_result(None)
-
-    def __repr__(self) -> str:
-        return f"<AsyncSession {self.id} {self.state} on {self.device.url}>"
 
 
 class _Connecting:
