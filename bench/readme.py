@@ -9,7 +9,9 @@ Everything between the two markers in the repository's README.md is replaced:
 
 The table holds the figures marked ``headline`` in results.json (by default every
 figure with a goal; a few diagnostics too; figure 6's smaller N and the watchdog's
-secondary figures not); the rest are in results.json.
+secondary figures not) and every figure that missed its goal, headline or not
+(issue 20: a missed sub-figure, such as one N of the scale run, must show); the rest
+are in results.json.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def render(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     for f in results:
-        if not f.get("headline"):
+        if not f.get("headline") and f.get("met") is not False:
             continue
         title = f.get("title") or f["name"]
         unit = f["unit"]
