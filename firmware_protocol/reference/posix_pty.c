@@ -565,8 +565,9 @@ int main(int argc, char **argv)
                 estim_unit_receive(&unit, buf, (size_t)n);
             }
         }
-        estim_unit_poll(&unit);
+        /* the rig first: an electrode opening now is measured by this poll */
         inject(&unit, &rig, monotonic_us());
+        estim_unit_poll(&unit);
     }
     /* a clean end: output off, as a unit losing power */
     for (i = 1; i <= cfg.channel_count; i++) {

@@ -48,10 +48,21 @@ SLEW_RULE = ("7, 9", "a SET_AMPLITUDE slews at amplitude/ramp (<= slew_max), nev
 RAMP_DOWN_RULE = ("7", "the end ramp starts at deadline - ramp and falls linearly to 0")
 COMPLETED_RULE = ("7, 9", "COMPLETED at the deadline: delivered_ms == dwell_ms, output 0")
 ORDER_RULE = ("6.2", "a session's events come in the order of its transitions")
+CLOCK_RULE = ("9", "the unit's clock keeps time: its time_ms and the host's clock agree")
+#: how far the host's own clock may be off: NTP slews a monotonic clock by at most 500 ppm
+HOST_DRIFT = 500e-6
 
 
 def _session_rules(ctx: Context) -> list[tuple[str, str]]:
-    return [RAMP_UP_RULE, SAME_INSTANT_RULE, SLEW_RULE, RAMP_DOWN_RULE, COMPLETED_RULE, ORDER_RULE]
+    return [
+        RAMP_UP_RULE,
+        SAME_INSTANT_RULE,
+        SLEW_RULE,
+        RAMP_DOWN_RULE,
+        COMPLETED_RULE,
+        ORDER_RULE,
+        CLOCK_RULE,
+    ]
 
 
 @dataclass
@@ -60,6 +71,8 @@ class _Run:
     shape: Shape
     half: int
     samples: list[Status] = field(default_factory=list)
+    #: (host time the GET_STATUS was sent, host time its answer came, the answer)
+    timed: list[tuple[float, float, Status]] = field(default_factory=list)
     beats: list[str] = field(default_factory=list)
     #: the SET_AMPLITUDE back to the target after RAMP_DONE, between two STATUS
     raised: Bracket | None = None
@@ -79,6 +92,7 @@ def _session_run(ctx: Context) -> list[Row]:
         _ramp_down(ctx, run),
         _completed(ctx, run),
         _order(ctx, run),
+        _clock(ctx, run),
     ]
 
 
@@ -107,9 +121,11 @@ def _whole_session(ctx: Context) -> _Run:
     ramp_done = event_of(ctx, live, RampDone)
 
     def sample() -> None:
+        sent = ctx.clock.now()
         got = port.ask(GetStatus())
         if got is not None and isinstance(got.message, Status):
             run.samples.append(got.message)
+            run.timed.append((sent, got.t, got.message))
 
     def act() -> None:
         if run.raised is None and ramp_done() is not None:
@@ -408,6 +424,38 @@ def _order(ctx: Context, run: _Run) -> Row:
             f"expected {', '.join(expected)}; got {', '.join(names) or 'nothing'}",
         )
     return Row(*ORDER_RULE, PASS, ", ".join(names))
+
+
+def _clock(ctx: Context, run: _Run) -> Row:
+    """The first and last STATUS of the session: the unit read its clock between
+    sending and answering each, so the time between its two readings lies between
+    (second sent - first answered) and (second answered - first sent) on the host's
+    clock. Host delays only widen that bracket: they never fail a unit. A unit
+    whose clock runs 1% slow (a 600 s dwell lasting 606 s) is outside it."""
+    if len(run.timed) < 2:
+        return Row(*CLOCK_RULE, FAIL, "fewer than two STATUS answers in the session")
+    (s1, r1, first), (s2, r2, last) = run.timed[0], run.timed[-1]
+    unit = (last.time_ms - first.time_ms) & 0xFFFFFFFF
+    low, high = ms(s2 - r1), ms(r2 - s1)
+    slack = DRIFT + HOST_DRIFT
+    window = (
+        f"unit's elapsed time within the host's bracket x (1 -+ {slack * 1e6:.0f} ppm: "
+        f"100 for the unit, 500 for the host's clock) +-{TICK_MS} ms"
+    )
+    tried = (f"STATUS at the start and the end of the session, {low / 1000:.3f} s apart or more",)
+    if not low * (1 - slack) - TICK_MS <= unit <= high * (1 + slack) + TICK_MS:
+        why = (
+            f"{unit} ms passed on the unit's clock while {low:.1f} to {high:.1f} ms passed on "
+            f"the host's: {(unit / max((low + high) / 2, 1e-9) - 1) * 1e6:+.0f} ppm"
+        )
+        return Row(*CLOCK_RULE, FAIL, why, tried, window)
+    return Row(
+        *CLOCK_RULE,
+        PASS,
+        f"{unit} ms on the unit's clock, {low:.1f} to {high:.1f} ms on the host's",
+        tried,
+        window,
+    )
 
 
 CLAUSES = [Clause("session", _session_rules, _session_run, stimulating=True)]
