@@ -286,6 +286,13 @@ def test_other_units_are_judged_by_their_own_limits(unit: str) -> None:
     assert report.exit_code == 0
 
 
+def test_the_suite_passes_on_a_unit_whose_clock_wraps_during_the_run() -> None:
+    unit = manual_unit(replace(FAST, clock_start_ms=2**32 - 3_000))
+    report, _ = run_suite(unit)
+    assert failures(report) == {}
+    assert unit.clock.now() > 3  # the wrap came mid-run
+
+
 def test_a_second_run_on_the_same_unit_passes_too() -> None:
     """No reboot between runs: fresh seqs and session ids, so nothing of the first
     run is taken for a copy, and no START names a session that has ended."""
@@ -591,6 +598,36 @@ def test_a_failed_clause_exits_4(runner: CliRunner) -> None:
     assert "2 failed" in next(x for x in result.stdout.splitlines() if x.startswith("conformance"))
 
 
+def test_clause_runs_only_the_clauses_named(runner: CliRunner) -> None:
+    names = invoke(runner, "--clause", "list")
+    assert names.exit_code == 0
+    assert "gap" in names.stdout.splitlines()
+    assert "handshake" not in names.stdout.splitlines()  # it always runs
+    with serve(manual_unit()) as url:
+        result = invoke(runner, "--port", url, "--clause", "gap", "--json")
+    document = json.loads(result.stdout)
+    sections = [row["rule"] for row in document["rows"]]
+    assert GAP_RULE[1] in sections
+    assert REQUEST_RULES["HELLO"][1] not in sections
+    assert result.exit_code == 1  # nothing that drives current ran
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--clause", "nosuch"), "estim: no clause named 'nosuch'; `--clause list` names them"),
+        (("--lead-off-at", "soon"), "estim: --lead-off-at 'soon': expected SECONDS[:CHANNEL]"),
+        (("--lead-off-at", "5:9"), "estim: --lead-off-at '5:9': SECONDS must be above 0"),
+    ],
+)
+def test_bad_clause_and_rig_options_exit_2(
+    runner: CliRunner, args: tuple[str, ...], message: str
+) -> None:
+    result = invoke(runner, "--port", "sim://", *args)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(message), result.stderr
+
+
 def test_a_unit_that_never_answers_exits_5(runner: CliRunner) -> None:
     with serve(manual_unit(cls=Mute)) as url:
         result = invoke(runner, "--port", url, "--json")
@@ -652,7 +689,8 @@ def test_the_suite_passes_over_a_pty_in_real_time(
     """What a vendor runs: the command against a unit on a serial port, at its
     smallest dwell of 2 s: ``estim simulate --pty`` in another process, and the C
     reference unit (firmware_protocol/reference/, built with the sanitizers)."""
-    options = ("dwell_min_s=2", "open_channel=2", "lead_off_at=3:1")  # the rig, on the unit's side
+    # the rig, on the unit's side; a clock that wraps at 2^32 four seconds into the run
+    options = ("dwell_min_s=2", "open_channel=2", "lead_off_at=3:1", "clock_start_ms=4294963296")
     if unit == "c":
         binary = request.getfixturevalue("cunit").unit
         sim = SimProcess("--json", *options, command=[str(binary)])

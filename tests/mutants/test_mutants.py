@@ -175,11 +175,23 @@ def test_there_are_at_least_30_mutants_each_a_patch_that_applies_once() -> None:
         assert (m.catches is None) == bool(m.unseen) == bool(m.shows), m.name
 
 
-def test_every_mutant_is_in_the_reference_readme_s_table() -> None:
+def table_row(m: Mutant) -> str:
+    """The mutant's row in reference/README.md's table."""
+    caught = (
+        f"`{m.catches}`"
+        if m.catches
+        else f"not on the wire: {m.unseen}; a measured load shows {m.shows}"
+    )
+    return f"| `{m.name}` | {m.rule} | {caught} |"
+
+
+def test_the_reference_readme_s_table_is_the_catalogue() -> None:
     readme = (ROOT / "firmware_protocol" / "reference" / "README.md").read_text()
-    table = readme.split("## Mutants")[1]
-    for m in MUTANTS:
-        assert f"`{m.name}`" in table, m.name
+    table = [line for line in readme.split("## Mutants")[1].splitlines() if line.startswith("| `")]
+    assert table == [table_row(m) for m in MUTANTS]
+    assert f"keeps {len(MUTANTS)} copies" in readme
+    assert f"{len(ON_THE_WIRE)} break a rule the wire shows" in readme
+    assert f"{len(OFF_THE_WIRE)} break a rule no wire test can see" in readme
 
 
 # --- on the wire: caught, by the row that names the rule ---------------------------------------

@@ -163,7 +163,8 @@ def drive(ctx: Context, *, until: Callable[[], bool], limit: float, every: list[
 
 def heartbeat(ctx: Context, live: Live, problems: list[str]) -> Callable[[], None]:
     """An action: a HEARTBEAT naming the session, whose answer must be an ACK (or
-    NO_SESSION, if the session has just ended on its own: the two crossed)."""
+    NO_SESSION or FAULT_LATCHED, if the session has just ended on its own or by a
+    fault: the two crossed)."""
     over = ended(ctx, live)
 
     def beat() -> None:
@@ -173,7 +174,7 @@ def heartbeat(ctx: Context, live: Live, problems: list[str]) -> Callable[[], Non
         if (
             got is not None
             and isinstance(got.message, Nack)
-            and got.message.error == ErrorCode.NO_SESSION
+            and got.message.error in (ErrorCode.NO_SESSION, ErrorCode.FAULT_LATCHED)
         ):
             ctx.port.read(ctx.clock.now() + ANSWER_S, lambda: over() is not None)
             if over() is not None:

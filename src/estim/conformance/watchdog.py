@@ -183,7 +183,13 @@ def _trip(ctx: Context) -> _Trip:
         or any(c.amplitude_ua for c in status_after.channels)
     ):
         problems.append(f"STATUS after the trip: {describe_status(status_after)}")
-    problems += [f"HEARTBEAT got {said(b.answer)}" for b in beats if b not in fed][:1]
+    # a HEARTBEAT refused before the trip is wrong; one that crossed it is not
+    refused = [
+        b
+        for b in beats
+        if b not in fed and (b.answer is None or port.log.index(b.answer) < port.log.index(at))
+    ]
+    problems += [f"HEARTBEAT got {said(b.answer)}" for b in refused][:1]
     if problems:
         trip.problem = "; ".join(problems)
     else:
