@@ -20,7 +20,8 @@ from click.testing import CliRunner, Result
 
 from estim.cli import cli
 from estim.clock import ManualClock
-from estim.conformance.clause import FAIL, NEEDS_TEST_LOAD, PASS, SKIP, Context, Row
+from estim.conformance import boundaries, ramps, rig as rig_clauses, unseen
+from estim.conformance.clause import FAIL, NEEDS_TEST_LOAD, PASS, SKIP, Context, Rig, Row
 from estim.conformance.framing import GAP_RULE
 from estim.conformance.limits import channel_config, session_shape
 from estim.conformance.matching import describe, matches
@@ -30,7 +31,7 @@ from estim.conformance.requests import INVALID_RULES, PROBE_RULE, REQUEST_RULES
 from estim.conformance.sequences import sequence_vectors
 from estim.conformance.suite import Report, check, clauses, open_port
 from estim.conformance.vectors import invalid_vectors, valid_vectors
-from estim.conformance.watchdog import FEED_RULE
+from estim.conformance.watchdog import FEED_RULE, WATCHDOG_RULE
 from estim.protocol import (
     BootCause,
     Button,
@@ -50,7 +51,7 @@ from estim.protocol import (
     message_from_dict,
     message_to_dict,
 )
-from estim.sim import SimulatedUnit, UnitConfig, serve
+from estim.sim import OPEN_CIRCUIT_OHM, SimulatedUnit, UnitConfig, serve
 from estim.sim.unit import Refused
 
 from . import vectors
@@ -186,7 +187,7 @@ def test_describe_renders_a_frame_on_one_line() -> None:
 
 
 def run_suite(
-    unit: SimulatedUnit, *, confirm: bool = True, seed: int | None = 1
+    unit: SimulatedUnit, *, confirm: bool = True, seed: int | None = 1, rig: Rig | None = None
 ) -> tuple[Report, list[int]]:
     """The whole suite on ``unit`` served as ``sim://`` on its manual clock; also
     returns how many rows had been judged each time the suite asked to confirm."""
@@ -200,7 +201,7 @@ def run_suite(
     with serve(unit) as url:
         port = open_port(url)
         try:
-            report = check(port, name=url, confirm=answer, on_row=rows.append, seed=seed)
+            report = check(port, name=url, confirm=answer, on_row=rows.append, seed=seed, rig=rig)
         finally:
             port.close()
     assert rows == report.rows
@@ -221,9 +222,28 @@ def manual_unit(
     return cls(config, clock=ManualClock())
 
 
+#: the rows that need a test load that can open a channel (``Rig``)
+RIG_RULES = {
+    rule
+    for clause in rig_clauses.CLAUSES
+    for _, rule in clause.rules(
+        Context(UnitPort(None, ManualClock(), random.Random(0)), ManualClock())
+    )
+}
+
+
+def rigged(unit: SimulatedUnit) -> Rig:
+    """Give ``unit`` what a lead-off rig does: channel 2 open from power-up, and
+    channel 1 opening a second after the smallest dwell, in every session."""
+    unit.impedance_ohm[1] = OPEN_CIRCUIT_OHM
+    opens = unit.config.dwell_min_ms / 1000 + 1
+    unit.inject_in_session(opens, "lead_off", 1)
+    return Rig(open_channel=2, lead_off=(opens, 1))
+
+
 def test_the_whole_suite_passes_on_the_simulated_unit() -> None:
     unit = manual_unit(UnitConfig())  # as it comes: a smallest dwell of 60 s
-    report, asked = run_suite(unit)
+    report, asked = run_suite(unit, rig=rigged(unit))
     assert failures(report) == {}
     assert {row.result for row in report.rows} == {PASS}
     assert report.exit_code == 0
@@ -235,6 +255,7 @@ def test_the_whole_suite_passes_on_the_simulated_unit() -> None:
         i for i, row in enumerate(report.rows) if row.rule == REQUEST_RULES["START"][1]
     )
     assert asked[0] <= first_stimulating
+    assert report.as_json()["not_checked"]  # what no wire test sees, said plainly
     # it left the unit idle, nothing latched, output off
     assert unit.state == State.IDLE
     assert not unit.faults
@@ -259,10 +280,17 @@ def test_other_units_are_judged_by_their_own_limits(unit: str) -> None:
     assert failures(report) == {}
     skipped = {row.rule for row in report.rows if row.result == SKIP}
     if config.channels == 1:  # no channel can be unconfigured if the suite needs channel 1
-        assert skipped == {PROBE_RULE[1]}
+        assert skipped == {PROBE_RULE[1]} | RIG_RULES
     else:
-        assert skipped == set()
+        assert skipped == RIG_RULES  # no rig: lead-off is not checked, and the report says so
     assert report.exit_code == 0
+
+
+def test_the_suite_passes_on_a_unit_whose_clock_wraps_during_the_run() -> None:
+    unit = manual_unit(replace(FAST, clock_start_ms=2**32 - 3_000))
+    report, _ = run_suite(unit)
+    assert failures(report) == {}
+    assert unit.clock.now() > 3  # the wrap came mid-run
 
 
 def test_a_second_run_on_the_same_unit_passes_too() -> None:
@@ -401,7 +429,8 @@ class Mute(SimulatedUnit):
 def test_a_unit_whose_watchdog_a_status_poll_feeds_fails_9_1() -> None:
     report, _ = run_suite(manual_unit(cls=FeedsOnStatus))
     failed = failures(report)
-    assert set(failed) == {FEED_RULE[1]}
+    assert set(failed) == {FEED_RULE[1], WATCHDOG_RULE[1]}  # the trip clause polls STATUS too
+    assert failed[WATCHDOG_RULE[1]].startswith("no FAULT within 200 ms + 1000 ms of the last")
     assert failed[FEED_RULE[1]].startswith("GET_STATUS fed it: no trip ")
     assert "(watchdog 200 ms, each sent every 50 ms)" in failed[FEED_RULE[1]]
     assert report.exit_code == 4
@@ -467,25 +496,45 @@ def invoke(runner: CliRunner, *args: str) -> Result:
     return runner.invoke(cli, ["conformance", *args], catch_exceptions=False)
 
 
-@pytest.mark.estim_unit(dwell_min_ms=2_000)
+RIG_OPTIONS = ("--open-channel", "2", "--lead-off-at", "3:1")
+
+
+@pytest.mark.estim_unit(dwell_min_ms=2_000, open_channel=2, lead_off_at="3:1")
 def test_the_command_prints_the_table_and_exits_0(runner: CliRunner, estim_url: str) -> None:
-    result = invoke(runner, "--port", estim_url, "--test-load")
+    result = invoke(runner, "--port", estim_url, "--test-load", *RIG_OPTIONS)
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].startswith("PASS  4         HELLO(1, 1) is answered DEVICE_INFO")
     assert "-- estim-sim SIM-0001 (firmware sim-1.0, simulated)" in lines[0]
-    assert len(lines) == len(ALL_RULES) + 1
-    assert all(line[:4] == "PASS" for line in lines[:-1])
-    assert (
-        lines[-1]
-        == f"conformance of SIM-0001: {len(ALL_RULES)} clauses passed, 0 failed, 0 skipped"
+    rows, summary, tail = (
+        lines[: len(ALL_RULES)],
+        lines[len(ALL_RULES)],
+        lines[len(ALL_RULES) + 1 :],
     )
+    assert all(line[:4] == "PASS" for line in rows)
+    assert (
+        summary == f"conformance of SIM-0001: {len(ALL_RULES)} clauses passed, 0 failed, 0 skipped"
+    )
+    # what the wire cannot show, said plainly, each with how a vendor checks it
+    assert tail[0] == "not visible on the wire (check them on a measured test load):"
+    assert len(tail) == 1 + len(unseen.ALWAYS)
+    assert tail[1].startswith("  - the current delivered is the amplitude STATUS reports")
     assert result.stderr == ""
 
 
-@pytest.mark.estim_unit(dwell_min_ms=2_000)
+def test_without_a_rig_lead_off_is_listed_as_not_checked(runner: CliRunner) -> None:
+    with serve(manual_unit()) as url:
+        result = invoke(runner, "--port", url, "--test-load", "--json")
+    document = json.loads(result.stdout)
+    assert result.exit_code == 0
+    assert document["skipped"] == len(RIG_RULES)
+    properties = [item["property"] for item in document["not_checked"]]
+    assert properties[-2:] == [unseen.LEAD_OFF_DURING_OUTPUT[0], unseen.LEAD_OFF_AT_START[0]]
+
+
+@pytest.mark.estim_unit(dwell_min_ms=2_000, open_channel=2, lead_off_at="3:1")
 def test_the_command_prints_one_json_document(runner: CliRunner, estim_url: str) -> None:
-    result = invoke(runner, "--port", estim_url, "--test-load", "--json")
+    result = invoke(runner, "--port", estim_url, "--test-load", "--json", *RIG_OPTIONS)
     assert result.exit_code == 0
     document = json.loads(result.stdout)
     assert (document["passed"], document["failed"], document["skipped"]) == (len(ALL_RULES), 0, 0)
@@ -498,7 +547,26 @@ def test_the_command_prints_one_json_document(runner: CliRunner, estim_url: str)
         "rule": "HELLO(1, 1) is answered DEVICE_INFO, protocol version 1",
         "result": "PASS",
         "seen": "estim-sim SIM-0001 (firmware sim-1.0, simulated)",
+        "tried": [],
+        "window": "exact",
     }
+    # per clause: the values tried and the window applied
+    rows = {row["rule"]: row for row in document["rows"]}
+    dwell = rows[boundaries.DWELL_RULE[1]]
+    assert dwell["tried"] == [
+        "dwell_ms=1999 (min - 1): NACK(error=OUT_OF_RANGE, field=DWELL, channel=0)",
+        "dwell_ms=2000 (min): ACK",
+        "dwell_ms=600000 (max): ACK",
+        "dwell_ms=600001 (max + 1): NACK(error=OUT_OF_RANGE, field=DWELL, channel=0)",
+    ]
+    completed = rows[ramps.COMPLETED_RULE[1]]
+    assert completed["window"] == (
+        "COMPLETED at t0 + 2000 +-1 ms, delivered_ms exactly 2000; every STATUS IDLE from "
+        "the deadline on and not before"
+    )
+    assert rows[rig_clauses.LEAD_OFF_RULE[1]]["window"] == (
+        "FAULT at t0 + 3000 .. 3031 ms (10 ms + 1 tick + 20 ms for the rig)"
+    )
 
 
 def test_without_test_load_and_no_terminal_it_drives_no_current(
@@ -521,11 +589,43 @@ def test_a_failed_clause_exits_4(runner: CliRunner) -> None:
     with serve(unit) as url:
         result = invoke(runner, "--port", url, "--test-load")
     assert result.exit_code == 4
-    (line,) = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+    assert len(lines) == 2
+    line = lines[-1]
     assert line.startswith(
         "FAIL  9.1       nothing but a HEARTBEAT naming the live session feeds the watchdog -- GET_STATUS fed it"
     )
-    assert "1 failed" in result.stdout.splitlines()[-1]
+    assert "2 failed" in next(x for x in result.stdout.splitlines() if x.startswith("conformance"))
+
+
+def test_clause_runs_only_the_clauses_named(runner: CliRunner) -> None:
+    names = invoke(runner, "--clause", "list")
+    assert names.exit_code == 0
+    assert "gap" in names.stdout.splitlines()
+    assert "handshake" not in names.stdout.splitlines()  # it always runs
+    with serve(manual_unit()) as url:
+        result = invoke(runner, "--port", url, "--clause", "gap", "--json")
+    document = json.loads(result.stdout)
+    sections = [row["rule"] for row in document["rows"]]
+    assert GAP_RULE[1] in sections
+    assert REQUEST_RULES["HELLO"][1] not in sections
+    assert result.exit_code == 1  # nothing that drives current ran
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--clause", "nosuch"), "estim: no clause named 'nosuch'; `--clause list` names them"),
+        (("--lead-off-at", "soon"), "estim: --lead-off-at 'soon': expected SECONDS[:CHANNEL]"),
+        (("--lead-off-at", "5:9"), "estim: --lead-off-at '5:9': SECONDS must be above 0"),
+    ],
+)
+def test_bad_clause_and_rig_options_exit_2(
+    runner: CliRunner, args: tuple[str, ...], message: str
+) -> None:
+    result = invoke(runner, "--port", "sim://", *args)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(message), result.stderr
 
 
 def test_a_unit_that_never_answers_exits_5(runner: CliRunner) -> None:
@@ -589,14 +689,18 @@ def test_the_suite_passes_over_a_pty_in_real_time(
     """What a vendor runs: the command against a unit on a serial port, at its
     smallest dwell of 2 s: ``estim simulate --pty`` in another process, and the C
     reference unit (firmware_protocol/reference/, built with the sanitizers)."""
+    # the rig, on the unit's side; a clock that wraps at 2^32 four seconds into the run
+    options = ("dwell_min_s=2", "open_channel=2", "lead_off_at=3:1", "clock_start_ms=4294963296")
     if unit == "c":
         binary = request.getfixturevalue("cunit").unit
-        sim = SimProcess("--json", "dwell_min_s=2", command=[str(binary)])
+        sim = SimProcess("--json", *options, command=[str(binary)])
     else:
-        sim = SimProcess("--pty", "--json", "dwell_min_s=2")
+        sim = SimProcess("--pty", "--json", *options)
     with sim:
         began = time.monotonic()
-        run = estim_command("conformance", "--port", sim.port, "--test-load", "--json")
+        run = estim_command(
+            "conformance", "--port", sim.port, "--test-load", "--json", *RIG_OPTIONS
+        )
         try:
             while run.poll() is None:  # read the unit's log as it goes: a full pipe would stall it
                 sim.readline(0.1)
@@ -621,7 +725,7 @@ def test_the_suite_passes_over_a_pty_in_real_time(
     assert len(on) == len(off) > 20
     completed = [e for e in off if e["reason"] == "completed"]
     assert [e["delivered_ms"] for e in completed] == [2_000]
-    assert {e["reason"] for e in off} == {"stop", "completed", "fault:WATCHDOG"}
+    assert {e["reason"] for e in off} == {"stop", "completed", "fault:WATCHDOG", "fault:LEAD_OFF"}
 
 
 def test_sigterm_during_a_session_stops_output_at_once() -> None:

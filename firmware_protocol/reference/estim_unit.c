@@ -85,7 +85,8 @@ static uint32_t ms_since(uint64_t t, uint64_t since)
 
 static uint32_t uptime_ms(const struct estim_unit *u, uint64_t t)
 {
-    return (uint32_t)((t - u->boot_us) / 1000u); /* wraps at 2^32, as 5.2 says */
+    /* from clock_start_ms, wrapping at 2^32, as 5.2 says */
+    return (uint32_t)((t - u->boot_us) / 1000u + u->cfg.clock_start_ms);
 }
 
 static void note_since(struct estim_unit *u, enum estim_note_kind kind, uint32_t value,
@@ -218,16 +219,6 @@ static uint32_t end_ramp_at(const struct estim_unit *u, const struct estim_chann
     return v > 0xFFFFFFFFu ? 0xFFFFFFFFu : (uint32_t)v;
 }
 
-/* RAMPING_DOWN begins the first time k_c x (D - t) < level_c(t) (exact). */
-static int end_ramp_below(const struct estim_unit *u, const struct estim_channel *c,
-                          uint64_t t, uint32_t level)
-{
-    if (t >= u->deadline_us) {
-        return level > 0;
-    }
-    return (uint64_t)c->amplitude_ua * (u->deadline_us - t) < (uint64_t)level * ramp_us(u);
-}
-
 /* Time for the level to move one amplitude step at k_c (at least MIN_STEP_US). */
 static uint64_t step_us(const struct estim_unit *u, const struct estim_channel *c)
 {
@@ -257,9 +248,15 @@ static void all_off(struct estim_unit *u)
 
 /* --- ending a session ----------------------------------------------------- */
 
+/* Section 10: on the list of the last ESTIM_ENDED_SESSIONS ended ids, or at or below
+ * the floor (the largest id that left the list): so an ended session never
+ * restarts, however many sessions later, in 4 x 33 bytes. */
 static int session_ended(const struct estim_unit *u, uint32_t id)
 {
     uint8_t i;
+    if (id <= u->ended_floor) {
+        return 1;
+    }
     for (i = 0; i < u->ended_count; i++) {
         if (u->ended[i] == id) {
             return 1;
@@ -274,6 +271,9 @@ static uint32_t end_session(struct estim_unit *u, uint64_t t, uint8_t off_reason
 {
     uint32_t delivered = ms_since(t, u->start_us);
     all_off(u);
+    if (u->ended_count == ESTIM_ENDED_SESSIONS && u->ended[u->ended_next] > u->ended_floor) {
+        u->ended_floor = u->ended[u->ended_next]; /* it leaves the list: the floor keeps it */
+    }
     u->ended[u->ended_next] = u->session_id;
     u->ended_next = (uint8_t)((u->ended_next + 1u) % ESTIM_ENDED_SESSIONS);
     if (u->ended_count < ESTIM_ENDED_SESSIONS) {
@@ -324,55 +324,168 @@ static void complete(struct estim_unit *u)
     send_event(u, T_COMPLETED, u->session_id, t, p, 12);
 }
 
-/* --- what time alone does -------------------------------------------------- */
+/* --- what time alone does: model instants (section 9.2) -------------------- */
 
-static void envelope(struct estim_unit *u, uint64_t t)
+/* When channel c's level reaches its setpoint (section 7). */
+static uint64_t reach_at(const struct estim_unit *u, const struct estim_channel *c)
+{
+    return c->seg_t0_us + reach_us(u, c);
+}
+
+/* The end ramp reaches the level: A x (D - t) <= level(t) x R (section 7). */
+static int end_ramp_reached(const struct estim_unit *u, const struct estim_channel *c,
+                            uint64_t t)
+{
+    if (t >= u->deadline_us) {
+        return 1;
+    }
+    return (uint64_t)c->amplitude_ua * (u->deadline_us - t) <=
+           (uint64_t)level_at(u, c, t) * ramp_us(u);
+}
+
+/* The first instant the end ramp reaches some channel's level (it stays reached:
+ * the line falls at least as fast as any level), by bisection in whole us. */
+static uint64_t ramp_down_at(const struct estim_unit *u)
+{
+    uint64_t first = u->deadline_us;
+    uint8_t ch;
+    for (ch = 1; ch <= u->cfg.channel_count; ch++) {
+        const struct estim_channel *c = &u->ch[ch - 1];
+        uint64_t lo = c->seg_t0_us;
+        uint64_t hi = u->deadline_us;
+        if (!(u->mask & (1u << (ch - 1u)))) {
+            continue;
+        }
+        while (lo < hi) {
+            uint64_t mid = lo + (hi - lo) / 2u;
+            if (end_ramp_reached(u, c, mid)) {
+                hi = mid;
+            } else {
+                lo = mid + 1u;
+            }
+        }
+        if (lo < first) {
+            first = lo;
+        }
+    }
+    return first;
+}
+
+enum timed { TIMED_NONE, TIMED_DEADLINE, TIMED_WATCHDOG, TIMED_SLEWS, TIMED_RAMP_DOWN };
+
+/* The next model instant at or after done_us, and what happens then. At one
+ * instant the deadline comes first (it beats the watchdog, 9), then the watchdog,
+ * then the slews' ends, then the end ramp (6.2's order of events). */
+static enum timed next_timed(const struct estim_unit *u, uint64_t *at)
+{
+    enum timed what = TIMED_NONE;
+    uint64_t best = UINT64_MAX;
+    uint64_t watchdog_at = u->fed_us + (uint64_t)u->watchdog_ms * 1000u;
+    uint8_t ch;
+    if (!output_on(u)) {
+        return TIMED_NONE;
+    }
+    best = u->deadline_us;
+    what = TIMED_DEADLINE;
+    if (watchdog_at < best) {
+        best = watchdog_at;
+        what = TIMED_WATCHDOG;
+    }
+    if (u->state != ESTIM_RAMPING_DOWN) {
+        uint64_t slews = UINT64_MAX;
+        uint64_t all = 0;
+        uint64_t down = ramp_down_at(u);
+        for (ch = 1; ch <= u->cfg.channel_count; ch++) {
+            const struct estim_channel *c = &u->ch[ch - 1];
+            uint64_t r;
+            if (!(u->mask & (1u << (ch - 1u)))) {
+                continue;
+            }
+            r = reach_at(u, c);
+            if (c->reach_owed && r < slews) {
+                slews = r;
+            }
+            if (r > all) {
+                all = r;
+            }
+        }
+        if (u->state == ESTIM_RAMPING_UP && all < slews) {
+            slews = all; /* RAMP_DONE */
+        }
+        if (slews < u->done_us) {
+            slews = u->done_us;
+        }
+        if (down < u->done_us) {
+            down = u->done_us;
+        }
+        if (slews < best) {
+            best = slews;
+            what = TIMED_SLEWS;
+        }
+        if (down < best) {
+            best = down;
+            what = TIMED_RAMP_DOWN;
+        }
+    }
+    *at = best < u->done_us ? u->done_us : best;
+    return what;
+}
+
+/* The slews that end by m: AMPLITUDE_REACHED (lowest channel first), then
+ * RAMP_DONE once every channel is at its setpoint (6.2). */
+static void slews_done(struct estim_unit *u, uint64_t m)
 {
     uint8_t p[13];
-    uint32_t level[ESTIM_MAX_CHANNELS] = {0};
-    int all_reached = 1;
-    int ramp_down = 0;
+    int all = 1;
     uint8_t ch;
     for (ch = 1; ch <= u->cfg.channel_count; ch++) {
         struct estim_channel *c = &u->ch[ch - 1];
         if (!(u->mask & (1u << (ch - 1u)))) {
             continue;
         }
-        level[ch - 1] = level_at(u, c, t);
-        if (level[ch - 1] != c->setpoint_ua) {
-            all_reached = 0;
-        } else if (c->reach_owed && u->state != ESTIM_RAMPING_DOWN) {
+        if (reach_at(u, c) > m) {
+            all = 0;
+        } else if (c->reach_owed) {
             c->reach_owed = 0;
             p[8] = ch;
             estim_put_u32(p + 9, c->setpoint_ua);
-            send_event(u, T_AMPLITUDE_REACHED, u->session_id, t, p, 13);
-        }
-        if (end_ramp_below(u, c, t, level[ch - 1])) {
-            ramp_down = 1;
+            send_event(u, T_AMPLITUDE_REACHED, u->session_id, m, p, 13);
         }
     }
-    /* simultaneous events: AMPLITUDE_REACHED, RAMP_DONE, RAMP_DOWN_STARTED (6.2) */
-    if (u->state == ESTIM_RAMPING_UP && all_reached) {
-        set_state(u, ESTIM_RUNNING, t);
-        send_event(u, T_RAMP_DONE, u->session_id, t, p, 8);
+    if (u->state == ESTIM_RAMPING_UP && all) {
+        set_state(u, ESTIM_RUNNING, m);
+        send_event(u, T_RAMP_DONE, u->session_id, m, p, 8);
     }
-    if (u->state != ESTIM_RAMPING_DOWN && ramp_down) {
-        set_state(u, ESTIM_RAMPING_DOWN, t);
-        for (ch = 1; ch <= u->cfg.channel_count; ch++) {
-            u->ch[ch - 1].reach_owed = 0; /* none is owed once RAMPING_DOWN begins */
-        }
-        estim_put_u32(p + 8, (uint32_t)((u->deadline_us - t) / 1000u));
-        send_event(u, T_RAMP_DOWN_STARTED, u->session_id, t, p, 12);
+}
+
+static void ramp_down(struct estim_unit *u, uint64_t m)
+{
+    uint8_t p[12];
+    uint8_t ch;
+    set_state(u, ESTIM_RAMPING_DOWN, m);
+    for (ch = 1; ch <= u->cfg.channel_count; ch++) {
+        u->ch[ch - 1].reach_owed = 0; /* none is owed once RAMPING_DOWN begins */
     }
+    /* the time left, rounded up like STATUS.remaining_ms */
+    estim_put_u32(p + 8, (uint32_t)((u->deadline_us - m + 999u) / 1000u));
+    send_event(u, T_RAMP_DOWN_STARTED, u->session_id, m, p, 12);
+}
+
+/* Drive each channel of the session at its envelope now, in amplitude steps. */
+static void envelope(struct estim_unit *u, uint64_t t)
+{
+    uint8_t ch;
     for (ch = 1; ch <= u->cfg.channel_count; ch++) {
         struct estim_channel *c = &u->ch[ch - 1];
         uint32_t out;
+        uint32_t level;
         if (!(u->mask & (1u << (ch - 1u)))) {
             continue;
         }
+        level = level_at(u, c, t);
         out = end_ramp_at(u, c, t);
-        if (level[ch - 1] < out) {
-            out = level[ch - 1];
+        if (level < out) {
+            out = level;
         }
         drive(u, ch, out - out % u->cfg.amplitude_step_ua); /* steps of one amplitude step */
     }
@@ -384,7 +497,7 @@ static void electrodes(struct estim_unit *u, uint64_t t)
     for (ch = 1; ch <= u->cfg.channel_count; ch++) {
         if ((u->mask & (1u << (ch - 1u))) &&
             u->hw.impedance_ohm(u->hw.ctx, ch) > u->cfg.lead_off_ohm) {
-            latch_fault(u, ESTIM_FAULT_LEAD_OFF, ch, t);
+            latch_fault(u, ESTIM_FAULT_LEAD_OFF, ch, t); /* when measured: now */
             return;
         }
     }
@@ -392,7 +505,8 @@ static void electrodes(struct estim_unit *u, uint64_t t)
 
 static void advance(struct estim_unit *u, uint64_t t)
 {
-    uint64_t watchdog_at = u->fed_us + (uint64_t)u->watchdog_ms * 1000u;
+    uint64_t m;
+    enum timed what;
     if (u->rx_len > 0 || u->rx_discarding) {
         if (t - u->rx_last_us >= ESTIM_GAP_US) {
             if (!u->rx_discarding) {
@@ -403,19 +517,25 @@ static void advance(struct estim_unit *u, uint64_t t)
         }
     }
     u->polled_us = t;
-    if (!output_on(u)) {
-        return;
+    /* every model instant due by now, in order, each at its own instant: however
+     * late this call, the events carry the instants of section 9.2 */
+    while ((what = next_timed(u, &m)) != TIMED_NONE && m <= t) {
+        u->done_us = m;
+        if (what == TIMED_DEADLINE) {
+            complete(u);
+        } else if (what == TIMED_WATCHDOG) {
+            note_since(u, ESTIM_NOTE_WATCHDOG, (uint32_t)(t - m), 0, 0, m, u->fed_us);
+            latch_fault(u, ESTIM_FAULT_WATCHDOG, 0, m);
+        } else if (what == TIMED_SLEWS) {
+            slews_done(u, m);
+        } else {
+            ramp_down(u, m);
+        }
     }
-    if (t >= watchdog_at && watchdog_at < u->deadline_us) {
-        note_since(u, ESTIM_NOTE_WATCHDOG, (uint32_t)(t - watchdog_at), 0, 0, t, u->fed_us);
-        latch_fault(u, ESTIM_FAULT_WATCHDOG, 0, t);
-        return;
+    u->done_us = t;
+    if (output_on(u)) {
+        electrodes(u, t);
     }
-    if (t >= u->deadline_us) {
-        complete(u);
-        return;
-    }
-    electrodes(u, t);
     if (output_on(u)) {
         envelope(u, t);
     }
@@ -556,6 +676,7 @@ static void begin_session(struct estim_unit *u, const uint8_t *p, uint64_t t)
     u->start_us = t;
     u->deadline_us = t + (uint64_t)u->dwell_ms * 1000u;
     u->fed_us = t; /* the watchdog is armed by START (9.1) */
+    u->done_us = t;
     for (ch = 1; ch <= u->cfg.channel_count; ch++) {
         struct estim_channel *c = &u->ch[ch - 1];
         int in = (u->mask & (1u << (ch - 1u))) != 0;
@@ -577,8 +698,13 @@ static void start(struct estim_unit *u, uint16_t seq, const uint8_t *p, uint64_t
     if (u->state == ESTIM_FAULT) {
         a = refuse(E_FAULT_LATCHED, F_NONE, 0);
     } else if (output_on(u)) {
-        /* naming the live session: a retransmission, ACK without effect (10) */
-        a = id == u->session_id ? ACK : refuse(E_BAD_STATE, F_NONE, 0);
+        /* naming the live session as it began: a retransmission, ACK without
+         * effect; with another dwell, ramp, watchdog or mask: not done (6.1, 10) */
+        a = id == u->session_id && estim_get_u32(p + 4) == u->dwell_ms &&
+                    estim_get_u32(p + 8) == u->ramp_ms &&
+                    estim_get_u16(p + 12) == u->watchdog_ms && p[14] == u->mask
+                ? ACK
+                : refuse(E_BAD_STATE, F_NONE, 0);
     } else {
         a = start_checks(u, id, estim_get_u32(p + 4), estim_get_u32(p + 8),
                          estim_get_u16(p + 12), p[14]);
@@ -743,18 +869,21 @@ static void status(struct estim_unit *u, uint16_t seq, uint64_t t)
     send_frame(u, KIND_RESPONSE, seq, T_STATUS, p, (uint8_t)(20 + 12 * u->cfg.channel_count));
 }
 
-/* CONFIGURE_CHANNEL, SET_AMPLITUDE, CLEAR_FAULT: remembered by seq and bytes (10). */
+/* CONFIGURE_CHANNEL, SET_AMPLITUDE, CLEAR_FAULT: remembered by seq and bytes (10).
+ * The last ESTIM_REMEMBERED carried out, in the order they were: a copy answered
+ * from memory does not refresh its slot; a new request with a remembered seq
+ * takes that seq's slot and is the newest. */
 static void remembered(struct estim_unit *u, const uint8_t *frame, uint8_t len, uint64_t t)
 {
     uint16_t seq = estim_get_u16(frame + 2);
     uint8_t type = frame[4];
     const uint8_t *p = frame + ESTIM_HEADER_LEN;
-    struct estim_memory *m;
+    struct estim_memory *m = NULL;
     struct answer a;
     uint8_t i;
     for (i = 0; i < ESTIM_REMEMBERED; i++) {
-        m = &u->memory[i];
-        if (m->used && m->seq == seq) {
+        if (u->memory[i].used && u->memory[i].seq == seq) {
+            m = &u->memory[i];
             if (m->len == len && memcmp(m->frame, frame, len) == 0) {
                 a.nack = m->nack;
                 a.error = m->error;
@@ -763,7 +892,20 @@ static void remembered(struct estim_unit *u, const uint8_t *frame, uint8_t len, 
                 send_answer(u, seq, type, a); /* with the state now */
                 return;
             }
-            m->used = 0; /* same seq, other bytes: a new request */
+            break; /* same seq, other bytes: a new request, in this slot */
+        }
+    }
+    for (i = 0; m == NULL && i < ESTIM_REMEMBERED; i++) {
+        if (!u->memory[i].used) {
+            m = &u->memory[i];
+        }
+    }
+    if (m == NULL) { /* all used: forget the oldest (ages by unsigned difference: wrap-safe) */
+        m = &u->memory[0];
+        for (i = 1; i < ESTIM_REMEMBERED; i++) {
+            if (u->memory_count - u->memory[i].order > u->memory_count - m->order) {
+                m = &u->memory[i];
+            }
         }
     }
     if (type == T_CONFIGURE) {
@@ -773,8 +915,7 @@ static void remembered(struct estim_unit *u, const uint8_t *frame, uint8_t len, 
     } else {
         a = clear_fault(u, t);
     }
-    m = &u->memory[u->memory_next];
-    u->memory_next = (uint8_t)((u->memory_next + 1u) % ESTIM_REMEMBERED);
+    m->order = ++u->memory_count;
     m->used = 1;
     m->seq = seq;
     m->len = len;
@@ -938,6 +1079,7 @@ int estim_unit_init(struct estim_unit *u, const struct estim_hw *hw,
     t = u->hw.now_us(u->hw.ctx);
     u->boot_us = t;
     u->polled_us = t;
+    u->done_us = t;
     u->state = ESTIM_IDLE;
     all_off(u);
     p[8] = boot_cause;
@@ -987,45 +1129,27 @@ uint64_t estim_unit_next_deadline_us(const struct estim_unit *u)
 {
     uint64_t d = UINT64_MAX;
     uint64_t t = u->polled_us;
+    uint64_t m;
     uint8_t ch;
     if (u->rx_len > 0 || u->rx_discarding) {
         d = u->rx_last_us + ESTIM_GAP_US;
     }
+    if (next_timed(u, &m) != TIMED_NONE) {
+        d = earliest(d, m); /* the next model instant (9.2) */
+    }
     if (!output_on(u)) {
         return d;
     }
-    d = earliest(d, u->fed_us + (uint64_t)u->watchdog_ms * 1000u);
-    d = earliest(d, u->deadline_us);
     d = earliest(d, t + IMPEDANCE_PERIOD_US);
     for (ch = 1; ch <= u->cfg.channel_count; ch++) {
         const struct estim_channel *c = &u->ch[ch - 1];
-        uint32_t level;
         if (!(u->mask & (1u << (ch - 1u)))) {
             continue;
         }
-        level = level_at(u, c, t);
-        if (level != c->setpoint_ua) { /* slewing: one step at a time, then the setpoint */
-            d = earliest(d, c->seg_t0_us + reach_us(u, c));
+        /* moving output: one step at a time (a slew, or the end ramp) */
+        if (level_at(u, c, t) != c->setpoint_ua ||
+            (u->state == ESTIM_RAMPING_DOWN && c->output_ua > 0)) {
             d = earliest(d, t + step_us(u, c));
-        }
-        if (level < c->setpoint_ua && u->state != ESTIM_RAMPING_DOWN) {
-            /* a rising level meets the end ramp where L0 + k (t - t0) = k (D - t) */
-            uint64_t span = (u->deadline_us - c->seg_t0_us) * c->amplitude_ua;
-            uint64_t head = (uint64_t)c->seg_level_ua * ramp_us(u);
-            if (span > head) {
-                d = earliest(d, c->seg_t0_us + (span - head) / (2u * c->amplitude_ua) + 1u);
-            }
-        }
-        if (u->state == ESTIM_RAMPING_DOWN) {
-            if (c->output_ua > 0) {
-                d = earliest(d, t + step_us(u, c));
-            }
-        } else if (level == c->setpoint_ua && level > 0) {
-            /* the first t with A x (D - t) < level x R */
-            uint64_t lead = ((uint64_t)level * ramp_us(u) + c->amplitude_ua - 1u) / c->amplitude_ua;
-            if (lead <= u->deadline_us) {
-                d = earliest(d, u->deadline_us - lead + 1u);
-            }
         }
     }
     return d;

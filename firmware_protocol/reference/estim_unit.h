@@ -26,7 +26,8 @@
 #define ESTIM_MAX_CHANNELS 8u
 #define ESTIM_TEXT_MAX 32u        /* a DEVICE_INFO string, in bytes */
 #define ESTIM_REMEMBERED 8u       /* remembered answers (section 10) */
-#define ESTIM_ENDED_SESSIONS 32u  /* ended session ids kept (section 10: at least 16) */
+#define ESTIM_ENDED_SESSIONS 32u  /* ended session ids kept exactly (section 10: at least
+                                     16); older ones are refused by the floor */
 #define ESTIM_REMEMBERED_FRAME 27u /* the longest remembered request: CONFIGURE_CHANNEL */
 
 /* Bounds estim_unit_init enforces on a configuration, so that the envelope's
@@ -139,6 +140,8 @@ struct estim_config {
     char model[ESTIM_TEXT_MAX + 1];    /* NUL-terminated UTF-8 */
     char serial[ESTIM_TEXT_MAX + 1];
     char firmware[ESTIM_TEXT_MAX + 1];
+    /* not a limit: the unit's clock (time_ms) at power-up; it wraps at 2^32 */
+    uint32_t clock_start_ms;
 };
 
 /* Everything below is the unit's own; read the stats if you like, write nothing. */
@@ -162,6 +165,7 @@ struct estim_channel {
 
 struct estim_memory {
     uint8_t used;
+    uint32_t order; /* when it was carried out (estim_unit.memory_count then) */
     uint8_t len;
     uint16_t seq;
     uint8_t frame[ESTIM_REMEMBERED_FRAME];
@@ -191,6 +195,7 @@ struct estim_unit {
     uint64_t deadline_us;
     uint64_t fed_us;   /* the watchdog's last feed */
     uint64_t polled_us; /* when the unit last did what time does */
+    uint64_t done_us;   /* model instants up to here are carried out (section 9.2) */
     struct estim_channel ch[ESTIM_MAX_CHANNELS];
     /* faults */
     uint8_t faults;
@@ -198,10 +203,11 @@ struct estim_unit {
     /* section 10 */
     uint16_t event_seq;
     struct estim_memory memory[ESTIM_REMEMBERED];
-    uint8_t memory_next;
+    uint32_t memory_count; /* requests carried out and remembered since boot */
     uint32_t ended[ESTIM_ENDED_SESSIONS];
     uint8_t ended_count;
     uint8_t ended_next;
+    uint32_t ended_floor; /* every id at or below it is refused as ended (10) */
     /* counters, for tests and diagnostics */
     struct {
         uint32_t accepted; /* requests that passed every check of 3.4 */

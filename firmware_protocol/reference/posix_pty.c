@@ -27,6 +27,7 @@ struct rig {
     /* faults to inject, in us after output starts (0: none) */
     uint64_t lead_off_at, over_current_at, estop_at, internal_at;
     uint8_t lead_off_ch, over_current_ch;
+    uint8_t open_mask; /* electrodes open from power-up (open_channel=CH), bit CH-1 */
     int lead_off, over_current_done, estop_done, internal_done;
     unsigned long dropped; /* bytes the host was not reading */
 };
@@ -82,7 +83,7 @@ static void hw_set_output(void *ctx, uint8_t channel, uint32_t ua)
 static uint32_t hw_impedance(void *ctx, uint8_t channel)
 {
     struct rig *r = ctx;
-    if (r->lead_off && channel == r->lead_off_ch) {
+    if ((r->lead_off && channel == r->lead_off_ch) || (r->open_mask & (1u << (channel - 1u)))) {
         return 0xFFFFFFFEu; /* an open electrode */
     }
     return r->impedance_ohm;
@@ -289,6 +290,7 @@ static const struct number_option numbers[] = {
     {"dwell_max_s", 3, 0xFFFFFFFFu, 32, CFG(dwell_max_ms)},
     {"ramp_max_s", 3, 0xFFFFFFFFu, 32, CFG(ramp_max_ms)},
     {"lead_off_ohm", 0, 0xFFFFFFFFu, 32, CFG(lead_off_ohm)},
+    {"clock_start_ms", 0, 0xFFFFFFFFu, 32, CFG(clock_start_ms)},
 };
 
 static int set_option(struct estim_config *k, struct rig *r, const char *key, const char *value)
@@ -318,6 +320,13 @@ static int set_option(struct estim_config *k, struct rig *r, const char *key, co
             return -1;
         }
         r->impedance_ohm = (uint32_t)v;
+        return 0;
+    }
+    if (strcmp(key, "open_channel") == 0) {
+        if (parse_fixed(value, 0, ESTIM_MAX_CHANNELS, &v) != 0 || v == 0) {
+            return -1;
+        }
+        r->open_mask |= (uint8_t)(1u << (v - 1u));
         return 0;
     }
     if (strcmp(key, "model") == 0) {
@@ -366,7 +375,7 @@ static void defaults(struct estim_config *k)
     k->lead_off_ohm = 20000;
     strcpy(k->model, "estim-ref-c");
     strcpy(k->serial, "REF-0001");
-    strcpy(k->firmware, "ref-c-1.2");
+    strcpy(k->firmware, "ref-c-1.4");
 }
 
 /* --- the pty ---------------------------------------------------------------- */
@@ -481,6 +490,9 @@ int main(int argc, char **argv)
     if (quiet) {
         rig.json = 0;
     }
+    if (rig.open_mask >> cfg.channel_count) {
+        return usage("bad options", "open_channel names a channel the unit does not have");
+    }
     if (!estim_config_valid(&cfg)) {
         return usage("bad options", "the limits are inconsistent or out of bounds (README.md)");
     }
@@ -553,8 +565,9 @@ int main(int argc, char **argv)
                 estim_unit_receive(&unit, buf, (size_t)n);
             }
         }
-        estim_unit_poll(&unit);
+        /* the rig first: an electrode opening now is measured by this poll */
         inject(&unit, &rig, monotonic_us());
+        estim_unit_poll(&unit);
     }
     /* a clean end: output off, as a unit losing power */
     for (i = 1; i <= cfg.channel_count; i++) {

@@ -31,8 +31,36 @@ unit could not be reached (no answer to HELLO, port lost).
     help="A test load (a resistor, not a person) is connected to every channel: run the "
     "clauses that drive current without asking.",
 )
+@click.option(
+    "--open-channel",
+    type=click.IntRange(2, 8),
+    metavar="CHANNEL",
+    help="The test load of CHANNEL is disconnected for the whole run: check that START "
+    "refuses it LEAD_OFF.",
+)
+@click.option(
+    "--lead-off-at",
+    metavar="SECONDS[:CHANNEL]",
+    help="A relay opens CHANNEL's test load (default 1) SECONDS after output starts, in every "
+    "session, and closes it when output stops; later than the unit's smallest dwell. Checks "
+    "lead-off during output.",
+)
+@click.option(
+    "--clause",
+    "clauses",
+    multiple=True,
+    metavar="NAME",
+    help="Run only this clause (repeatable; the handshake always runs). Names: --clause list.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document, not the table.")
-def conformance(port: str | None, test_load: bool, as_json: bool) -> int:
+def conformance(
+    port: str | None,
+    test_load: bool,
+    open_channel: int | None,
+    lead_off_at: str | None,
+    clauses: tuple[str, ...],
+    as_json: bool,
+) -> int:
     """Check a unit against the estim protocol (PROTOCOL.md), clause by clause.
 
     Talks raw frames to the unit: the golden vectors judged by the unit's own
@@ -41,9 +69,17 @@ def conformance(port: str | None, test_load: bool, as_json: bool) -> int:
     run only on a test load: with --test-load, or after a yes to the question
     asked on a terminal; otherwise they show SKIP. Never run it on a person.
     """
-    from estim.conformance.clause import PASS, Row
-    from estim.conformance.suite import OpenError, check, open_port
+    from estim.conformance.clause import PASS, Rig, Row
+    from estim.conformance.suite import OpenError, check, clause_names, open_port
+    from estim.conformance.unseen import not_checked
 
+    if "list" in clauses:
+        click.echo("\n".join(clause_names()))
+        return 0
+    unknown = sorted(set(clauses) - set(clause_names()))
+    if unknown:
+        fail(f"no clause named {unknown[0]!r}; `--clause list` names them")
+    rig = Rig(open_channel=open_channel, lead_off=_lead_off(lead_off_at))
     if not port:
         fail("no unit given: pass --port URL or set ESTIM_PORT")
     try:
@@ -64,7 +100,14 @@ def conformance(port: str | None, test_load: bool, as_json: bool) -> int:
 
     try:
         with _signals_interrupt():
-            report = check(serial_port, name=port, confirm=confirm, on_row=show)
+            report = check(
+                serial_port,
+                name=port,
+                confirm=confirm,
+                on_row=show,
+                rig=rig,
+                only=set(clauses) if clauses else None,
+            )
     except KeyboardInterrupt:
         fail("stopped by the operator; a STOP was sent to the unit", STOPPED)
     finally:
@@ -86,8 +129,26 @@ def conformance(port: str | None, test_load: bool, as_json: bool) -> int:
             "test load (not a person) is on every channel",
             err=True,
         )
+    if report.info is not None:
+        click.echo("not visible on the wire (check them on a measured test load):")
+        for what, how in not_checked(report.rig):
+            click.echo(f"  - {what}: {how}")
     sys.stdout.flush()
     return report.exit_code
+
+
+def _lead_off(text: str | None) -> tuple[float, int] | None:
+    """``SECONDS[:CHANNEL]``, channel 1 by default; a bad one is a usage error."""
+    if text is None:
+        return None
+    seconds, _, channel = text.partition(":")
+    try:
+        at, number = float(seconds), int(channel or "1")
+    except ValueError:
+        fail(f"--lead-off-at {text!r}: expected SECONDS[:CHANNEL], for example 65:1")
+    if not (at > 0 and 1 <= number <= 8):
+        fail(f"--lead-off-at {text!r}: SECONDS must be above 0 and CHANNEL 1..8")
+    return at, number
 
 
 @contextmanager

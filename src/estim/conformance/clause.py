@@ -16,29 +16,47 @@ from .replies import UnitModel
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 #: the reason shown for a clause that drives current, without a confirmed test load
 NEEDS_TEST_LOAD = "drives current: needs a test load on every channel (--test-load)"
-#: how much later than the spec allows a unit's answer or event may reach the host
-#: before a clause timed on the host's clock calls it late (clauses timed on the
-#: unit's own clock, by its events' time_ms, allow nothing of the kind)
-ALLOWANCE_S = 0.1
+#: how long past the instant something is due the suite waits for it before calling
+#: it missing. Patience, not a window: every time a clause judges is the unit's own
+#: time_ms (PROTOCOL.md 9.2), so a slow or loaded host only makes the suite wait.
+PATIENCE_S = 1.0
+#: one tick of the unit's millisecond clock: the window of every model instant (9.2)
+TICK_MS = 1
 
 
 @dataclass(frozen=True)
 class Row:
     """One rule of the spec: its section, the rule in a few words, PASS / FAIL /
-    SKIP, and what was seen (for a FAIL, expected against got)."""
+    SKIP, what was seen (for a FAIL, expected against got), the values tried and
+    the window applied (for a rule judged exactly, "exact")."""
 
     section: str
     rule: str
     result: str
     seen: str
+    tried: tuple[str, ...] = ()
+    window: str = ""
 
-    def as_json(self) -> dict[str, str]:
+    def as_json(self) -> dict[str, object]:
         return {
             "section": self.section,
             "rule": self.rule,
             "result": self.result,
             "seen": self.seen,
+            "tried": list(self.tried),
+            "window": self.window or ("exact" if self.result != SKIP else ""),
         }
+
+
+@dataclass(frozen=True)
+class Rig:
+    """What the test load can do besides being a resistor on every channel: a
+    channel left open for the whole run (``open_channel``), and a relay that opens
+    channel ``lead_off[1]`` ``lead_off[0]`` seconds after output starts and closes
+    when output stops (``lead_off``). Without them, the clauses that need them SKIP."""
+
+    open_channel: int | None = None
+    lead_off: tuple[float, int] | None = None
 
 
 class Failed(Exception):
@@ -51,7 +69,8 @@ class Context:
 
     port: UnitPort
     clock: Clock
-    allowance_s: float = ALLOWANCE_S
+    patience_s: float = PATIENCE_S
+    rig: Rig = field(default_factory=Rig)
     info: DeviceInfo | None = None
     #: channels the suite configured, and their target
     targets: dict[int, int] = field(default_factory=dict)
@@ -59,6 +78,8 @@ class Context:
     stimulated: bool = False
     #: set when the unit never answered: what happened
     unreachable: str | None = None
+    #: how the suite chose session ids above the unit's floor (PROTOCOL.md 10)
+    ids_found: str = ""
     #: every return to IDLE after a clause that started output, and what went wrong
     returns: int = 0
     return_problems: list[str] = field(default_factory=list)
@@ -70,7 +91,8 @@ class Context:
         return self.info
 
     def model(self) -> UnitModel:
-        return UnitModel(self.unit, dict(self.targets))
+        opened = frozenset({self.rig.open_channel} if self.rig.open_channel else set())
+        return UnitModel(self.unit, dict(self.targets), open_channels=opened)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,9 @@ from estim.protocol import (
 ANSWER_S = 0.5
 #: UART default (PROTOCOL.md 1), for wire times when the port reports no baud rate
 DEFAULT_BAUD = 115_200
+#: session ids go up by a random step of 1..ID_STEP (PROTOCOL.md 10: increasing ids;
+#: small steps, so a run of hundreds of sessions stays far below 2^32)
+ID_STEP = 16
 
 M = TypeVar("M", bound=Message)
 
@@ -64,6 +67,20 @@ class Exchange:
         return [r.as_dict() for r in self.frames]
 
 
+@dataclass(frozen=True)
+class Bracket:
+    """A request sent between two GET_STATUS in one write, and the three answers."""
+
+    sent: Message
+    before: Status | None
+    answer: Received | None
+    after: Status | None
+
+    @property
+    def complete(self) -> bool:
+        return None not in (self.before, self.answer, self.after)
+
+
 class UnitPort:
     """See the module docstring. ``serial`` is an open pyserial port."""
 
@@ -76,6 +93,8 @@ class UnitPort:
         #: frames from the unit the codec rejected: (time, reason)
         self.bad_frames: list[tuple[float, FrameError]] = []
         self._seq = rng.randrange(0x10000)
+        #: the last session id used; every new one is above it (PROTOCOL.md 10)
+        self.last_session_id = 0
 
     # -- numbering (PROTOCOL.md 10) ---------------------------------------------
 
@@ -84,7 +103,12 @@ class UnitPort:
         return seq
 
     def new_session_id(self) -> int:
-        return self.rng.randrange(1, 1 << 32)
+        """An id above every one used so far: a unit refuses ids at or below its floor
+        of ended sessions (PROTOCOL.md 10), so the suite's ids only grow."""
+        self.last_session_id = min(
+            self.last_session_id + self.rng.randrange(1, ID_STEP + 1), 0xFFFFFFFF
+        )
+        return self.last_session_id
 
     # -- bytes -------------------------------------------------------------------
 
@@ -167,6 +191,23 @@ class UnitPort:
     def status(self) -> Status | None:
         got = self.ask(GetStatus())
         return got.message if got is not None and isinstance(got.message, Status) else None
+
+    def bracketed(self, message: M, *, wait: float = ANSWER_S) -> Bracket:
+        """Send GET_STATUS, ``message``, GET_STATUS in one write: the two STATUS
+        answers read the unit's clock just before and just after it acted on
+        ``message`` (PROTOCOL.md 9.2), whatever the host's scheduling."""
+        before = replace(GetStatus(), seq=self.next_seq())
+        sent = replace(message, seq=self.next_seq())
+        after = replace(GetStatus(), seq=self.next_seq())
+        mark = len(self.log)
+        self.write(encode(before) + encode(sent) + encode(after))
+        self.read(self.clock.now() + wait, lambda: self.answer(after.seq, mark) is not None)
+
+        def status(seq: int) -> Status | None:
+            got = self.answer(seq, mark)
+            return got.message if got is not None and isinstance(got.message, Status) else None
+
+        return Bracket(sent, status(before.seq), self.answer(sent.seq, mark), status(after.seq))
 
     def exchange(self, data: bytes, expect: int, *, wait: float = ANSWER_S) -> Exchange:
         """Send ``data`` and collect what the unit sends in reply: read until

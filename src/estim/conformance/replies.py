@@ -27,6 +27,8 @@ class UnitModel:
     targets: Mapping[int, int] = field(default_factory=dict)
     #: protocol versions the unit speaks
     versions: frozenset[int] = frozenset({PROTOCOL_VERSION})
+    #: channels whose electrode is open (a test load with nothing on them)
+    open_channels: frozenset[int] = frozenset()
 
 
 #: PROTOCOL.md 13: the typical DEVICE_INFO's limits, channel 1 configured at 12 mA
@@ -134,4 +136,7 @@ def _start(m: dict[str, Any], unit: UnitModel) -> dict[str, Any]:
     for n in channels:
         if unit.targets[n] * 1000 > info.slew_max_ua_per_s * m["ramp_ms"]:
             return _nack("OUT_OF_RANGE", "RAMP", n)
+    for n in channels:
+        if n in unit.open_channels:
+            return _nack("LEAD_OFF", "CHANNEL", n)
     return {"type": "ACK", "state": "RAMPING_UP"}

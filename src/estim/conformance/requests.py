@@ -81,6 +81,7 @@ INVALID_RULES: dict[str, tuple[str, str]] = {
 
 #: each failing row names at most this many failures in full
 _SHOWN = 1
+EXACT = "exact: the reply the spec prescribes for the unit's own limits"
 
 
 def _requests() -> list[dict[str, Any]]:
@@ -154,19 +155,20 @@ def _request_clause(kind: str) -> Clause:
 
     def run(ctx: Context) -> list[Row]:
         problems = []
-        judged = 0
+        tried = []
         for vector in _requests():
             if vector["message"]["type"] != kind:
                 continue
             wire, sent = _as_sent(ctx, vector)
             expected = reference_reply(sent, ctx.model())
             problem = _judge(ctx, vector["name"], wire, sent, expected)
-            judged += 1
+            tried.append(f"{vector['name']}: {describe(expected)}")
             if problem is not None:
                 problems.append(problem)
             if kind == "HELLO":  # a unit that also speaks a later version may have
                 ctx.port.ask(Hello(min_version=1, max_version=1))  # agreed it: back to 1
-        return [Row(*REQUEST_RULES[kind], *_summary(problems, judged, "vectors"))]
+        result = _summary(problems, len(tried), "vectors")
+        return [Row(*REQUEST_RULES[kind], *result, tuple(tried), EXACT)]
 
     return Clause(f"requests {kind}", rules, run)
 
@@ -264,7 +266,7 @@ def _start_rules(ctx: Context) -> list[tuple[str, str]]:
 def _start_run(ctx: Context) -> list[Row]:
     probe = _probe(ctx)
     problems = []
-    judged = 0
+    tried = []
     for vector in _requests():
         if vector["message"]["type"] != "START":
             continue
@@ -272,11 +274,12 @@ def _start_run(ctx: Context) -> list[Row]:
         expected = reference_reply(sent, ctx.model())
         ctx.stimulated = True
         problem = _judge(ctx, vector["name"], wire, sent, expected)
-        judged += 1
+        tried.append(f"{vector['name']}: {describe(expected)}")
         to_idle(ctx, vector["name"])
         if problem is not None:
             problems.append(problem)
-    return [probe, Row(*REQUEST_RULES["START"], *_summary(problems, judged, "vectors"))]
+    result = _summary(problems, len(tried), "vectors")
+    return [probe, Row(*REQUEST_RULES["START"], *result, tuple(tried), EXACT)]
 
 
 # --- invalid frames -------------------------------------------------------------------------
@@ -288,12 +291,12 @@ def _invalid_clause() -> Clause:
 
     def run(ctx: Context) -> list[Row]:
         problems: dict[str, list[str]] = {reason: [] for reason in INVALID_RULES}
-        judged = dict.fromkeys(INVALID_RULES, 0)
+        tried: dict[str, list[str]] = {reason: [] for reason in INVALID_RULES}
         for vector in invalid_vectors():
             expected = [] if vector["reply"] is None else [vector["reply"]]
             ex = ctx.port.exchange(bytes.fromhex(vector["hex"]), len(expected))
             got = ex.dicts()
-            judged[vector["error"]] += 1
+            tried[vector["error"]].append(f"{vector['name']}: {describe_all(expected)}")
             if not matches(expected, got):
                 problems[vector["error"]].append(
                     f"{vector['name']}: expected {describe_all(expected)}, got {describe_all(got, expected)}"
@@ -303,7 +306,12 @@ def _invalid_clause() -> Clause:
                     f"{vector['name']}: no answer to the GET_STATUS after it"
                 )
         return [
-            Row(*INVALID_RULES[reason], *_summary(problems[reason], judged[reason], "frames"))
+            Row(
+                *INVALID_RULES[reason],
+                *_summary(problems[reason], len(tried[reason]), "frames"),
+                tuple(tried[reason]),
+                EXACT,
+            )
             for reason in INVALID_RULES
         ]
 
@@ -398,7 +406,8 @@ def _run_sequence(ctx: Context, sequence: dict[str, Any]) -> Row:
         if not ex.fenced:
             return Row(*rule, FAIL, f"step {i} ({what}): no answer to the GET_STATUS after it")
     steps = len(sequence["steps"])
-    return Row(*rule, PASS, f"{steps} step{'s' if steps != 1 else ''} as prescribed")
+    tried = (f"{steps} steps of vectors/sequences.json, renumbered",)
+    return Row(*rule, PASS, f"{steps} step{'s' if steps != 1 else ''} as prescribed", tried, EXACT)
 
 
 def _sequence_clause(stimulating: bool) -> Clause:

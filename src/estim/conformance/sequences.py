@@ -370,4 +370,17 @@ def sequence_vectors(info: DeviceInfo = REFERENCE.info) -> list[dict[str, Any]]:
         }
     ]
     _end(q, q.session)
+    # 6.1, 10 (1.4): a START naming the live session with other fields is not a copy
+    q = new("a START naming the live session with another dwell: BAD_STATE, no effect", "6.1, 10")
+    _begin(q, c, q.session)
+    other = q.send(replace(c.start(q.session), dwell_ms=info.dwell_min_ms))
+    q.steps[-1]["expect"] = [_nack_of(other, "BAD_STATE", "NONE", 0, "RAMPING_UP")]
+    again = q.send(c.start(q.session))
+    q.steps[-1]["expect"] = [_ack_of(again, "RAMPING_UP")]
+    status = q.send(GetStatus())
+    q.steps[-1]["expect"] = [
+        {"type": "STATUS", "seq": status.seq, "state": "RAMPING_UP", "session_id": q.session}
+    ]
+    _end(q, q.session)
+
     return [q.vector() for q in out]

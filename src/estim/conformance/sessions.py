@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from estim.protocol import (
     Ack,
@@ -14,6 +14,7 @@ from estim.protocol import (
     Event,
     FaultRaised,
     Heartbeat,
+    Message,
     Nack,
     OutputStarted,
     Start,
@@ -22,6 +23,7 @@ from estim.protocol import (
     Stop,
     Stopped,
     StopReason,
+    encode,
 )
 
 from .clause import Context, Failed
@@ -41,6 +43,8 @@ class Live:
     started: Received
     #: index in the port's log where this session's frames begin
     mark: int
+    #: the answers to the requests written with START (``begin(with_start=...)``)
+    with_start: tuple[Received | None, ...] = ()
 
     @property
     def session_id(self) -> int:
@@ -61,9 +65,12 @@ def begin(
     watchdog_ms: int,
     dwell_ms: int | None = None,
     channels: tuple[int, ...] = (1,),
+    with_start: tuple[Message, ...] = (),
 ) -> Live:
-    """Configure ``channels`` at the shape's amplitude and start a session on them;
-    raises ``Failed`` if the unit refuses or says nothing of it."""
+    """Configure ``channels`` at the shape's amplitude and start a session on them,
+    writing ``with_start`` (each given the next seq; a session id of 0 is the new
+    session's) in the same write as START; raises ``Failed`` if the unit refuses
+    or says nothing of it."""
     port, info = ctx.port, ctx.unit
     ctx.stimulated = True
     for channel in channels:
@@ -81,7 +88,12 @@ def begin(
     )
     mark = len(port.log)
     sent_t = ctx.clock.now()
-    start = port.send(start)
+    start = replace(start, seq=port.next_seq())
+    extra = tuple(
+        replace(m, seq=port.next_seq(), **({"session_id": start.session_id} if _unnamed(m) else {}))
+        for m in with_start
+    )
+    port.write(encode(start) + b"".join(encode(m) for m in extra))
 
     def started() -> Received | None:
         return next(
@@ -94,7 +106,12 @@ def begin(
         )
 
     port.read(
-        sent_t + ANSWER_S, lambda: port.answer(start.seq, mark) is not None and bool(started())
+        sent_t + ANSWER_S,
+        lambda: (
+            port.answer(start.seq, mark) is not None
+            and bool(started())
+            and all(port.answer(m.seq, mark) is not None for m in extra)
+        ),
     )
     answer = port.answer(start.seq, mark)
     if answer is None or not isinstance(answer.message, Ack):
@@ -104,7 +121,12 @@ def begin(
     event = started()
     if event is None:
         raise Failed("START was ACKed but no OUTPUT_STARTED followed")
-    return Live(start, sent_t, answer.t, event, mark)
+    answers = tuple(port.answer(m.seq, mark) for m in extra)
+    return Live(start, sent_t, answer.t, event, mark, answers)
+
+
+def _unnamed(message: Message) -> bool:
+    return getattr(message, "session_id", None) == 0
 
 
 @dataclass
@@ -141,7 +163,8 @@ def drive(ctx: Context, *, until: Callable[[], bool], limit: float, every: list[
 
 def heartbeat(ctx: Context, live: Live, problems: list[str]) -> Callable[[], None]:
     """An action: a HEARTBEAT naming the session, whose answer must be an ACK (or
-    NO_SESSION, if the session has just ended on its own: the two crossed)."""
+    NO_SESSION or FAULT_LATCHED, if the session has just ended on its own or by a
+    fault: the two crossed)."""
     over = ended(ctx, live)
 
     def beat() -> None:
@@ -151,7 +174,7 @@ def heartbeat(ctx: Context, live: Live, problems: list[str]) -> Callable[[], Non
         if (
             got is not None
             and isinstance(got.message, Nack)
-            and got.message.error == ErrorCode.NO_SESSION
+            and got.message.error in (ErrorCode.NO_SESSION, ErrorCode.FAULT_LATCHED)
         ):
             ctx.port.read(ctx.clock.now() + ANSWER_S, lambda: over() is not None)
             if over() is not None:
@@ -200,10 +223,44 @@ def idle_problem(status: Status | None) -> str | None:
 
 # --- shared by the clauses that drive current ------------------------------------------------
 
-#: the unit's clock is read in whole milliseconds: two readings may differ by one
-TICK_MS = 1
 #: PROTOCOL.md 9: a device clock drifts less than 100 ppm
 DRIFT = 100e-6
+
+
+def find_free_ids(ctx: Context) -> str:
+    """Set the port's session ids above every id the unit refuses as ended
+    (PROTOCOL.md 10): from the STATUS.session_id it reports (its last session), up,
+    by STARTs with channel_mask 0, which no unit can accept (the id is checked
+    first: SESSION_ENDED if it is refused, else OUT_OF_RANGE CHANNEL_MASK).
+    Halving the distance to 2^32 each time, 32 probes reach any floor. Returns
+    what it found, for the report."""
+    port, info = ctx.port, ctx.unit
+    status = port.status()
+    last = status.session_id if status is not None else 0
+    candidate, probes = last + 1, 0
+    while candidate <= 0xFFFFFFFF and probes < 33:
+        probes += 1
+        probe = Start(
+            session_id=candidate,
+            dwell_ms=info.dwell_min_ms,
+            ramp_ms=0,
+            watchdog_ms=info.watchdog_min_ms,
+            channel_mask=0,
+        )
+        got = port.ask(probe)
+        if got is not None and isinstance(got.message, Ack):  # a broken unit: stop it
+            ctx.stimulated = True
+            to_idle(ctx, "a START with channel_mask 0 that should have been refused")
+        refused = (
+            got is not None
+            and isinstance(got.message, Nack)
+            and got.message.error == ErrorCode.SESSION_ENDED
+        )
+        if not refused:
+            break
+        candidate += max(1, (0x100000000 - candidate) // 2)
+    port.last_session_id = candidate - 1
+    return f"session ids from {candidate} (last session {last}; {probes} probe(s))"
 
 
 def plan(ctx: Context) -> Shape:
@@ -221,6 +278,11 @@ def long_plan(ctx: Context) -> Shape:
 
 def ms(seconds: float) -> float:
     return seconds * 1000
+
+
+def rel(live: Live, time_ms: int) -> int:
+    """A time of the unit's clock, in ms from START's acceptance (it wraps at 2^32)."""
+    return (time_ms - live.t0_ms) & 0xFFFFFFFF
 
 
 def said(got: Received | None) -> str:

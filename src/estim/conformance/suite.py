@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,22 +19,34 @@ from estim.clock import REAL_CLOCK, Clock
 from estim.ports import port_clock
 from estim.protocol import DeviceInfo, Stop, StopReason, encode, message_to_dict
 
-from . import framing, handshake, ramps, requests, stopping, watchdog
+from . import (
+    boundaries,
+    ended,
+    framing,
+    handshake,
+    ramps,
+    requests,
+    rig,
+    stopping,
+    watchdog,
+)
 from .clause import (
-    ALLOWANCE_S,
     FAIL,
     NEEDS_TEST_LOAD,
     PASS,
+    PATIENCE_S,
     SKIP,
     Clause,
     Context,
     Failed,
+    Rig,
     Row,
     failed,
     skipped,
 )
 from .limits import NoSession
 from .port import PortLost, UnitPort
+from .unseen import not_checked
 
 
 @dataclass
@@ -46,6 +58,8 @@ class Report:
     test_load: bool = False
     #: the unit never answered, or the port failed: what happened
     unreachable: str | None = None
+    #: what the test load could do (lead-off clauses)
+    rig: Rig = field(default_factory=Rig)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -78,21 +92,36 @@ class Report:
             "skipped": counts[SKIP],
             "unreachable": self.unreachable,
             "exit_code": self.exit_code,
+            "not_checked": [{"property": what, "how": how} for what, how in not_checked(self.rig)],
         }
 
 
 def clauses() -> list[Clause]:
-    """Every clause, in the order they run: those that drive no current first."""
+    """Every clause, in the order they run: those that drive no current first; the
+    lead-off rig's last (its relay may leave a simulated electrode open)."""
     return [
         *handshake.CLAUSES,
         *requests.IDLE_CLAUSES,
+        *boundaries.IDLE_CLAUSES,
         *framing.CLAUSES,
         *requests.OUTPUT_CLAUSES,
+        *boundaries.OUTPUT_CLAUSES,
         *stopping.CLAUSES,
         *watchdog.CLAUSES,
         *ramps.CLAUSES,
+        *ended.CLAUSES,
+        *rig.CLAUSES,
         *framing.FINAL_CLAUSES,
     ]
+
+
+#: clauses that run whatever ``only`` says: the handshake (DEVICE_INFO) and the
+#: judgements of the whole run
+ALWAYS = frozenset(c.name for c in [*handshake.CLAUSES, *framing.FINAL_CLAUSES])
+
+
+def clause_names() -> list[str]:
+    return [c.name for c in clauses() if c.name not in ALWAYS]
 
 
 def check(
@@ -103,17 +132,30 @@ def check(
     confirm: Callable[[], bool] = lambda: False,
     on_row: Callable[[Row], None] | None = None,
     seed: int | None = None,
-    allowance_s: float = ALLOWANCE_S,
+    patience_s: float = PATIENCE_S,
+    rig: Rig | None = None,
+    only: Collection[str] | None = None,
 ) -> Report:
     """Run the suite on an open pyserial ``port``. ``confirm()`` is asked once, before
     the first clause that drives current; it must say whether a test load (not a
     person) is connected to every channel. Each row goes to ``on_row`` as it is
-    judged. Time is ``clock``'s; by default a ``sim://`` unit's own clock (virtual
-    time for a unit served on a ``ManualClock``), else the real one."""
+    judged. ``rig`` says what the test load can do besides (lead-off). ``only``
+    names the clauses to run (``clause_names()``; the handshake and the judgements
+    of the whole run always run). Time is ``clock``'s; by default a ``sim://``
+    unit's own clock (virtual time for a unit served on a ``ManualClock``), else
+    the real one."""
     clock = clock or port_clock(port) or REAL_CLOCK
-    ctx = Context(UnitPort(port, clock, random.Random(seed)), clock, allowance_s)
-    report = Report(name or str(getattr(port, "port", "") or ""))
+    rig = rig or Rig()
+    if only is not None:
+        unknown = sorted(set(only) - set(clause_names()))
+        if unknown:
+            raise ValueError(
+                f"no clause named {', '.join(map(repr, unknown))}; known: {', '.join(clause_names())}"
+            )
+    ctx = Context(UnitPort(port, clock, random.Random(seed)), clock, patience_s, rig)
+    report = Report(name or str(getattr(port, "port", "") or ""), rig=rig)
     confirmed: bool | None = None
+    ids_found = False
 
     def emit(rows: list[Row]) -> None:
         for row in rows:
@@ -123,6 +165,8 @@ def check(
 
     try:
         for clause in clauses():
+            if only is not None and clause.name not in only and clause.name not in ALWAYS:
+                continue
             if report.unreachable is not None:
                 emit(skipped(clause, ctx, f"the unit could not be reached: {report.unreachable}"))
                 continue
@@ -136,6 +180,9 @@ def check(
                 if not confirmed:
                     emit(skipped(clause, ctx, NEEDS_TEST_LOAD))
                     continue
+                if not ids_found:  # the first START: ids above the unit's floor (10)
+                    ids_found = True
+                    ctx.ids_found = _find_ids(ctx, report)
             emit(_run(clause, ctx, report))
             report.info = ctx.info
     finally:
@@ -162,6 +209,16 @@ def _run(clause: Clause, ctx: Context, report: Report) -> list[Row]:
     finally:
         if ctx.unreachable is not None:
             report.unreachable = ctx.unreachable
+
+
+def _find_ids(ctx: Context, report: Report) -> str:
+    from .sessions import find_free_ids
+
+    try:
+        return find_free_ids(ctx)
+    except PortLost as err:
+        report.unreachable = str(err)
+        return f"the port failed: {err}"
 
 
 def _stop_quietly(ctx: Context) -> None:

@@ -85,7 +85,9 @@ class Start(Message):
     ramp_ms: int = wire(
         U32, "ms", "start ramp length, and end ramp length at the planned amplitude"
     )
-    watchdog_ms: int = wire(U16, "ms", "output off if no valid request arrives for this long")
+    watchdog_ms: int = wire(
+        U16, "ms", "output off if no HEARTBEAT naming the session arrives for this long"
+    )
     channel_mask: int = wire(U8, "", "bit n-1 set = channel n takes part")
 
 

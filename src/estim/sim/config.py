@@ -33,6 +33,9 @@ class UnitConfig:
     model: str = "estim-sim"
     serial_number: str = "SIM-0001"
     firmware: str = "sim-1.0"
+    #: the unit's clock (time_ms) at power-up; it wraps at 2^32 (tests of a unit that has
+    #: run for days, or that is about to wrap)
+    clock_start_ms: int = 0
 
     def __post_init__(self) -> None:
         problems = []
@@ -55,6 +58,8 @@ class UnitConfig:
         ):
             if getattr(self, low) > getattr(self, high):
                 problems.append(f"{low}={getattr(self, low)} is above {high}={getattr(self, high)}")
+        if self.clock_start_ms > 0xFFFFFFFF:
+            problems.append(f"clock_start_ms={self.clock_start_ms} (must fit 32 bits)")
         if self.frequency_min_dhz == 0:
             problems.append("frequency_min_dhz=0 (must be > 0)")
         if problems:

@@ -19,7 +19,7 @@ from estim.clock import Clock
 
 from .config import UnitConfig
 from .line import FaultWindow, Line, LinkFaults
-from .unit import SimulatedUnit
+from .unit import OPEN_CIRCUIT_OHM, SimulatedUnit
 
 
 def _number(name: str, text: str, low: float, high: float) -> float:
@@ -57,14 +57,17 @@ _UNIT_OPTIONS: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "lead_off_ohm": ("lead_off_ohm", lambda n, v: _integer(n, v, 1, 2**32 - 2)),
     "compliance_v": ("compliance_mv", lambda n, v: round(_number(n, v, 0.001, 1000) * 1000)),
     "impedance_ohm": ("impedance_ohm", lambda n, v: _integer(n, v, 0, 2**32 - 2)),
+    "clock_start_ms": ("clock_start_ms", lambda n, v: _integer(n, v, 0, 2**32 - 1)),
     "model": ("model", lambda n, v: v),
     "serial": ("serial_number", lambda n, v: v),
 }
 _FAULTS = ("lead_off_at", "impedance_at", "over_current_at", "estop_at", "reset_at", "internal_at")
+#: an electrode open from power-up (a test load with no resistor on that channel)
+_OPEN = "open_channel"
 _LINK = ("drop", "corrupt", "duplicate", "delay", "delay_ms", "baud", "cut_at")
 #: options a registered unit (``sim://NAME``) still accepts: they concern the cable
 LINK_OPTIONS = frozenset(_LINK) | {"seed"}
-ALL_OPTIONS = frozenset(_UNIT_OPTIONS) | frozenset(_FAULTS) | LINK_OPTIONS
+ALL_OPTIONS = frozenset(_UNIT_OPTIONS) | frozenset(_FAULTS) | {_OPEN} | LINK_OPTIONS
 
 
 @dataclass
@@ -75,6 +78,8 @@ class SimSpec:
     seed: int = 0
     #: (seconds into each session, option name, arguments)
     faults: list[tuple[float, str, tuple[int, ...]]] = field(default_factory=list)
+    #: channels whose electrode is open from power-up
+    open_channels: tuple[int, ...] = ()
     link: LinkFaults = field(default_factory=LinkFaults)
     baud: int = 0
     #: (seconds after connecting, duration): every byte lost, both ways
@@ -82,6 +87,8 @@ class SimSpec:
 
     def build_unit(self, clock: Clock) -> SimulatedUnit:
         unit = SimulatedUnit(self.config, clock=clock, seed=self.seed)
+        for channel in self.open_channels:
+            unit.impedance_ohm[channel - 1] = OPEN_CIRCUIT_OHM
         for offset, name, args in self.faults:
             unit.inject_in_session(offset, name.removesuffix("_at"), *args)
         return unit
@@ -135,12 +142,14 @@ def parse_options(
             raise ValueError(
                 f"unknown sim option {name!r}; known: {', '.join(sorted(ALL_OPTIONS))}"
             )
-        if name not in _FAULTS and name != "cut_at" and len(texts) > 1:
+        if name not in _FAULTS and name not in ("cut_at", _OPEN) and len(texts) > 1:
             raise ValueError(f"sim option {name!r} given {len(texts)} times")
         for text in texts:
             if name in _UNIT_OPTIONS:
                 field_name, parse = _UNIT_OPTIONS[name]
                 config_changes[field_name] = parse(name, text)
+            elif name == _OPEN:
+                spec.open_channels += (_integer(name, text, 1, 8),)
             elif name == "seed":
                 spec.seed = _integer(name, text, 0, 2**32 - 1)
             elif name == "baud":
@@ -169,6 +178,11 @@ def parse_options(
         if name != "estop_at" and args and not 1 <= args[0] <= spec.config.channels:
             raise ValueError(
                 f"sim option {name}: channel {args[0]} does not exist (1..{spec.config.channels})"
+            )
+    for channel in spec.open_channels:
+        if channel > spec.config.channels:
+            raise ValueError(
+                f"sim option {_OPEN}: channel {channel} does not exist (1..{spec.config.channels})"
             )
     spec.faults = sorted(faults)
     return spec

@@ -85,6 +85,7 @@ _REJECTION_ERRORS = {
     "type": ErrorCode.UNKNOWN_TYPE,
     "payload": ErrorCode.BAD_PAYLOAD,
 }
+#: PROTOCOL.md 10: ended session ids kept exactly; older ones are covered by the floor
 ENDED_SESSIONS = 64
 #: impedance reported for an open electrode (a pulled needle clip)
 OPEN_CIRCUIT_OHM = 10_000_000
@@ -179,6 +180,8 @@ class _Channel:
 class _Session:
     def __init__(self, start: Start, t: int, channels: dict[int, _Channel]) -> None:
         self.id = start.session_id
+        #: the START that began it: a copy must match it (PROTOCOL.md 6.1, 10)
+        self.start = start
         self.start_us = t
         self.deadline_us = t + start.dwell_ms * 1000
         self.watchdog_us = start.watchdog_ms * 1000
@@ -217,6 +220,7 @@ class SimulatedUnit:
     _event_seq: int
     _replies: OrderedDict[int, tuple[Message, Ack | Nack]]
     _ended: deque[int]
+    _ended_floor: int
     _configs: dict[int, ConfigureChannel]
     _state: State
     _session: _Session | None
@@ -456,6 +460,7 @@ class SimulatedUnit:
         self._event_seq = 0
         self._replies = OrderedDict()
         self._ended = deque(maxlen=ENDED_SESSIONS)
+        self._ended_floor = 0
         self._configs = {}
         self._state = State.IDLE
         self._session = None
@@ -580,7 +585,7 @@ class SimulatedUnit:
         s.ramp_done = True
         for ch in s.channels.values():
             ch.report_reached = False
-        self._emit(RampDownStarted, t, remaining_ms=(s.deadline_us - t) // 1000)
+        self._emit(RampDownStarted, t, remaining_ms=_ceil_div(s.deadline_us - t, 1000))
         self._set_state(State.RAMPING_DOWN, t)
 
     def _complete(self, t: int) -> None:
@@ -636,7 +641,7 @@ class SimulatedUnit:
         assert s is not None
         self._session = None
         self._session_actions = []
-        self._ended.append(s.id)
+        self._remember_ended(s.id)
         if self._last_rx is not None:
             s.max_gap_us = max(s.max_gap_us, t - max(self._last_rx, s.start_us))
         self._log(
@@ -648,6 +653,16 @@ class SimulatedUnit:
             max_frame_gap_ms=s.max_gap_us / 1000,
         )
         self._log_levels(t)
+
+    def _remember_ended(self, session_id: int) -> None:
+        """PROTOCOL.md 10: the last ENDED_SESSIONS ids exactly; an id that leaves the
+        list raises the floor, at or below which every START is refused as ended."""
+        if len(self._ended) == ENDED_SESSIONS:
+            self._ended_floor = max(self._ended_floor, self._ended[0])
+        self._ended.append(session_id)
+
+    def _is_ended(self, session_id: int) -> bool:
+        return session_id <= self._ended_floor or session_id in self._ended
 
     def _fault(self, fault: Fault, channel: int, t: int) -> None:
         s = self._session
@@ -727,11 +742,14 @@ class SimulatedUnit:
 
     def _emit(self, cls: type[Event], t: int, **fields: Any) -> None:
         fields.setdefault("session_id", self.session_id)
-        event = cls(
-            seq=self._event_seq, time_ms=((t - self._boot_us) // 1000) & 0xFFFFFFFF, **fields
-        )
+        event = cls(seq=self._event_seq, time_ms=self._time_ms(t), **fields)
         self._event_seq = (self._event_seq + 1) & 0xFFFF
         self._pending.append(event)
+
+    def _time_ms(self, t: int) -> int:
+        """The unit's clock on the wire: whole ms since boot, from clock_start_ms,
+        wrapping at 2^32 (PROTOCOL.md 5.2)."""
+        return ((t - self._boot_us) // 1000 + self.config.clock_start_ms) & 0xFFFFFFFF
 
     def _flush_events(self) -> None:
         for event in self._pending:
@@ -843,13 +861,16 @@ class SimulatedUnit:
         return Ack(request_type=int(m.TYPE), state=self._state)
 
     def _start(self, m: Start, now: int) -> Message:
-        if self._session is not None and m.session_id == self._session.id:
-            return self._ack(m)  # a retransmission (PROTOCOL.md 10): no second effect
+        s = self._session
+        if s is not None and m.session_id == s.id:
+            if replace(m, seq=0) == replace(s.start, seq=0):
+                return self._ack(m)  # a retransmission (PROTOCOL.md 10): no second effect
+            raise Refused(ErrorCode.BAD_STATE)  # another dwell, ramp, ... for it: not done
         self._refuse_unless_idle()
         c = self.config
         if m.session_id == 0:
             raise Refused(ErrorCode.OUT_OF_RANGE, Field.SESSION_ID)
-        if m.session_id in self._ended:
+        if self._is_ended(m.session_id):
             raise Refused(ErrorCode.SESSION_ENDED, Field.SESSION_ID)
         if m.channel_mask == 0 or m.channel_mask >> c.channels:
             raise Refused(ErrorCode.OUT_OF_RANGE, Field.CHANNEL_MASK)
@@ -938,7 +959,7 @@ class SimulatedUnit:
         return Status(
             state=self._state,
             session_id=s.id if s else (self._ended[-1] if self._ended else 0),
-            time_ms=((now - self._boot_us) // 1000) & 0xFFFFFFFF,
+            time_ms=self._time_ms(now),
             elapsed_ms=(now - s.start_us) // 1000 if s else 0,
             # rounded up, so that elapsed_ms + remaining_ms == dwell_ms
             remaining_ms=_ceil_div(max(0, s.deadline_us - now), 1000) if s else 0,
