@@ -133,3 +133,63 @@ def test_a_completed_session_across_the_unit_s_clock_wrap(runner: str, tmp_path:
     plot = plot_of(FORMATS["html"].render([record]).decode())
     assert plot["x_labels"][-1] == 60
     assert plot["stop_x"] is None  # completed: no stop marker
+
+
+# --- both units in another process, over a real pty, in real time -----------------------
+
+#: the unit's clock at boot (ms): up 100 s; 1 s before its 32-bit wrap
+BOOT_CLOCKS = {"100 s": 100_000, "1 s before the wrap": 2**32 - 1000}
+
+
+@pytest.mark.parametrize("boot", sorted(BOOT_CLOCKS), ids=str)
+@pytest.mark.parametrize("unit", ["python", "c"])
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_stop_in_the_ramp_on_a_unit_in_another_process(
+    runner: str, unit: str, boot: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Stopped 1.5 s into a 5 s ramp to 10 mA: 3 mA reached, whatever the unit's clock
+    read when it booted (``clock_start_ms``), on the simulator and the C unit."""
+    import asyncio
+
+    from estim import aio
+    from estim.device import connect
+
+    from .procs import SimProcess
+
+    option = f"clock_start_ms={BOOT_CLOCKS[boot]}"
+    if unit == "c":
+        sim = SimProcess("--json", option, command=[str(request.getfixturevalue("cunit").unit)])
+    else:
+        sim = SimProcess("--pty", "--json", option)
+    with sim, Journal(tmp_path / "estim.db") as journal:
+        if runner == "threads":
+            with connect(sim.port) as device:
+                session = device.start(PLAN, journal=journal)
+                sim.wait_for(lambda e: e["kind"] == "output_on")
+                stopped_at = sim.wait_for(lambda e: e["kind"] == "level" and e["ua"] >= 3000)
+                session.stop()
+                record = session.wait(timeout=10)
+        else:
+
+            async def main() -> SessionRecord:
+                async with aio.connect(sim.port) as device:
+                    session = await device.start(PLAN, journal=journal)
+                    await asyncio.to_thread(
+                        sim.wait_for, lambda e: e["kind"] == "level" and e["ua"] >= 3000
+                    )
+                    await session.stop()
+                    return await session.wait()
+
+            record = asyncio.run(main())
+            stopped_at = None
+        off = sim.wait_for(lambda e: e["kind"] == "output_off")
+    assert stopped_at is None or stopped_at["ua"] >= 3000
+    delivered = record.delivered_s
+    assert delivered is not None
+    assert delivered == pytest.approx(off["delivered_ms"] / 1000)
+    # the ramp's level at the moment output went off: 10 mA over 5 s
+    expected = min(10.0, 10.0 * delivered / 5.0)
+    assert highest_reached(record, 1) == pytest.approx(expected, abs=0.15)
+    times = [e.output_s for e in record.events if e.output_s is not None]
+    assert times == sorted(times)
+    assert max(times) <= delivered + 0.05
