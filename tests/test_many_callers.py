@@ -527,3 +527,30 @@ def test_a_command_to_a_session_a_unit_fault_ended_raises_device_fault(
             session.set_amplitude(1, 6)
     assert raised.value.code == Fault.OVER_CURRENT
     assert raised.value.channel == 1
+
+
+# --- PROTOCOL.md 1.4 (issue 22): hosts pick increasing session ids ------------------------
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_many_sessions_on_one_unit_are_never_refused_as_ended(
+    runner: str, journal: Journal
+) -> None:
+    """A unit remembers the last E ended ids and a floor (E = 64 on the simulator);
+    random ids were refused SESSION_ENDED once the floor passed them. Each id is
+    above the last one, across reconnects: 90 sessions, none refused."""
+    clock = ManualClock()
+    unit = SimulatedUnit(clock=clock)
+    ids: list[int] = []
+    with serve(unit) as url:
+        for connection in range(3):
+            with connector(runner, clock)(url) as device:
+                for _ in range(30):
+                    session = device.start(plan_of(GENTLE), journal=journal)
+                    session.stop()
+                    assert session.wait(timeout=10).outcome == "stopped"
+                    ids.append(session.session_id)
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids) == 90
+    steps = [b - a for a, b in zip(ids, ids[1:], strict=False)]
+    assert min(steps) >= 1 and max(steps) <= 65_536

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import estim.outbox as outbox
-from estim.errors import JournalError, SessionNotFound
+from estim.errors import EstimError, JournalError, SessionNotFound
 from estim.journal_recovery import LivenessLocks, recover
 from estim.journal_sidecar import import_sidecars, sidecar_path, write_sidecar
 
@@ -85,6 +85,10 @@ MIGRATIONS: list[str] = [
     outbox.MIGRATION,  # 2: the FHIR outbox (estim.outbox)
 ]
 
+
+#: session ids are u32, never 0; each new one is the last plus 1 to SESSION_ID_STEP
+SESSION_ID_MAX = 2**32 - 1
+SESSION_ID_STEP = 65_536
 
 #: how long an ordinary write waits for another program's lock on the journal
 BUSY_TIMEOUT_MS = 10_000
@@ -258,14 +262,25 @@ class Journal:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def new_session_id(self) -> int:
-        """A random non-zero u32 not used by any session in this journal."""
+    def new_session_id(self, above: int = 0) -> int:
+        """A session id above ``above``, not used by any session in this journal.
+
+        PROTOCOL.md 10 (1.4): hosts pick increasing ids, so a unit's floor of ended
+        ids stays below every new one: ``above`` (the last id the unit ran, or this
+        host used on it) plus a random step of 1 to 65,536, so ids stay hard to guess.
+        Raises ``EstimError`` if the unit has used the 32-bit range up."""
         rng = random.SystemRandom()
-        while True:
-            candidate = rng.randrange(1, 2**32)
+        low = max(0, above) + 1
+        while low <= SESSION_ID_MAX:
+            candidate = rng.randrange(low, min(low + SESSION_ID_STEP, SESSION_ID_MAX + 1))
             row = self._query("SELECT 1 FROM sessions WHERE id=?", (format_id(candidate),))
             if not row:
                 return candidate
+            low = candidate + 1
+        raise EstimError(
+            f"the unit has used session ids up to {above:#010x}, the top of their range, "
+            "since it was powered on; power-cycle it to start again"
+        )
 
     def begin(
         self,

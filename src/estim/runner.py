@@ -88,6 +88,8 @@ def check_orphan(runner: RunnerBase) -> Steps[None]:
         except LinkTimeout:
             if asked == STATUS_REQUESTS:
                 raise
+    if found is not None:
+        runner.session_floor = max(runner.session_floor, found.session_id)
     if found is not None and found.state in OUTPUT_STATES:
         log.warning(
             "the unit on %s was delivering output for session %08x with no host; stopping it",
@@ -148,7 +150,9 @@ def _commit(
     wait on another program's lock) and "start requested" committed."""
     opened = Journal() if journal is None else journal
     try:
-        return new_policy(runner, runner._core, judged, opened, now), opened
+        policy = new_policy(runner, runner._core, judged, opened, now, above=runner.session_floor)
+        runner.session_floor = policy.session_id  # (the claim keeps starts one at a time)
+        return policy, opened
     except BaseException:
         if journal is None:
             opened.close()
@@ -214,6 +218,9 @@ class RunnerBase:
         self.limits: Limits
         #: the session id of an output found running at connect and stopped, if any
         self.stopped_orphan: int | None = None
+        #: the highest session id the unit is known to have run: every new one is above
+        #: it (PROTOCOL.md 10, 1.4), so the unit's floor of ended ids never refuses one
+        self.session_floor = 0
         self._core = core
         self._sessions: dict[SessionPolicy, Any] = {}
         self._owner: Owner | None = None

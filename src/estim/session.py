@@ -121,15 +121,21 @@ def judge(
 
 
 def new_policy(
-    runner: Runner, core: HostCore, judged: Judged, journal: Journal, now: float
+    runner: Runner,
+    core: HostCore,
+    judged: Judged,
+    journal: Journal,
+    now: float,
+    *,
+    above: int = 0,
 ) -> SessionPolicy:
     """Make a judged session's policy and commit "start requested" to the journal:
     the one write that blocks, on purpose (no record, no START). Raises before
-    anything is sent."""
+    anything is sent. The session id is above ``above`` (PROTOCOL.md 10: increasing)."""
     plan = judged.plan
     if core.lost is not None:
         raise core.lost
-    session_id = journal.new_session_id()
+    session_id = journal.new_session_id(above)
     unit = runner.info.as_dict()
     dumped = plan.model_dump(mode="json")
     policy = SessionPolicy(
