@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import estim.outbox as outbox
+import estim.serve.actions as actions
 from estim.errors import JournalError, SessionNotFound
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: migrations[n] takes a database from version n to n + 1
 MIGRATIONS: list[str] = [
@@ -85,6 +86,7 @@ MIGRATIONS: list[str] = [
     );
     """,
     outbox.MIGRATION,  # 2: the FHIR outbox (estim.outbox)
+    actions.MIGRATION,  # 3: the clinic service's action log (estim.serve.actions)
 ]
 
 

@@ -1,0 +1,229 @@
+"""Starting and ending the clinic service: the journal, the rooms, the event feed, the
+FHIR sender and the web server, in that order, and back.
+
+Opening the journal is what records the sessions a killed service left unfinished
+(``Journal.interrupted``): each is marked ``interrupted`` with its last known state,
+queued for the clinic's FHIR server, and named in the action log's ``service_started``
+entry. Each room then connects on its own thread. uvicorn runs the web app on its
+asyncio loop (in the main thread for ``estim serve``, which takes SIGINT and SIGTERM
+from it); when it ends, every live session is stopped and recorded, every unit closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from estim.config import FhirSettings, Preset
+from estim.errors import JournalError
+from estim.journal import Journal
+from estim.record import EventRecord
+from estim.serve.actions import ActionLog, Who
+from estim.serve.api import build_app
+from estim.serve.feed import Feed
+from estim.serve.guard import Guard, Logins, RateLimit
+from estim.serve.rooms import Room
+from estim.serve.settings import ServeSettings
+
+log = logging.getLogger("estim.serve")
+
+SERVICE = Who("the clinic service", "this machine")
+
+
+class Service:
+    """Everything ``estim serve`` runs, minus the web server's loop."""
+
+    def __init__(
+        self,
+        settings: ServeSettings,
+        *,
+        journal_path: str | Path | None = None,
+        presets: dict[str, Preset] | None = None,
+        fhir: FhirSettings | None = None,
+        connect: Callable[..., Any] | None = None,
+        retry_s: float = 2.0,
+        poll_s: float = 1.0,
+        reads: RateLimit | None = None,
+        changes: RateLimit | None = None,
+    ) -> None:
+        from estim.config import BUILTIN_PRESETS
+
+        self.settings = settings
+        self.presets = presets or dict(BUILTIN_PRESETS)
+        self.journal = Journal(journal_path)  # marks what a killed service left: interrupted
+        self.interrupted = list(self.journal.interrupted)
+        self.actions = ActionLog(self.journal.path)
+        self.feed = Feed(self.journal.path, {r.port: r.id for r in settings.rooms}, self.snapshot)
+        self.sender = None
+        if fhir is not None:
+            from estim.sender import BackgroundSender
+
+            self.sender = BackgroundSender(self.journal.path, fhir)
+        self.rooms: dict[str, Room] = {
+            r.id: Room(
+                r,
+                journal=self.journal,
+                notify=self._notify,
+                connect=connect,
+                retry_s=retry_s,
+                poll_s=poll_s,
+            )
+            for r in settings.rooms
+        }
+        self.unit_pool = ThreadPoolExecutor(8, thread_name_prefix="estim-api")
+        #: stops only: a stop never queues behind a start or a record being read
+        self.stop_pool = ThreadPoolExecutor(len(self.rooms) + 2, thread_name_prefix="estim-stop")
+        self.logins = Logins()
+        self.app = Guard(build_app(self), settings, self.logins, reads=reads, changes=changes)
+        self._opened = False
+
+    def _notify(self, room: str, event: EventRecord | None) -> None:
+        self.feed.notify(room, event)
+        if event is not None and event.kind == "ended" and self.sender is not None:
+            self.sender.wake()
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [room.snapshot() for room in self.rooms.values()]
+
+    def log(self, who: Who, action: str, **kw: Any) -> None:
+        """Journal an action; a journal that cannot take it is logged, never raised
+        (the session's own record is in the journal's events either way)."""
+        try:
+            self.actions.record(who, action, **kw)
+        except JournalError as err:
+            log.error("could not journal %s by %s: %s", action, who.clinician, err)
+
+    def open(self) -> Service:
+        self._opened = True
+        detail: dict[str, Any] = {
+            "rooms": {r.id: r.port for r in self.settings.rooms},
+            "bind": f"{self.settings.host}:{self.settings.port}",
+        }
+        if self.interrupted:
+            detail["interrupted"] = self.interrupted
+            log.warning(
+                "sessions left unfinished by a service that stopped unexpectedly, recorded as "
+                "interrupted: %s",
+                ", ".join(self.interrupted),
+            )
+        self.log(SERVICE, "service_started", detail=detail)
+        for room in self.rooms.values():
+            room.open()
+        if self.sender is not None:
+            self.sender.start()
+        return self
+
+    def close(self, detail: str = "the clinic service was stopped") -> None:
+        """Stop every live session (recording ``detail``), close every unit."""
+        threads = [
+            threading.Thread(target=room.close, args=(detail,), name=f"estim-close {room.id}")
+            for room in self.rooms.values()
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if self._opened:
+            self.log(SERVICE, "service_stopped", detail={"reason": detail})
+        if self.sender is not None:
+            self.sender.stop(timeout=5.0)
+        self.unit_pool.shutdown(wait=True)
+        self.stop_pool.shutdown(wait=True)
+        self.feed.close()
+        self.actions.close()
+        self.journal.close()
+
+
+@asynccontextmanager
+async def lifespan(service: Service) -> Any:
+    import asyncio
+
+    task = asyncio.create_task(service.feed.run(), name="estim-feed")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def uvicorn_server(service: Service, sock: socket.socket | None = None) -> Any:
+    import uvicorn
+
+    class App:
+        """The guarded app, with the feed started and stopped by the ASGI lifespan."""
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "lifespan":
+                await self._lifespan(receive, send)
+            else:
+                await service.app(scope, receive, send)
+
+        async def _lifespan(self, receive: Any, send: Any) -> None:
+            message = await receive()
+            assert message["type"] == "lifespan.startup"
+            async with lifespan(service):
+                await send({"type": "lifespan.startup.complete"})
+                message = await receive()
+            await send({"type": "lifespan.shutdown.complete"})
+
+    config = uvicorn.Config(
+        App(),
+        host=service.settings.host,
+        port=service.settings.port,
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=1,
+        server_header=False,
+    )
+    return uvicorn.Server(config)
+
+
+def serve_forever(service: Service) -> None:
+    """Run until SIGINT or SIGTERM (uvicorn's handlers), then close the service."""
+    server = uvicorn_server(service)
+    service.open()
+    try:
+        server.run()
+    finally:
+        service.close()
+
+
+@contextlib.contextmanager
+def running(service: Service) -> Iterator[str]:
+    """The service on a thread (tests, benches): yields its base URL. The socket is
+    bound first, at the port the settings name (0: any free one)."""
+    import dataclasses
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((service.settings.host, service.settings.port))
+    port = sock.getsockname()[1]
+    if port != service.settings.port:
+        service.settings = dataclasses.replace(service.settings, port=port)
+        assert isinstance(service.app, Guard)
+        service.app.settings = service.settings
+    server = uvicorn_server(service)
+    server.config.port = port
+    service.open()
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="estim-uvicorn")
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("the web server did not start")
+            threading.Event().wait(0.01)
+        yield f"http://{service.settings.host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+        service.close()
