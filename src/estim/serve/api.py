@@ -18,8 +18,10 @@ one-line words the CLI prints.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from importlib import resources
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -275,8 +277,21 @@ def validation_detail(exc: RequestValidationError) -> tuple[int, str]:
 # -- the app -----------------------------------------------------------------------------
 
 
+@asynccontextmanager
+async def _lifespan(service: Service) -> AsyncIterator[None]:
+    """The event feed runs on the web server's loop for as long as the app."""
+    task = asyncio.create_task(service.feed.run(), name="estim-feed")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def build_app(service: Service) -> FastAPI:
     app = FastAPI(
+        lifespan=lambda _app: _lifespan(service),
         title="estim clinic service",
         version=__version__,
         summary="Every treatment room's stimulator in one API: start, change, stop, records.",
@@ -356,6 +371,13 @@ def build_app(service: Service) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         status, text = validation_detail(exc)
+        action, room_id = action_of(request.method, request.url.path)
+        if action is not None:  # a refused request is an action too: journaled
+            asker = who(request)
+            await asyncio.get_running_loop().run_in_executor(
+                service.unit_pool,
+                lambda: service.log(asker, action, room=room_id, result=f"refused: {text}"),
+            )
         return problem_response(status, text)
 
     @app.exception_handler(StarletteHTTPException)
@@ -694,6 +716,26 @@ def build_app(service: Service) -> FastAPI:
 
     app.add_api_route("/favicon.ico", no_icon, methods=["GET"], include_in_schema=False)
     return app
+
+
+ACTIONS = {
+    "sessions": "start",
+    "amplitude": "amplitude",
+    "stop": "stop",
+    "clear-fault": "clear_fault",
+}
+
+
+def action_of(method: str, path: str) -> tuple[str | None, str | None]:
+    """The action a changing request asks for, and its room (for the action log)."""
+    if method in ("GET", "HEAD", "OPTIONS"):
+        return None, None
+    parts = path.removeprefix(API).strip("/").split("/")
+    if parts == ["stop-all"]:
+        return "stop_all", None
+    if len(parts) == 3 and parts[0] == "rooms" and parts[2] in ACTIONS:
+        return ACTIONS[parts[2]], parts[1][:40]
+    return None, None
 
 
 def _words(result: Any) -> str:

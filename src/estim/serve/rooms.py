@@ -24,10 +24,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any
 
 from estim.errors import EstimError, LinkError
 from estim.journal import Journal
+from estim.limits import ClinicLimits
 from estim.plan import SessionPlan
 from estim.protocol import Fault, StopReason
 from estim.record import EventRecord
@@ -336,7 +338,11 @@ def _limits(config: RoomConfig, device: Any) -> dict[str, Any]:
     config), the unit's own once it is connected, and SAFETY.md's envelope."""
     from estim.safety import DWELL_MAX_S, DWELL_MIN_S, RMS_MAX_MA
 
-    clinic = {k: v for k, v in config.limits.__dict__.items() if v is not None}
+    clinic = {
+        f.name: getattr(config.limits, f.name)
+        for f in fields(ClinicLimits)
+        if getattr(config.limits, f.name) is not None
+    }
     unit = None
     if device is not None:
         info = device.info

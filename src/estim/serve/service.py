@@ -17,7 +17,6 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -141,41 +140,11 @@ class Service:
         self.journal.close()
 
 
-@asynccontextmanager
-async def lifespan(service: Service) -> Any:
-    import asyncio
-
-    task = asyncio.create_task(service.feed.run(), name="estim-feed")
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 def uvicorn_server(service: Service, sock: socket.socket | None = None) -> Any:
     import uvicorn
 
-    class App:
-        """The guarded app, with the feed started and stopped by the ASGI lifespan."""
-
-        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-            if scope["type"] == "lifespan":
-                await self._lifespan(receive, send)
-            else:
-                await service.app(scope, receive, send)
-
-        async def _lifespan(self, receive: Any, send: Any) -> None:
-            message = await receive()
-            assert message["type"] == "lifespan.startup"
-            async with lifespan(service):
-                await send({"type": "lifespan.startup.complete"})
-                message = await receive()
-            await send({"type": "lifespan.shutdown.complete"})
-
     config = uvicorn.Config(
-        App(),
+        service.app,
         host=service.settings.host,
         port=service.settings.port,
         lifespan="on",

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from estim.config import ConfigError, _line_of, _read_limits
+from estim.durations import format_duration
 from estim.limits import ClinicLimits
 
 DEFAULT_HOST = "127.0.0.1"
@@ -132,7 +133,44 @@ def parse_bind(text: str) -> tuple[str, int]:
     return host, port
 
 
-def narrow(clinic: ClinicLimits, room: ClinicLimits) -> ClinicLimits:
+@dataclass(frozen=True)
+class RoomLimits(ClinicLimits):
+    """The clinic's limits narrowed by a room's, judged by the library's own checks
+    (``ClinicLimits``); a refusal names the room where the room's limit is the one
+    that holds."""
+
+    room: str = ""
+    own: ClinicLimits = field(default_factory=ClinicLimits)
+
+    def _words(self, problem: str) -> str:
+        for f in fields(ClinicLimits):
+            value = getattr(self.own, f.name)
+            if value is not None and value == getattr(self, f.name):
+                shown = format_duration(value) if f.name[:5] in ("dwell", "ramp_") else f"{value:g}"
+                if f"the clinic's {_WORD[f.name]} {shown}" in problem:
+                    return problem.replace("the clinic's", f"room {self.room}'s")
+        return problem
+
+    def plan_problems(self, plan: Any) -> list[str]:
+        return [self._words(p) for p in super().plan_problems(plan)]
+
+    def amplitude_problem(self, channel: int, ma: float) -> str | None:
+        problem = super().amplitude_problem(channel, ma)
+        return None if problem is None else self._words(problem)
+
+
+_WORD = {
+    "amplitude_max_ma": "maximum",
+    "frequency_min_hz": "minimum",
+    "frequency_max_hz": "maximum",
+    "pulse_width_max_us": "maximum",
+    "dwell_min": "minimum",
+    "dwell_max": "maximum",
+    "ramp_min": "minimum",
+}
+
+
+def narrow(clinic: ClinicLimits, room: ClinicLimits, room_id: str = "") -> ClinicLimits:
     """The room's limits within the clinic's: the lower maximum, the higher minimum."""
     values: dict[str, Any] = {}
     for f in fields(ClinicLimits):
@@ -141,7 +179,9 @@ def narrow(clinic: ClinicLimits, room: ClinicLimits) -> ClinicLimits:
             values[f.name] = b if a is None else a
         else:
             values[f.name] = min(a, b) if f.name.endswith("max") or "_max_" in f.name else max(a, b)
-    return ClinicLimits(**values)
+    if room == ClinicLimits():
+        return ClinicLimits(**values)
+    return RoomLimits(**values, room=room_id, own=room)
 
 
 def _wider(clinic: ClinicLimits, room: ClinicLimits) -> str | None:
@@ -278,7 +318,9 @@ def _rooms(
         wider = _wider(clinic, room_limits)
         if wider:
             raise fail(section, "", f"{wider}; a room can only narrow the clinic's limits")
-        out.append(RoomConfig(room_id, name.strip(), port.strip(), narrow(clinic, room_limits)))
+        out.append(
+            RoomConfig(room_id, name.strip(), port.strip(), narrow(clinic, room_limits, room_id))
+        )
     return tuple(out)
 
 
