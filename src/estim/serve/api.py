@@ -25,7 +25,7 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import FastAPI, Header, Path, Query, Request
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
@@ -289,6 +289,26 @@ async def _lifespan(service: Service) -> AsyncIterator[None]:
             await task
 
 
+def stream_from(
+    request: Request,
+    last_event_id: Annotated[
+        str | None,
+        Header(max_length=20, description="resume after this event id (the last one received)"),
+    ] = None,
+) -> int | None:
+    """The event stream's start, checked before it begins (a refusal is still a 4xx)."""
+    feed = request.app.state.service.feed
+    if feed.full():
+        raise StarletteHTTPException(429, "too many event streams are open; try again later")
+    if last_event_id is None:
+        return None
+    if not last_event_id.strip().isdigit():
+        raise StarletteHTTPException(
+            400, f"Last-Event-ID {last_event_id!r} is not an event id of this service"
+        )
+    return int(last_event_id)
+
+
 def build_app(service: Service) -> FastAPI:
     app = FastAPI(
         lifespan=lambda _app: _lifespan(service),
@@ -306,6 +326,8 @@ def build_app(service: Service) -> FastAPI:
         redoc_url=None,
         max_body_size=64 * 1024,
     )
+
+    app.state.service = service
 
     def who(request: Request) -> Who:
         found = request.scope.get("state", {}).get("who")
@@ -482,9 +504,9 @@ def build_app(service: Service) -> FastAPI:
         target = room_of(room_id)
         asker = who(request)
         detail = f"stopped from the clinic service by {asker.clinician}"
-        target.request_stop(detail)
+        asked = target.request_stop(detail)  # never blocks: the STOP is on its way
         result = await journaled(
-            request, "stop", target, lambda: target.stop(detail), pool=service.stop_pool
+            request, "stop", target, lambda: target.stop(detail, asked), pool=service.stop_pool
         )
         return Done(room=target.id, result=result)
 
@@ -495,13 +517,13 @@ def build_app(service: Service) -> FastAPI:
         asker = who(request)
         detail = f"stop all, from the clinic service by {asker.clinician}"
         requested = _utc_now()
-        for target in service.rooms.values():
-            target.request_stop(detail)  # never blocks: every unit's STOP is on its way
+        # never blocks: every unit's STOP is on its way before any answer is awaited
+        asked = {room_id: t.request_stop(detail) for room_id, t in service.rooms.items()}
         loop = asyncio.get_running_loop()
 
         def one(target: Room) -> str:
             try:
-                return target.stop(detail)
+                return target.stop(detail, asked[target.id])
             except EstimError as err:
                 return f"not stopped from here: {err}"
 
@@ -627,23 +649,12 @@ def build_app(service: Service) -> FastAPI:
         responses={429: ERRORS[409]},
     )
     async def events(
-        last_event_id: Annotated[
-            str | None, Header(max_length=20, description="resume after this event id")
-        ] = None,
+        after: Annotated[int | None, Depends(stream_from)],
     ) -> AsyncIterator[ServerSentEvent]:
         """Server-Sent Events: ``session`` events (every event of every room's sessions,
         as the journal holds it; the id is the journal's, so a reconnect with
         Last-Event-ID misses nothing) and ``rooms`` (every room's state, when it
         changes and every second while a session runs; no id)."""
-        after = None
-        if last_event_id is not None:
-            if not last_event_id.strip().isdigit():
-                raise StarletteHTTPException(
-                    400, f"Last-Event-ID {last_event_id!r} is not an event id of this service"
-                )
-            after = int(last_event_id)
-        if service.feed.full():
-            raise StarletteHTTPException(429, "too many event streams are open; try again later")
         yield ServerSentEvent(comment="estim", retry=1000)
         try:
             async for name, event_id, data in service.feed.follow(after):

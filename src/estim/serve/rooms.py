@@ -43,6 +43,9 @@ CONNECTED = "connected"
 MISSING = "missing"  # could not be reached; tried again every retry_s
 LOST = "lost"  # was connected, the link failed; tried again every retry_s
 
+#: what ``Room.request_stop`` returns while a start is under way
+STARTING = object()
+
 #: (room id, the session event, or None for a change of the room's state)
 Notify = Callable[[str, EventRecord | None], None]
 
@@ -254,32 +257,31 @@ class Room:
             raise NoSession(f"room {self.id} has no session running; start one first")
         session.set_amplitude(channel, ma)
 
-    def request_stop(self, detail: str) -> bool:
-        """Ask for a stop without blocking; True if a session was live or starting."""
+    def request_stop(self, detail: str) -> Any:
+        """Ask for a stop without blocking. Returns the session asked to stop, ``STARTING``
+        if a start is under way (it is stopped the moment it exists), or None."""
         with self._lock:
             if self._starting:
                 self._pending_stop = detail
-                return True
+                return STARTING
             session = self._session
         if session is not None and not session.state.is_end:
             session.request_stop(StopReason.OPERATOR, detail)
-            return True
-        return False
+            return session
+        return None
 
-    def stop(self, detail: str) -> str:
+    def stop(self, detail: str, asked: Any = None) -> str:
         """Output off now: the session's STOP (returns once the unit acknowledged it),
-        or the unit's if no session runs (a stop always reaches the unit). Returns
-        what was done, in words."""
-        session = self._session
-        was_live = session is not None and not session.state.is_end
-        asked = self.request_stop(detail)
-        if was_live:
-            session.stop(StopReason.OPERATOR, detail)
-            return f"session {session.id} stopped"
-        with self._lock:
-            starting = self._starting
-        if asked and starting:
+        or the unit's if no session runs (a stop always reaches the unit). ``asked`` is
+        what ``request_stop`` returned, if it was called first. Returns what was done,
+        in words."""
+        if asked is None:
+            asked = self.request_stop(detail)
+        if asked is STARTING:
             return "a session was starting: it is stopped the moment the unit accepts it"
+        if asked is not None:
+            asked.stop(StopReason.OPERATOR, detail)  # at once if it has already ended
+            return f"session {asked.id} stopped"
         state = self.device().stop(StopReason.OPERATOR)
         return f"no session was running; the unit was told to stop and is {state.name}"
 
