@@ -61,7 +61,7 @@ def test_rooms_show_their_live_state_and_a_start_changes_only_its_room(three: Cl
     with three.events() as stream:
         rooms = stream.wait_rooms(
             lambda r: (
-                r["room-2"]["session"]["state"] in ("ramping", "running")
+                (r["room-2"]["session"] or {}).get("state") in ("ramping", "running")
                 and r["room-2"]["session"]["channels"][0]["impedance_ohm"] is not None
             )
         )

@@ -51,7 +51,7 @@ from estim.protocol import ErrorCode
 from estim.record import SessionRecord
 from estim.serve.actions import Who
 from estim.serve.feed import Overflow
-from estim.serve.guard import COOKIE, COOKIE_MAX_AGE_S, NO_LOGIN
+from estim.serve.guard import COOKIE, COOKIE_MAX_AGE_S, MAX_BODY, NO_LOGIN
 from estim.serve.rooms import NoSession, Room, RoomUnavailable
 
 if TYPE_CHECKING:
@@ -324,7 +324,7 @@ def build_app(service: Service) -> FastAPI:
         openapi_url=f"{API}/openapi.json",
         docs_url=None,
         redoc_url=None,
-        max_body_size=64 * 1024,
+        max_body_size=MAX_BODY,  # (a body without a Content-Length is counted here)
     )
 
     app.state.service = service

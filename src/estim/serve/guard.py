@@ -32,6 +32,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from estim.serve.actions import Who
 from estim.serve.settings import ServeSettings, is_loopback
 
+#: the largest request body taken (a plan is about 1 kB)
+MAX_BODY = 64 * 1024
 COOKIE = "estim_session"
 COOKIE_MAX_AGE_S = 12 * 3600
 NO_LOGIN = "no login (a service on this machine only)"
@@ -160,6 +162,13 @@ class Guard:
             )
         method = scope["method"]
         path: str = scope["path"]
+        length = headers.get("content-length", "0")
+        if not length.isdigit() or int(length) > MAX_BODY:
+            return problem(
+                413 if length.isdigit() else 400,
+                "Request too large",
+                f"a request body may be at most {MAX_BODY} bytes (this one says {length[:20]})",
+            )
         changing = method not in READ_METHODS
         origin = headers.get("origin")
         if changing and origin is not None and origin not in (f"http://{host}", f"https://{host}"):

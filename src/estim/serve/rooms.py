@@ -43,6 +43,9 @@ CONNECTED = "connected"
 MISSING = "missing"  # could not be reached; tried again every retry_s
 LOST = "lost"  # was connected, the link failed; tried again every retry_s
 
+#: how long a stop waits for the session's record to be written, after output is off
+RECORD_WAIT_S = 2.0
+
 #: what ``Room.request_stop`` returns while a start is under way
 STARTING = object()
 
@@ -281,6 +284,10 @@ class Room:
             return "a session was starting: it is stopped the moment the unit accepts it"
         if asked is not None:
             asked.stop(StopReason.OPERATOR, detail)  # at once if it has already ended
+            try:
+                asked.wait(timeout=RECORD_WAIT_S)  # so its record says how it ended
+            except TimeoutError:
+                return f"session {asked.id} stopped (its record is still being written)"
             return f"session {asked.id} stopped"
         state = self.device().stop(StopReason.OPERATOR)
         return f"no session was running; the unit was told to stop and is {state.name}"

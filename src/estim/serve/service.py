@@ -172,7 +172,9 @@ def running(service: Service) -> Iterator[str]:
     bound first, at the port the settings name (0: any free one)."""
     import dataclasses
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP named: asyncio sets TCP_NODELAY on accepted sockets only then (a
+    # response in two writes would otherwise wait 40 ms for a delayed ACK)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((service.settings.host, service.settings.port))
     port = sock.getsockname()[1]
