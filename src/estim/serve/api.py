@@ -611,7 +611,7 @@ def build_app(service: Service) -> FastAPI:
     @app.get(
         f"{API}/sessions/{{session_id}}/export/{{fmt}}",
         tags=["records"],
-        responses={**ERRORS, 200: {"content": {m: {} for m in set(MEDIA.values())}}},
+        responses={**ERRORS, 200: {"content": {m: {} for m in dict.fromkeys(MEDIA.values())}}},
         response_class=Response,
     )
     def export(session_id: SessionId, fmt: ExportFormat) -> Response:
@@ -747,6 +747,12 @@ def action_of(method: str, path: str) -> tuple[str | None, str | None]:
     if len(parts) == 3 and parts[0] == "rooms" and parts[2] in ACTIONS:
         return ACTIONS[parts[2]], parts[1][:40]
     return None, None
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI document of the API (``schemas/openapi.json``), without a service."""
+    document: dict[str, Any] = build_app(None).openapi()  # type: ignore[arg-type]
+    return document
 
 
 def _words(result: Any) -> str:
