@@ -90,6 +90,7 @@ class Problem(BaseModel):
 class ChannelView(BaseModel):
     channel: int
     planned_ma: float
+    set_ma: float = Field(description="the last amplitude asked for (the plan's, or a change)")
     frequency_hz: float
     pulse_width_us: int
     amplitude_ma: float | None = Field(description="what the unit reports delivering now")

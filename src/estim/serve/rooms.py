@@ -384,6 +384,7 @@ def _session(
     plan = session.plan
     live = not state.is_end
     reported = {c.channel: c for c in status.channels} if (live and status is not None) else {}
+    asked = {e.data["channel"]: e.data["ma"] for e in session.events if e.kind == "amplitude_set"}
     channels = []
     for ch in plan.channels:
         seen = reported.get(ch.channel)
@@ -395,6 +396,7 @@ def _session(
             {
                 "channel": ch.channel,
                 "planned_ma": ch.amplitude_ma,
+                "set_ma": asked.get(ch.channel, ch.amplitude_ma),
                 "frequency_hz": ch.frequency_hz,
                 "pulse_width_us": ch.pulse_width_us,
                 "amplitude_ma": None if seen is None else seen.amplitude_ma,

@@ -188,7 +188,7 @@ function renderChannels(tile, s) {
     const tr = body.querySelector(`tr[data-channel="${c.channel}"]`);
     if (!tr) continue;
     $(tr, ".now").textContent = c.amplitude_ma == null ? "–" : `${c.amplitude_ma.toFixed(1)}`;
-    const set = c.setpoint_ma ?? c.planned_ma;
+    const set = c.set_ma;
     $(tr, ".set").textContent = `${set} mA` + (c.max_ma != null ? ` (max ${c.max_ma})` : "");
     $(tr, ".imp").textContent = c.impedance_ohm == null ? "–" : `${(c.impedance_ohm / 1000).toFixed(1)} kΩ`;
   }
@@ -242,7 +242,7 @@ function nudge(tile, channel, direction) {
   const c = s && s.channels.find((x) => x.channel === channel);
   if (!c) return;
   const step = c.step_ma || 0.1;
-  const from = c.setpoint_ma ?? c.planned_ma;
+  const from = c.set_ma;
   const to = Math.round((from + direction * step) / step) * step;
   setAmplitude(tile, channel, Math.max(0, Number(to.toFixed(6))));
 }
