@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -157,13 +158,29 @@ def uvicorn_server(service: Service, sock: socket.socket | None = None) -> Any:
 
 
 def serve_forever(service: Service) -> None:
-    """Run until SIGINT or SIGTERM (uvicorn's handlers), then close the service."""
+    """Run until SIGINT, SIGTERM or SIGHUP, then stop every session (recording which
+    signal ended the service) and close every unit.
+
+    uvicorn catches SIGINT and SIGTERM itself and, once it has shut down, raises the
+    signal again to the handler that was there before it: ours, which only notes it,
+    so that the sessions are stopped and recorded here rather than the process dying
+    with them running (their units' watchdogs would stop output, and the records say
+    ``interrupted``)."""
     server = uvicorn_server(service)
+    received: list[int] = []
+
+    def note(signum: int, frame: Any) -> None:
+        received.append(signum)
+        server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, note)
     service.open()
     try:
         server.run()
     finally:
-        service.close()
+        why = f" ({signal.Signals(received[0]).name})" if received else ""
+        service.close(f"the clinic service was stopped{why}")
 
 
 @contextlib.contextmanager
