@@ -51,7 +51,7 @@ from estim.protocol import ErrorCode
 from estim.record import SessionRecord
 from estim.serve.actions import Who
 from estim.serve.feed import Overflow
-from estim.serve.guard import COOKIE, COOKIE_MAX_AGE_S, MAX_BODY, NO_LOGIN
+from estim.serve.guard import COOKIE, COOKIE_MAX_AGE_S, MAX_BODY, NO_LOGIN, client_gone
 from estim.serve.rooms import NoSession, Room, RoomUnavailable
 
 if TYPE_CHECKING:
@@ -417,6 +417,8 @@ def build_app(service: Service) -> FastAPI:
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
         import logging
 
+        if client_gone(exc):  # an event stream's client left: nobody to answer
+            return problem_response(400, "the client closed the connection")
         logging.getLogger("estim.serve").exception("internal error on %s", request.url.path)
         return problem_response(
             500,
@@ -659,8 +661,8 @@ def build_app(service: Service) -> FastAPI:
         yield ServerSentEvent(comment="estim", retry=1000)
         try:
             async for name, event_id, data in service.feed.follow(after):
-                yield ServerSentEvent(
-                    event=name, id=None if event_id is None else str(event_id), data=data
+                yield ServerSentEvent(  # encoded once by the feed, for every stream
+                    event=name, id=None if event_id is None else str(event_id), raw_data=data
                 )
         except Overflow:
             return  # the client reconnects with its last id and catches up

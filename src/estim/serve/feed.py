@@ -33,7 +33,8 @@ from typing import Any
 
 from estim.record import EventRecord
 
-Item = tuple[str, int | None, Any]  # (event name, stream id or None, data)
+#: (event name, stream id or None, data as JSON text): encoded once, for every stream
+Item = tuple[str, int | None, str]
 
 _SELECT = (
     "SELECT e.rowid, e.session_id, e.n, e.utc, e.t, e.unit_ms, e.kind, e.data, s.port "
@@ -136,7 +137,7 @@ class Feed:
             self._dirty = False
             self._last_rooms = now
             self.rooms = self.snapshot()
-            self._send(("rooms", None, self.rooms))
+            self._send(("rooms", None, _json(self.rooms)))
 
     def _send(self, item: Item) -> None:
         for stream in list(self.streams):
@@ -160,7 +161,7 @@ class Feed:
         upto = self.position  # from here on the stream's queue has every event
         try:
             self.rooms = self.rooms or self.snapshot()
-            yield ("rooms", None, self.rooms)
+            yield ("rooms", None, _json(self.rooms))
             if last_id is not None and last_id < upto:
                 loop = asyncio.get_running_loop()
                 after = last_id
@@ -203,8 +204,13 @@ class Feed:
             **event.model_dump(mode="json", exclude={"output_s"}),
             "text": text,
         }
-        return ("session", int(rowid), body)
+        return ("session", int(rowid), _json(body))
 
     def close(self) -> None:
         self._reader.shutdown(wait=True)
         self._db.close()
+
+
+def _json(data: Any) -> str:
+    """One line of JSON (an SSE ``data:`` line must not hold a newline)."""
+    return json.dumps(data, separators=(",", ":"), default=str)

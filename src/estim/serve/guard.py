@@ -146,7 +146,12 @@ class Guard:
             )
             await send({"type": "http.response.body", "body": body})
             return
-        await self.app(scope, receive, send)
+        try:
+            await self.app(scope, receive, send)
+        except Exception as err:
+            if not client_gone(err):
+                raise
+            # an event stream whose client went away: nothing to answer, nothing wrong
 
     def check(self, scope: Scope, headers: dict[str, str]) -> tuple[int, bytes] | None:
         """A refusal (status and problem body), or None to let the request through;
@@ -266,3 +271,14 @@ def _split_host(host: str) -> tuple[str, int | None]:
             return "", None
         return name, int(port_text)
     return name, None
+
+
+def client_gone(err: BaseException) -> bool:
+    """Whether ``err`` only says that a client closed its connection (FastAPI's event
+    stream keep-alive task finds it so, and its task group raises that as a group)."""
+    import anyio
+
+    inner = getattr(err, "exceptions", None)
+    if inner is not None:
+        return bool(inner) and all(client_gone(e) for e in inner)
+    return isinstance(err, anyio.BrokenResourceError | anyio.ClosedResourceError)

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,8 @@ from estim.serve.settings import ServeSettings
 log = logging.getLogger("estim.serve")
 
 SERVICE = Who("the clinic service", "this machine")
+#: ``sys.setswitchinterval`` in ``estim serve`` (see ``serve_forever``)
+SWITCH_INTERVAL_S = 0.001
 
 
 class Service:
@@ -175,6 +178,10 @@ def serve_forever(service: Service) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, note)
+    # A thread waiting for the interpreter lock asks for it after this long: a unit's
+    # I/O thread due to send a heartbeat waits at most about this for the web
+    # server's loop (Python's default is 5 ms).
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     service.open()
     try:
         server.run()
