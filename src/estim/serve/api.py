@@ -27,8 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from fastapi.sse import EventSourceResponse, ServerSentEvent
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -50,7 +49,6 @@ from estim.plan import SessionPlan
 from estim.protocol import ErrorCode
 from estim.record import SessionRecord
 from estim.serve.actions import Who
-from estim.serve.feed import Overflow
 from estim.serve.guard import COOKIE, COOKIE_MAX_AGE_S, MAX_BODY, NO_LOGIN, client_gone
 from estim.serve.rooms import NoSession, Room, RoomUnavailable
 
@@ -647,25 +645,25 @@ def build_app(service: Service) -> FastAPI:
 
     @app.get(
         f"{API}/events",
-        response_class=EventSourceResponse,
+        response_class=StreamingResponse,
         tags=["events"],
-        responses={429: ERRORS[409]},
+        responses={
+            200: {"content": {"text/event-stream": {}}, "description": "an event stream"},
+            400: ERRORS[400],
+            429: ERRORS[409],
+        },
     )
-    async def events(
-        after: Annotated[int | None, Depends(stream_from)],
-    ) -> AsyncIterator[ServerSentEvent]:
+    async def events(after: Annotated[int | None, Depends(stream_from)]) -> StreamingResponse:
         """Server-Sent Events: ``session`` events (every event of every room's sessions,
         as the journal holds it; the id is the journal's, so a reconnect with
         Last-Event-ID misses nothing) and ``rooms`` (every room's state, when it
-        changes and every second while a session runs; no id)."""
-        yield ServerSentEvent(comment="estim", retry=1000)
-        try:
-            async for name, event_id, data in service.feed.follow(after):
-                yield ServerSentEvent(  # encoded once by the feed, for every stream
-                    event=name, id=None if event_id is None else str(event_id), raw_data=data
-                )
-        except Overflow:
-            return  # the client reconnects with its last id and catches up
+        changes and every second while a session runs; no id). Each event is encoded
+        once by the feed for every stream (``fastapi.sse.format_sse_event``)."""
+        return StreamingResponse(
+            service.feed.follow(after),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     # -- logging in (with clinicians' tokens configured) -------------------------------------
 

@@ -11,9 +11,12 @@ shows an event that a crash could take back.
 One reader (a read-only connection of its own, on one worker thread) serves every
 stream: it reads new rows when a session's ``on_event`` callback says something
 happened (passed into the loop with ``call_soon_threadsafe``; the journal's own
-writer may commit a moment later, so it also looks every ``poll_s``), and fans them
-out to each stream's queue. A stream that falls ``queue_size`` events behind is
-closed; its client reconnects with its last id and catches up from the journal.
+writer may commit a moment later, so it also looks every ``poll_s``), encodes each
+event once (``fastapi.sse.format_sse_event``) and puts what one look found, as one
+chunk of bytes, on every stream's queue: 200 streams cost 200 queue puts and writes
+per look, not an encoding per event per stream. A stream that falls ``queue_size``
+chunks behind is closed; its client reconnects with its last id and catches up from
+the journal.
 
 The rooms' state goes out as a ``rooms`` event (no id: it is a snapshot, not a
 record) when a room changes, and every ``live_every_s`` while a session runs, never
@@ -31,10 +34,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from fastapi.sse import format_sse_event
+
 from estim.record import EventRecord
 
-#: (event name, stream id or None, data as JSON text): encoded once, for every stream
-Item = tuple[str, int | None, str]
+#: a session event: its journal row id and its bytes on the wire (encoded once)
+Row = tuple[int, bytes]
+#: sent when a stream has been quiet this long (proxies close silent connections)
+PING_S = 15.0
+PING = format_sse_event(comment="ping")
 
 _SELECT = (
     "SELECT e.rowid, e.session_id, e.n, e.utc, e.t, e.unit_ms, e.kind, e.data, s.port "
@@ -42,15 +50,11 @@ _SELECT = (
 )
 
 
-class Overflow(Exception):
-    """A stream fell too far behind; its client catches up by reconnecting."""
-
-
 class Stream:
-    """One open event stream's queue."""
+    """One open event stream's queue: chunks of encoded events (one per feed step)."""
 
     def __init__(self, size: int) -> None:
-        self.queue: asyncio.Queue[Item | None] = asyncio.Queue(size)
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(size)
         self.overflowed = False
 
 
@@ -119,30 +123,32 @@ class Feed:
             await self.step()
 
     async def step(self) -> None:
-        """Send what the journal has committed since ``position``, and the rooms if due."""
+        """Send what the journal has committed since ``position``, and the rooms if due,
+        to every stream as one chunk (each event encoded once, whatever the streams)."""
         loop = asyncio.get_running_loop()
+        chunk: list[bytes] = []
         while True:
             rows = await loop.run_in_executor(self._reader, self._rows, self.position, None, 500)
-            for item in rows:
-                assert item[1] is not None
-                self.position = item[1]
-                self._send(item)
+            for rowid, wire in rows:
+                self.position = rowid
+                chunk.append(wire)
             if len(rows) < 500:
                 break
         now = time.monotonic()
-        if now - self._last_rooms < self.min_gap_s:
-            return
         live = any(r.get("session") and r["session"]["live"] for r in self.rooms)
-        if self._dirty or (live and now - self._last_rooms >= self.live_every_s):
+        due = self._dirty or (live and now - self._last_rooms >= self.live_every_s)
+        if due and now - self._last_rooms >= self.min_gap_s:
             self._dirty = False
             self._last_rooms = now
             self.rooms = self.snapshot()
-            self._send(("rooms", None, _json(self.rooms)))
+            chunk.append(_rooms(self.rooms))
+        if chunk:
+            self._send(b"".join(chunk))
 
-    def _send(self, item: Item) -> None:
+    def _send(self, chunk: bytes) -> None:
         for stream in list(self.streams):
             try:
-                stream.queue.put_nowait(item)
+                stream.queue.put_nowait(chunk)
             except asyncio.QueueFull:
                 stream.overflowed = True
                 self.streams.discard(stream)
@@ -153,15 +159,17 @@ class Feed:
     def full(self) -> bool:
         return len(self.streams) >= self.max_streams
 
-    async def follow(self, last_id: int | None) -> AsyncIterator[Item]:
-        """One stream: the rooms now, every journal event after ``last_id`` (none
-        before this moment if None), then every new one as it is committed."""
+    async def follow(self, last_id: int | None) -> AsyncIterator[bytes]:
+        """One stream, on the wire: the rooms now, every journal event after ``last_id``
+        (none before this moment if None), then every new one as it is committed; a
+        ping when it has been quiet for ``PING_S``. Ends when the stream falls
+        ``queue_size`` chunks behind (its client reconnects and catches up)."""
         stream = Stream(self.queue_size)
         self.streams.add(stream)
         upto = self.position  # from here on the stream's queue has every event
         try:
             self.rooms = self.rooms or self.snapshot()
-            yield ("rooms", None, _json(self.rooms))
+            yield format_sse_event(comment="estim", retry=1000) + _rooms(self.rooms)
             if last_id is not None and last_id < upto:
                 loop = asyncio.get_running_loop()
                 after = last_id
@@ -169,20 +177,23 @@ class Feed:
                     rows = await loop.run_in_executor(self._reader, self._rows, after, upto, 500)
                     if not rows:
                         break
-                    for item in rows:
-                        yield item
-                    after = rows[-1][1] or upto
+                    yield b"".join(wire for _, wire in rows)
+                    after = rows[-1][0]
             while True:
-                got = await stream.queue.get()
+                try:
+                    got = await asyncio.wait_for(stream.queue.get(), PING_S)
+                except asyncio.TimeoutError:
+                    yield PING
+                    continue
                 if got is None:
-                    raise Overflow
+                    return  # overflowed: the client reconnects with its last id
                 yield got
         finally:
             self.streams.discard(stream)
 
     # -- on the reader thread --------------------------------------------------------------
 
-    def _rows(self, after: int, upto: int | None, limit: int) -> list[Item]:
+    def _rows(self, after: int, upto: int | None, limit: int) -> list[Row]:
         sql = _SELECT + "WHERE e.rowid > ?" + (" AND e.rowid <= ?" if upto is not None else "")
         args: tuple[int, ...] = (after, upto) if upto is not None else (after,)
         try:
@@ -191,7 +202,7 @@ class Feed:
             return []  # busy or briefly unreadable: the next turn reads it
         return [self._item(row) for row in rows]
 
-    def _item(self, row: tuple[Any, ...]) -> Item:
+    def _item(self, row: tuple[Any, ...]) -> Row:
         rowid, session_id, n, utc, t, unit_ms, kind, data, port = row
         event = EventRecord(n=n, utc=utc, t=t, unit_ms=unit_ms, kind=kind, data=json.loads(data))
         from estim import words
@@ -204,7 +215,7 @@ class Feed:
             **event.model_dump(mode="json", exclude={"output_s"}),
             "text": text,
         }
-        return ("session", int(rowid), _json(body))
+        return int(rowid), format_sse_event(event="session", id=str(rowid), data_str=_json(body))
 
     def close(self) -> None:
         self._reader.shutdown(wait=True)
@@ -214,3 +225,7 @@ class Feed:
 def _json(data: Any) -> str:
     """One line of JSON (an SSE ``data:`` line must not hold a newline)."""
     return json.dumps(data, separators=(",", ":"), default=str)
+
+
+def _rooms(rooms: list[dict[str, Any]]) -> bytes:
+    return format_sse_event(event="rooms", data_str=_json(rooms))
