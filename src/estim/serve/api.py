@@ -504,7 +504,7 @@ def build_app(service: Service) -> FastAPI:
         """Output off now in this room: its session's STOP, or the unit's if none runs."""
         target = room_of(room_id)
         asker = who(request)
-        detail = f"stopped from the clinic service by {asker.clinician}"
+        detail = f"stopped from the clinic service{by(asker)}"
         asked = target.request_stop(detail)  # never blocks: the STOP is on its way
         result = await journaled(
             request, "stop", target, lambda: target.stop(detail, asked), pool=service.stop_pool
@@ -516,7 +516,7 @@ def build_app(service: Service) -> FastAPI:
         """Output off in every room at once. Each live session is asked to stop before
         this handler waits for any answer; then every stop is confirmed in parallel."""
         asker = who(request)
-        detail = f"stop all, from the clinic service by {asker.clinician}"
+        detail = f"stop all, from the clinic service{by(asker)}"
         requested = _utc_now()
         # never blocks: every unit's STOP is on its way before any answer is awaited
         asked = {room_id: t.request_stop(detail) for room_id, t in service.rooms.items()}
@@ -754,6 +754,11 @@ def openapi_document() -> dict[str, Any]:
     """The OpenAPI document of the API (``schemas/openapi.json``), without a service."""
     document: dict[str, Any] = build_app(None).openapi()  # type: ignore[arg-type]
     return document
+
+
+def by(asker: Who) -> str:
+    """`` by NAME`` for a stop reason, or nothing for a service without logins."""
+    return "" if asker.clinician == NO_LOGIN else f" by {asker.clinician}"
 
 
 def _words(result: Any) -> str:

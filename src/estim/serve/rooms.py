@@ -85,6 +85,7 @@ class Room:
         self.poll_s = poll_s
         self._lock = threading.Lock()  # the fields below; never held while a unit is asked
         self._device: Any = None
+        self._info: Any = None  # the unit's UnitInfo, from its last connection
         self._session: Any = None
         self._starting = False
         self._pending_stop: str | None = None
@@ -158,6 +159,7 @@ class Room:
             else:
                 closing = False
                 self._device = device
+                self._info = device.info
                 self.link, self.link_error, self._status = CONNECTED, None, None
         if closing:
             device.close()
@@ -314,7 +316,7 @@ class Room:
                 self._ended,
                 self._starting,
             )
-        info = getattr(device, "info", None) if device is not None else None
+        info = self._info  # the unit last connected: still shown while its link is lost
         if session is not None and not session.state.is_end:
             status = session.last_status or status
         out: dict[str, Any] = {
@@ -325,7 +327,7 @@ class Room:
             "link_error": error,
             "starting": starting,
             "unit": None if info is None else info.as_dict(),
-            "limits": _limits(self.config, device),
+            "limits": _limits(self.config, info),
             "unit_state": None if status is None else status.state.name,
             "faults": [] if status is None else sorted(_fault_name(f) for f in status.faults),
             "session": None if session is None else _session(session, status, device, ended),
@@ -342,7 +344,7 @@ def _fault_name(code: int) -> str:
     return Fault(code).name if code in Fault._value2member_map_ else f"UNKNOWN_{code}"
 
 
-def _limits(config: RoomConfig, device: Any) -> dict[str, Any]:
+def _limits(config: RoomConfig, info: Any) -> dict[str, Any]:
     """The limits that hold in the room: the clinic's narrowed by the room's (from the
     config), the unit's own once it is connected, and SAFETY.md's envelope."""
     from estim.safety import DWELL_MAX_S, DWELL_MIN_S, RMS_MAX_MA
@@ -353,8 +355,7 @@ def _limits(config: RoomConfig, device: Any) -> dict[str, Any]:
         if getattr(config.limits, f.name) is not None
     }
     unit = None
-    if device is not None:
-        info = device.info
+    if info is not None:
         unit = {
             "amplitude_max_ma": info.amplitude_max_ma,
             "amplitude_step_ma": info.amplitude_step_ma,
