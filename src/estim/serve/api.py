@@ -21,9 +21,10 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from estim import __version__
+from estim.config import Preset
 from estim.errors import (
     DeviceError,
     DeviceFault,
@@ -45,15 +47,40 @@ from estim.errors import (
 )
 from estim.export import FORMATS
 from estim.info import UnitInfo
+from estim.journal import Journal
 from estim.plan import SessionPlan
 from estim.protocol import ErrorCode
 from estim.record import SessionRecord
-from estim.serve.actions import Who
-from estim.serve.guard import COOKIE, COOKIE_MAX_AGE_S, MAX_BODY, NO_LOGIN, client_gone
+from estim.serve.actions import ActionLog, Who
+from estim.serve.feed import Feed
+from estim.serve.guard import (
+    COOKIE,
+    COOKIE_MAX_AGE_S,
+    MAX_BODY,
+    NO_LOGIN,
+    Logins,
+    client_gone,
+)
 from estim.serve.rooms import NoSession, Room, RoomUnavailable
+from estim.serve.settings import ServeSettings
 
-if TYPE_CHECKING:
-    from estim.serve.service import Service
+
+class Service(Protocol):
+    """What the app uses of ``estim.serve.service.Service`` (which builds the app: a
+    Protocol keeps the imports one-way)."""
+
+    settings: ServeSettings
+    rooms: dict[str, Room]
+    feed: Feed
+    journal: Journal
+    actions: ActionLog
+    logins: Logins
+    presets: dict[str, Preset]
+    unit_pool: ThreadPoolExecutor
+    stop_pool: ThreadPoolExecutor
+
+    def log(self, who: Who, action: str, **kw: Any) -> None: ...
+
 
 PROBLEM = "application/problem+json"
 API = "/api/v1"
