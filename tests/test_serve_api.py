@@ -251,3 +251,40 @@ def test_the_journal_holds_the_action_log_as_schema_version_3(three: Clinic) -> 
     with Journal.open_existing(three.service.journal.path) as journal:
         version = journal._db.execute("PRAGMA user_version").fetchone()
     assert version == (3,)
+
+
+def test_a_flood_of_refused_requests_never_stops_a_session_and_every_one_is_journaled(
+    three: Clinic,
+) -> None:
+    """Each refused request is an action in the journal: written in batches by the
+    action log's own thread, never a transaction per request holding the lock the
+    session's journal writer needs (an event not durable within 1 s stops output)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    session_id = started(three, "room-1")
+    output_on(three, "room-1")
+
+    def refused(n: int) -> int:
+        with httpx.Client(timeout=10) as http:
+            codes = [
+                http.post(
+                    f"{three.base}/api/v1/rooms/room-1/amplitude",
+                    json={"channel": 1, "amplitude_ma": 900},
+                ).status_code
+                for _ in range(n)
+            ]
+        return codes.count(422)
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(refused, [50] * 8)) == 400
+    room = three.room("room-1")
+    assert room["session"]["live"], room["session"]
+    assert three.post("/rooms/room-1/stop").status_code == 200
+    assert three.get(f"/sessions/{session_id}").json()["outcome"] == "stopped"
+    actions = three.get("/actions", params={"limit": 500}).json()
+    assert (
+        sum(a["action"] == "amplitude" and a["result"].startswith("refused") for a in actions)
+        == 400
+    )

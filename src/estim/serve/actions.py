@@ -15,6 +15,8 @@ imports it for its migration.
 from __future__ import annotations
 
 import json
+import logging
+import queue
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -23,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from estim.errors import JournalError
+
+log = logging.getLogger("estim.serve")
 
 #: the journal's migration to schema version 3 (``estim.journal.MIGRATIONS``)
 MIGRATION = """
@@ -70,11 +74,27 @@ def _utc_now() -> str:
 
 class ActionLog:
     """Appends to, and reads, the ``actions`` table of the journal at ``path`` (which
-    ``estim.journal.Journal`` has created and migrated). Thread-safe."""
+    ``estim.journal.Journal`` has created and migrated). Thread-safe.
 
-    def __init__(self, path: str | Path) -> None:
+    ``record`` never blocks: one writer thread commits what has been recorded, many
+    actions to a transaction, and waits ``gap_s`` between transactions. A flood of
+    refused requests (each one an action) thus costs the journal a few short
+    transactions a second, never one fsync per request holding the write lock a live
+    session's journal writer needs (that writer stops output when an event cannot be
+    made durable within 1 s, SAFETY.md 7). An action is in the journal within about
+    ``gap_s`` of its request; ``recent`` waits for what was recorded before it."""
+
+    def __init__(self, path: str | Path, *, gap_s: float = 0.1) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
+        self.gap_s = gap_s
+        #: what could not be written, newest last (logged too; the writer tries again)
+        self.errors: list[str] = []
+        self._lock = threading.Lock()  # the connection
+        self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self._done = threading.Condition()
+        self._recorded = 0
+        self._written = 0
+        self._closing = threading.Event()
         try:
             self._db = sqlite3.connect(
                 self.path, check_same_thread=False, isolation_level=None, timeout=10.0
@@ -83,6 +103,8 @@ class ActionLog:
             self._db.execute("PRAGMA synchronous=FULL")
         except sqlite3.Error as err:
             raise JournalError(f"cannot open the journal {self.path}: {err}") from None
+        self._thread = threading.Thread(target=self._run, name="estim-actions")
+        self._thread.start()
 
     def record(
         self,
@@ -93,30 +115,79 @@ class ActionLog:
         session_id: str | None = None,
         detail: dict[str, Any] | None = None,
         result: str = "ok",
-    ) -> int:
-        """One action, one transaction. Raises ``JournalError``."""
-        try:
-            with self._lock:
-                cursor = self._db.execute(
-                    "INSERT INTO actions (utc, clinician, origin, room, action, session_id, "
-                    "detail, result) VALUES (?,?,?,?,?,?,?,?)",
-                    (
-                        _utc_now(),
-                        who.clinician,
-                        who.origin,
-                        room,
-                        action,
-                        session_id,
-                        json.dumps(detail or {}, default=str),
-                        result,
-                    ),
-                )
-                return int(cursor.lastrowid or 0)
-        except sqlite3.Error as err:
-            raise JournalError(f"cannot write the journal {self.path}: {err}") from None
+    ) -> None:
+        """Queue one action for the journal (stamped now). Never blocks."""
+        row = (
+            _utc_now(),
+            who.clinician,
+            who.origin,
+            room,
+            action,
+            session_id,
+            json.dumps(detail or {}, default=str),
+            result,
+        )
+        with self._done:
+            self._recorded += 1
+        self._queue.put(row)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything recorded so far is in the journal."""
+        with self._done:
+            target = self._recorded
+            return self._done.wait_for(lambda: self._written >= target, timeout)
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < 1000:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._write(batch)
+            with self._done:
+                self._written += len(batch)
+                self._done.notify_all()
+            if not stop:
+                self._closing.wait(self.gap_s)
+
+    def _write(self, batch: list[tuple[Any, ...]]) -> None:
+        """One transaction; tried again (every second, 10 times) if the journal refuses."""
+        for attempt in range(10):
+            try:
+                with self._lock:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    try:
+                        self._db.executemany(
+                            "INSERT INTO actions (utc, clinician, origin, room, action, "
+                            "session_id, detail, result) VALUES (?,?,?,?,?,?,?,?)",
+                            batch,
+                        )
+                    except BaseException:
+                        self._db.execute("ROLLBACK")
+                        raise
+                    self._db.execute("COMMIT")
+                return
+            except sqlite3.Error as err:
+                message = f"cannot write {len(batch)} action(s) to the journal {self.path}: {err}"
+                self.errors.append(message)
+                log.error("%s (try %d of 10)", message, attempt + 1)
+                if self._closing.wait(1.0) and attempt >= 2:
+                    return
 
     def recent(self, limit: int = 100, *, session_id: str | None = None) -> list[Action]:
-        """The newest actions first (those about ``session_id`` only, if given)."""
+        """The newest actions first (those about ``session_id`` only, if given),
+        everything recorded before this call included."""
+        self.flush()
         where, args = ("WHERE session_id = ?", (session_id,)) if session_id else ("", ())
         try:
             with self._lock:
@@ -143,5 +214,9 @@ class ActionLog:
         ]
 
     def close(self) -> None:
+        """Write what is queued, then close."""
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+        self._closing.set()
         with self._lock:
             self._db.close()

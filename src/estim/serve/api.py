@@ -78,6 +78,7 @@ class Service(Protocol):
     presets: dict[str, Preset]
     unit_pool: ThreadPoolExecutor
     stop_pool: ThreadPoolExecutor
+    read_pool: ThreadPoolExecutor
 
     def log(self, who: Who, action: str, **kw: Any) -> None: ...
 
@@ -241,7 +242,9 @@ def status_of(err: BaseException) -> int:
         return 422
     if isinstance(err, LinkError | JournalError):
         return 503
-    return 500
+    if isinstance(err, RuntimeError):  # IllegalTransition: a bug, never a user's error
+        return 500
+    return 409  # the library refused for the state things are in (a session that ended)
 
 
 def problem_response(
@@ -366,6 +369,10 @@ def build_app(service: Service) -> FastAPI:
             raise StarletteHTTPException(404, f"no room {room_id!r}; rooms: {known}")
         return room
 
+    async def reading(act: Callable[[], Any]) -> Any:
+        """A read of the journal, on the service's few reading threads."""
+        return await asyncio.get_running_loop().run_in_executor(service.read_pool, act)
+
     async def on_unit(room: Room, act: Callable[[], Any], pool: Any = None) -> Any:
         loop = asyncio.get_running_loop()
         try:
@@ -394,17 +401,11 @@ def build_app(service: Service) -> FastAPI:
                 result = await loop.run_in_executor(pool or service.unit_pool, act)
         except Refused as refused:
             why = f"refused: {refused.err}"
-            await loop.run_in_executor(
-                service.unit_pool,
-                lambda: service.log(asker, action, room=room_id, detail=detail, result=why),
-            )
+            service.log(asker, action, room=room_id, detail=detail, result=why)
             raise
         sid = session_id(result) if session_id else None
-        await loop.run_in_executor(
-            service.unit_pool,
-            lambda: service.log(
-                asker, action, room=room_id, session_id=sid, detail=detail, result=_words(result)
-            ),
+        service.log(
+            asker, action, room=room_id, session_id=sid, detail=detail, result=_words(result)
         )
         return result
 
@@ -421,11 +422,7 @@ def build_app(service: Service) -> FastAPI:
         status, text = validation_detail(exc)
         action, room_id = action_of(request.method, request.url.path)
         if action is not None:  # a refused request is an action too: journaled
-            asker = who(request)
-            await asyncio.get_running_loop().run_in_executor(
-                service.unit_pool,
-                lambda: service.log(asker, action, room=room_id, result=f"refused: {text}"),
-            )
+            service.log(who(request), action, room=room_id, result=f"refused: {text}")
         return problem_response(status, text)
 
     @app.exception_handler(StarletteHTTPException)
@@ -559,12 +556,7 @@ def build_app(service: Service) -> FastAPI:
             *(loop.run_in_executor(service.stop_pool, one, t) for t in service.rooms.values())
         )
         done = [Done(room=t, result=r) for t, r in zip(service.rooms, results, strict=True)]
-        await loop.run_in_executor(
-            service.unit_pool,
-            lambda: service.log(
-                asker, "stop_all", detail={"rooms": {d.room: d.result for d in done}}, result="ok"
-            ),
-        )
+        service.log(asker, "stop_all", detail={"rooms": {d.room: d.result for d in done}})
         return StopAll(rooms=done, requested_utc=requested)
 
     @app.post(
@@ -589,7 +581,7 @@ def build_app(service: Service) -> FastAPI:
     @app.get(
         f"{API}/sessions", response_model=list[SessionRecord], tags=["records"], responses=ERRORS
     )
-    def sessions(
+    async def sessions(
         since: Annotated[
             str | None, Query(max_length=40, description="ISO 8601 date or time")
         ] = None,
@@ -615,17 +607,20 @@ def build_app(service: Service) -> FastAPI:
     ) -> list[SessionRecord]:
         """Recorded sessions, newest first, matching every filter given."""
         try:
-            return service.journal.query(
-                since=since,
-                until=until,
-                patient=patient,
-                clinician=clinician,
-                unit=unit,
-                outcome=outcome,
-                limit=limit,
+            found: list[SessionRecord] = await reading(
+                lambda: service.journal.query(
+                    since=since,
+                    until=until,
+                    patient=patient,
+                    clinician=clinician,
+                    unit=unit,
+                    outcome=outcome,
+                    limit=limit,
+                )
             )
         except ValueError as err:
             raise StarletteHTTPException(422, str(err)) from None
+        return found
 
     @app.get(
         f"{API}/sessions/{{session_id}}",
@@ -633,8 +628,9 @@ def build_app(service: Service) -> FastAPI:
         tags=["records"],
         responses=ERRORS,
     )
-    def session_record(session_id: SessionId) -> SessionRecord:
-        return service.journal.get(session_id)
+    async def session_record(session_id: SessionId) -> SessionRecord:
+        found: SessionRecord = await reading(lambda: service.journal.get(session_id))
+        return found
 
     @app.get(
         f"{API}/sessions/{{session_id}}/export/{{fmt}}",
@@ -642,11 +638,11 @@ def build_app(service: Service) -> FastAPI:
         responses={**ERRORS, 200: {"content": {m: {} for m in dict.fromkeys(MEDIA.values())}}},
         response_class=Response,
     )
-    def export(session_id: SessionId, fmt: ExportFormat) -> Response:
+    async def export(session_id: SessionId, fmt: ExportFormat) -> Response:
         """One session in an export format (``estim export --format``): the HTML report
         opens in a browser; the others download."""
-        record = service.journal.get(session_id)
-        body = FORMATS[fmt].render([record])
+        record = await reading(lambda: service.journal.get(session_id))
+        body = await reading(lambda: FORMATS[fmt].render([record]))
         headers = {
             "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
         }
@@ -661,12 +657,13 @@ def build_app(service: Service) -> FastAPI:
         return Response(body, media_type=MEDIA[fmt], headers=headers)
 
     @app.get(f"{API}/actions", response_model=list[ActionView], tags=["records"])
-    def actions(
+    async def actions(
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
         session_id: Annotated[str | None, Query(pattern=r"^[0-9a-f]{8}$")] = None,
     ) -> list[dict[str, Any]]:
         """The action log, newest first: who asked for what, from where, and what came of it."""
-        return [a.__dict__ for a in service.actions.recent(limit, session_id=session_id)]
+        found = await reading(lambda: service.actions.recent(limit, session_id=session_id))
+        return [a.__dict__ for a in found]
 
     # -- the event stream ------------------------------------------------------------------
 

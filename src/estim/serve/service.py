@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from estim.config import FhirSettings, Preset
-from estim.errors import JournalError
 from estim.journal import Journal
 from estim.record import EventRecord
 from estim.serve.actions import ActionLog, Who
@@ -80,7 +79,10 @@ class Service:
             )
             for r in settings.rooms
         }
-        self.unit_pool = ThreadPoolExecutor(8, thread_name_prefix="estim-api")
+        self.unit_pool = ThreadPoolExecutor(4, thread_name_prefix="estim-api")
+        #: reads of the journal (records, exports, the action log): few threads, so a
+        #: flood of them leaves the interpreter lock to the units' I/O threads
+        self.read_pool = ThreadPoolExecutor(2, thread_name_prefix="estim-read")
         #: stops only: a stop never queues behind a start or a record being read
         self.stop_pool = ThreadPoolExecutor(len(self.rooms) + 2, thread_name_prefix="estim-stop")
         self.logins = Logins()
@@ -96,12 +98,8 @@ class Service:
         return [room.snapshot() for room in self.rooms.values()]
 
     def log(self, who: Who, action: str, **kw: Any) -> None:
-        """Journal an action; a journal that cannot take it is logged, never raised
-        (the session's own record is in the journal's events either way)."""
-        try:
-            self.actions.record(who, action, **kw)
-        except JournalError as err:
-            log.error("could not journal %s by %s: %s", action, who.clinician, err)
+        """Journal an action (never blocks: ``ActionLog`` writes it on its own thread)."""
+        self.actions.record(who, action, **kw)
 
     def open(self) -> Service:
         self._opened = True
@@ -139,6 +137,7 @@ class Service:
             self.sender.stop(timeout=5.0)
         self.unit_pool.shutdown(wait=True)
         self.stop_pool.shutdown(wait=True)
+        self.read_pool.shutdown(wait=True)
         self.feed.close()
         self.actions.close()
         self.journal.close()
