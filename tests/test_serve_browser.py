@@ -19,6 +19,7 @@ import pytest
 from estim.protocol import MessageType
 from estim.sim.registry import powered
 
+from .conftest import PICTURES
 from .serve_parts import Clinic, acting, clinic, plan
 
 CHROMIUM = os.environ.get("ESTIM_CHROMIUM", "/usr/bin/chromium")
@@ -95,7 +96,7 @@ def start_in(page: Any, room: str, ma: str = "5") -> None:
 
 
 def test_a_session_in_room_2_counts_down_takes_a_raise_and_refuses_too_much(
-    page: Any, demo: Clinic, tmp_path: Path
+    page: Any, demo: Clinic, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     start_in(page, "room-2")
     left = tile(page, "room-2").locator(".left")
@@ -124,6 +125,7 @@ def test_a_session_in_room_2_counts_down_takes_a_raise_and_refuses_too_much(
     shot = tmp_path / "console-mid-session.png"
     shot.write_bytes(page.screenshot(full_page=True))  # (a path= would leave a thread)
     print(f"screenshot of the console mid-session: {shot}")
+    request.config.stash.setdefault(PICTURES, []).append(str(shot))
     assert shot.stat().st_size > 10_000
 
 
