@@ -39,7 +39,7 @@ COOKIE_MAX_AGE_S = 12 * 3600
 NO_LOGIN = "no login (a service on this machine only)"
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: need no login: the console's own files, the API's description, logging in
-OPEN_PATHS = ("/api/v1/login", "/api/v1/openapi.json", "/api/v1/docs")
+OPEN_PATHS = ("/api/v1/login", "/api/v1/openapi.json")
 
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> tuple[int, bytes]:
