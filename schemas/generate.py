@@ -1,6 +1,7 @@
 """Write the JSON Schemas of what a charting app sends (SessionPlan) and gets back
-(SessionRecord) into this directory, from the pydantic models, and estim's FHIR code
-system (fhir/CodeSystem-estim-observation.json) from ``estim.export.as_fhir``.
+(SessionRecord) into this directory, from the pydantic models, estim's FHIR code
+system (fhir/CodeSystem-estim-observation.json) from ``estim.export.as_fhir``, and the
+clinic service's OpenAPI document (openapi.json) from its FastAPI app (``estim[serve]``).
 
     python schemas/generate.py          # regenerate; review the diff
     python schemas/generate.py --check  # exit 1 if a file differs from the models
@@ -31,7 +32,15 @@ def schemas() -> dict[str, dict[str, Any]]:
         "session-plan.schema.json": _with_header(plan),
         "session-record.schema.json": _with_header(record),
         "fhir/CodeSystem-estim-observation.json": code_system(),
+        "openapi.json": openapi(),
     }
+
+
+def openapi() -> dict[str, Any]:
+    """The clinic service's API as FastAPI generates it from the models."""
+    from estim.serve.api import openapi_document
+
+    return openapi_document()
 
 
 def _with_header(schema: dict[str, Any]) -> dict[str, Any]:

@@ -53,3 +53,13 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         )
     if problems:
         pytest.fail(f"{request.node.nodeid} leaked: " + "; ".join(problems), pytrace=False)
+
+
+#: pictures a test made for a person to look at (the console mid-session): their
+#: paths are printed at the end of the run, so CI's log says where they are
+PICTURES = pytest.StashKey[list[str]]()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for path in terminalreporter.config.stash.get(PICTURES, []):
+        terminalreporter.write_line(f"picture for a reviewer: {path}")

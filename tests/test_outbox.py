@@ -17,7 +17,7 @@ import pytest
 from estim import fhir_client
 from estim.config import FhirSettings
 from estim.errors import JournalError
-from estim.journal import Journal
+from estim.journal import SCHEMA_VERSION, Journal
 from estim.outbox import Outbox, utc_text
 from estim.record import SessionRecord
 from estim.sender import Backoff, Sender
@@ -138,9 +138,9 @@ def test_a_journal_from_before_the_outbox_is_migrated_and_its_sessions_can_be_qu
         old = copy_session(
             journal, templates[0], 1, serial="S1", created=datetime.now(timezone.utc)
         )
-        journal._db.executescript("DROP TABLE outbox; PRAGMA user_version = 1;")
+        journal._db.executescript("DROP TABLE outbox; DROP TABLE actions; PRAGMA user_version = 1;")
     with Journal(path) as journal:
-        assert journal._db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert journal._db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         outbox = Outbox(journal)
         assert outbox.get(old) is None
         outbox.add(old, WallClock()())
@@ -344,9 +344,11 @@ def test_the_journal_file_still_refuses_a_newer_schema(tmp_path: Path) -> None:
     path = tmp_path / "estim.db"
     Journal(path).close()
     db = sqlite3.connect(path)
-    db.execute("PRAGMA user_version = 3")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.close()
-    with pytest.raises(JournalError, match="schema version 3, newer than this estim"):
+    with pytest.raises(
+        JournalError, match=f"schema version {SCHEMA_VERSION + 1}, newer than this estim"
+    ):
         Journal(path)
 
 

@@ -205,11 +205,15 @@ def load_config(path: Path | None = None) -> ClinicConfig:
         full = ".".join(part for part in (section, key) if part)
         return ConfigError(f"{where}: {full}: {message}")
 
-    unknown = set(data) - {"limits", "presets", "fhir"}
+    # [serve] and [rooms.ID] are the clinic service's, read by estim.serve.settings
+    unknown = set(data) - {"limits", "presets", "fhir", "serve", "rooms"}
     if unknown:
         key = sorted(unknown)[0]
         raise fail(
-            None, key, "unknown section or key; expected [limits], [presets.NAME] and [fhir]"
+            None,
+            key,
+            "unknown section or key; expected [limits], [presets.NAME], [fhir], [serve] "
+            "and [rooms.ID]",
         )
     limits = _read_limits(data.get("limits", {}), fail)
     presets = dict(BUILTIN_PRESETS)

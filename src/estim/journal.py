@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import estim.outbox as outbox
+import estim.serve.actions as actions
 from estim.errors import EstimError, JournalError, SessionNotFound
 from estim.journal_recovery import LivenessLocks, recover
 from estim.journal_sidecar import import_sidecars, sidecar_path, write_sidecar
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from estim.record import EventRecord, SessionRecord
 
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: migrations[n] takes a database from version n to n + 1
 MIGRATIONS: list[str] = [
@@ -83,6 +84,7 @@ MIGRATIONS: list[str] = [
     );
     """,
     outbox.MIGRATION,  # 2: the FHIR outbox (estim.outbox)
+    actions.MIGRATION,  # 3: the clinic service's action log (estim.serve.actions)
 ]
 
 

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Export sessions: JSON, CSV, FHIR or an HTML report.",
     ),
     "push": ("estim.cli.push", "push", "Send finished sessions to the clinic's FHIR server."),
+    "serve": ("estim.cli.serve", "serve", "Serve every room's unit: HTTP API and web console."),
     "simulate": ("estim.cli.simulate", "simulate", "Serve a simulated unit on a pty or TCP."),
     "conformance": (
         "estim.cli.conformance",
