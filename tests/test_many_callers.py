@@ -8,6 +8,7 @@ unit on a manual clock (and the C unit where a unit's behaviour is involved).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -543,7 +544,7 @@ def test_many_sessions_on_one_unit_are_never_refused_as_ended(
     unit = SimulatedUnit(clock=clock)
     ids: list[int] = []
     with serve(unit) as url:
-        for connection in range(3):
+        for _connection in range(3):
             with connector(runner, clock)(url) as device:
                 for _ in range(30):
                     session = device.start(plan_of(GENTLE), journal=journal)
@@ -552,5 +553,6 @@ def test_many_sessions_on_one_unit_are_never_refused_as_ended(
                     ids.append(session.session_id)
     assert ids == sorted(ids)
     assert len(set(ids)) == len(ids) == 90
-    steps = [b - a for a, b in zip(ids, ids[1:], strict=False)]
-    assert min(steps) >= 1 and max(steps) <= 65_536
+    steps = [b - a for a, b in itertools.pairwise(ids)]
+    assert min(steps) >= 1
+    assert max(steps) <= 65_536
