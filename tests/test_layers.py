@@ -124,6 +124,22 @@ def _sizes() -> list[tuple[str, str, int, int]]:
     return out
 
 
+def test_nothing_grows_past_the_stated_sizes() -> None:
+    too_big = []
+    for where, what, lines, methods in _sizes():
+        if what == "module":
+            limit = MODULE_LINES
+        elif what.startswith("class"):
+            limit = CLASS_LINES
+        else:
+            limit = FUNCTION_LINES
+        if lines > limit:
+            too_big.append(f"{where} {what}: {lines} lines (limit {limit})")
+        if methods > CLASS_METHODS:
+            too_big.append(f"{where} {what}: {methods} methods (limit {CLASS_METHODS})")
+    assert too_big == []
+
+
 def test_the_limits_are_the_ones_readme_states() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     stated = (

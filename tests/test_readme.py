@@ -22,7 +22,8 @@ def test_readme_example_runs(code: str) -> None:
 
 def test_every_simulator_log_kind_is_in_readme_s_table() -> None:
     """README's table of ``estim simulate --json`` kinds and keys is what the unit logs
-    (the C unit's README follows it too): every ``self._log(t, "kind", key=...)`` call."""
+    (the C unit's README follows it too): every ``self._log(t, "kind", key=...)`` call
+    in the simulator's modules."""
     import ast
 
     readme = (ROOT / "README.md").read_text()
@@ -31,9 +32,10 @@ def test_every_simulator_log_kind_is_in_readme_s_table() -> None:
         kind: set(re.findall(r"`(\w+)`", keys))
         for kind, keys in re.findall(r"^\| `(\w+)` \|([^|]*)\|", table, re.MULTILINE)
     }
-    tree = ast.parse((ROOT / "src" / "estim" / "sim" / "unit.py").read_text())
+    trees = [ast.parse(path.read_text()) for path in (ROOT / "src" / "estim" / "sim").glob("*.py")]
     logged = {
         node.args[1].value: {k.arg for k in node.keywords if k.arg}
+        for tree in trees
         for node in ast.walk(tree)
         if isinstance(node, ast.Call)
         and isinstance(node.func, ast.Attribute)

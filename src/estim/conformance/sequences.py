@@ -210,6 +210,15 @@ def sequence_vectors(info: DeviceInfo = REFERENCE.info) -> list[dict[str, Any]]:
         recrc(raw_frame(MessageType.HEARTBEAT, bytes(4), seq=seq)[:6] + b"\x05\x00" + bytes(4)),
     )
 
+    _sequences_of_memory_and_state(new, c, info)
+    return [q.vector() for q in out]
+
+
+def _sequences_of_memory_and_state(
+    new: Callable[[str, str], _Sequence], c: _Choices, info: DeviceInfo
+) -> None:
+    """Section 10's duplicates and memory, 3.4's ignored frames, what a running unit
+    answers (6.1, 5.3, 5.2), a START copy with other fields (1.4)."""
     # 10: duplicates
     q = new("a copy of the live session's START: ACK with the state now, no effect", "10")
     start = _begin(q, c, q.session)
@@ -382,5 +391,3 @@ def sequence_vectors(info: DeviceInfo = REFERENCE.info) -> list[dict[str, Any]]:
         {"type": "STATUS", "seq": status.seq, "state": "RAMPING_UP", "session_id": q.session}
     ]
     _end(q, q.session)
-
-    return [q.vector() for q in out]
