@@ -44,11 +44,13 @@ from estim.protocol import (
     ClearFault,
     ConfigureChannel,
     Decoder,
+    GetStatus,
     Message,
     Mode,
     Nack,
     Start,
     State,
+    Status,
     Stop,
     StopReason,
     Waveform,
@@ -110,14 +112,17 @@ class RawStopLane(StopLane):
         while time.monotonic() < deadline:
             data = os.read(self.fd, 4096)
             for got in self.decoder.feed(data):
-                if isinstance(got, Ack | Nack) and got.seq == seq:
+                if isinstance(got, Ack | Nack | Status) and got.seq == seq:
                     if isinstance(got, Nack):
                         raise RuntimeError(f"{self.name}: the unit refused {message}: {got}")
                     return got
         raise RuntimeError(f"{self.name}: no answer to {type(message).__name__}")
 
     def one(self, delay: float) -> tuple[float, int]:
-        session_id = self.rng.randrange(1, 1 << 32)
+        # PROTOCOL.md 10 (1.4): a new id is above the unit's last one.
+        status = self.ask(GetStatus())
+        assert isinstance(status, Status)
+        session_id = status.session_id + self.rng.randrange(1, 1 << 16)
         self.ask(
             ConfigureChannel(
                 channel=1,
