@@ -3,7 +3,11 @@ times in, messages and bytes out (issue 10)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from estim.protocol import (
     Ack,
@@ -23,6 +27,8 @@ from estim.protocol import (
     decode,
     encode,
 )
+
+from .strategies import any_message
 
 
 def ack(seq: int, kind: MessageType = MessageType.HEARTBEAT) -> bytes:
@@ -121,3 +127,22 @@ def test_nothing_valid_means_nothing_heard() -> None:
     assert got == [Answer(request, nack)]
     assert conn.last_rx == 2.0
     assert not isinstance(got[0].response, Status)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(any_message, min_size=1, max_size=40))
+def test_every_frame_sent_is_the_generic_encoding_of_its_request(messages: list[Any]) -> None:
+    """The connection keeps each payload it sends (a HEARTBEAT's is the same every
+    period) and builds only header and CRC per send: the bytes must be exactly the
+    codec's own encoding of the request, however the messages repeat and whatever
+    seq each carried when given, and retransmissions the same bytes again."""
+    conn = HostConnection(first_seq=0xFFF0, retries=1, response_timeout=0.1)
+    sent = []
+    for i, message in enumerate(messages * 2):  # every one sent again: the kept payload
+        request, wire = conn.send(message, float(i))
+        assert request == replace(message, seq=request.seq)
+        assert wire == encode(request)
+        assert decode(wire) == request
+        sent.append(wire)
+    retransmitted, _ = conn.poll(float(len(sent)) + 1.0)
+    assert set(retransmitted) <= set(sent)

@@ -31,7 +31,6 @@ from estim.protocol import (
     ErrorCode,
     Fault,
     GetStatus,
-    Heartbeat,
     Message,
     Nack,
     State,
@@ -64,7 +63,7 @@ class LiveLoop(PolicyBase):
         if self._beat is not None:
             self._tags.pop(self._beat[0], None)
             self.link.cancel(self._beat[0])
-        seq = self._send(Heartbeat(session_id=self.session_id), now, HeartbeatAsked(), retries=0)
+        seq = self._send(self._heartbeat, now, HeartbeatAsked(), retries=0)
         self._beat = (seq, now)
         self._next_beat = now + self.heartbeat
 

@@ -43,7 +43,7 @@ from estim.info import UnitStatus
 from estim.limits import Limits
 from estim.pending import Pending, StopAsked
 from estim.plan import SessionPlan
-from estim.protocol import Fault, Message, Stop, StopReason
+from estim.protocol import Fault, Heartbeat, Message, Stop, StopReason
 from estim.protocol.host import Retries
 from estim.record import EventRecord
 from estim.recorder import Recorder
@@ -160,6 +160,7 @@ class PolicyBase:
         self._trouble = ""
         self._next_beat = 0.0
         self._beat: tuple[int, float] | None = None  # (seq, sent at) of an unanswered heartbeat
+        self._heartbeat = Heartbeat(session_id=session_id)  # the same request every period
         self._next_status = 0.0
         self._recover_until = 0.0
         self._next_poll = 0.0

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from .constants import INTER_BYTE_GAP_S, Kind
-from .frame import Decoder, encode
+from .frame import Decoder, encode_payload, encode_with_payload
 from .messages import Event, Message
 
 #: PROTOCOL.md 9: a host waits 100 ms (plus wire time) before it resends
@@ -55,6 +55,10 @@ class EventGap:
 
 
 Incoming = Answer | Event | EventGap
+
+
+#: how many distinct payloads a connection keeps (a session sends a handful)
+_KEPT_PAYLOADS = 32
 
 
 @dataclass
@@ -103,6 +107,9 @@ class HostConnection:
         self._decoder = Decoder(gap_s=gap_s)
         self._seq = first_seq & 0xFFFF
         self._pending: dict[int, _Pending] = {}
+        #: payloads by the message asked for (a payload does not depend on seq): a
+        #: session's HEARTBEAT is encoded once, then only its header and CRC per send
+        self._payloads: dict[Message, bytes] = {}
         self._next_event: int | None = None
 
     # -- sending -------------------------------------------------------------------------
@@ -122,9 +129,15 @@ class HostConnection:
         ``retries`` is ``"forever"`` (STOP)."""
         while self._seq in self._pending:
             self._seq = (self._seq + 1) & 0xFFFF
+        payload = self._payloads.get(message)
+        if payload is None:
+            payload = encode_payload(message)
+            if len(self._payloads) >= _KEPT_PAYLOADS:
+                self._payloads.clear()
+            self._payloads[message] = payload
         request = replace(message, seq=self._seq)
         self._seq = (self._seq + 1) & 0xFFFF
-        wire = encode(request)
+        wire = encode_with_payload(request.KIND, request.seq, request.TYPE, payload)
         wait = self.response_timeout if timeout is None else timeout
         tries = None if retries == "forever" else 1 + (self.retries if retries is None else retries)
         self._pending[request.seq] = _Pending(request, wire, wait, tries, now + wait)
