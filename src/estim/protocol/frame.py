@@ -51,7 +51,7 @@ def build_frame(
     """Header + payload + CRC-32, before COBS. Exposed for tests and tools."""
     header = _HEADER.pack(version, kind, seq, msg_type, flags, len(payload))
     body = header + payload
-    return body + struct.pack("<I", zlib.crc32(body))
+    return body + _CRC.pack(zlib.crc32(body))
 
 
 def encode(message: Message) -> bytes:
@@ -67,7 +67,8 @@ def encode_with_payload(kind: int, seq: int, msg_type: int, payload: bytes) -> b
     A payload does not depend on seq, so the host keeps the payloads it sends
     again and again (each HEARTBEAT of a session) and runs only this per frame:
     few calls matter, because the I/O thread runs it cold, after sleeping a period
-    (bench/PROFILE.md: 53 us of CPU less per heartbeat period, measured A/B)."""
+    (bench/PROFILE.md section 7: 578 -> 529 us of CPU per heartbeat period, A/B).
+    ``build_frame`` is the same frame for tools that also set version and flags."""
     body = _HEADER.pack(PROTOCOL_VERSION, kind, seq, msg_type, 0, len(payload)) + payload
     return cobs_encode(body + _CRC.pack(zlib.crc32(body))) + b"\x00"
 
