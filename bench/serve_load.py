@@ -23,8 +23,10 @@ Two phases in the same run, on the same units:
 Each phase ends with a stop all (under load: while the flood goes on), ``--seconds``
 after the sessions started; each unit's ``output_off`` gives the worst gap of the
 phase, whether its watchdog fired, and how long after the request its output went
-off (the units log ``time.monotonic()``, the same clock as this process). Writes
-``bench/serve_load.json``.
+off (the units log ``time.monotonic()``, the same clock as this process). The
+service also times its cyclic garbage collector's passes (``gc.callbacks``; each
+holds the interpreter lock, so no heartbeat goes out while one runs) and the run
+reports them per generation. Writes ``bench/serve_load.json``.
 """
 
 from __future__ import annotations
@@ -102,16 +104,26 @@ class Sim:
 
 
 SERVICE = """
-import sys
+import gc, json, sys, time
 from pathlib import Path
 from estim.serve.guard import RateLimit
 from estim.serve.service import Service, serve_forever
 from estim.serve.settings import RoomConfig, ServeSettings
-port, db, *ports = sys.argv[1:]
+port, db, pauses_file, *ports = sys.argv[1:]
 rooms = tuple(RoomConfig(f"room-{i}", f"Room {i}", p) for i, p in enumerate(ports, 1))
 settings = ServeSettings(rooms=rooms, port=int(port))
 many = RateLimit(per_s=1e6, burst=1e6)
-serve_forever(Service(settings, journal_path=db, reads=many, changes=many))
+began, pauses = [0.0], {0: [], 1: [], 2: []}
+def timed(phase, info):  # the collector's pauses: the interpreter lock is held throughout
+    if phase == "start":
+        began[0] = time.perf_counter()
+    else:
+        pauses[info["generation"]].append((time.perf_counter() - began[0]) * 1000)
+gc.callbacks.append(timed)
+try:
+    serve_forever(Service(settings, journal_path=db, reads=many, changes=many))
+finally:
+    Path(pauses_file).write_text(json.dumps(pauses))
 """
 
 PLAN = {
@@ -253,6 +265,22 @@ async def phase(
     }
 
 
+def gc_pauses(path: Path) -> dict[str, Any]:
+    """Per generation of the service's cyclic garbage collector, over both phases: how
+    many passes, the longest and their sum (each holds the interpreter lock, so no
+    unit's heartbeat goes out while one runs)."""
+    if not path.exists():
+        return {}
+    out: dict[str, Any] = {}
+    for generation, ms in json.loads(path.read_text()).items():
+        out[f"gen{generation}"] = {
+            "passes": len(ms),
+            "longest_ms": round(max(ms, default=0.0), 2),
+            "total_ms": round(sum(ms), 1),
+        }
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0)
@@ -270,7 +298,15 @@ def main() -> int:
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
         service = subprocess.Popen(
-            [sys.executable, "-c", SERVICE, str(port), f"{tmp}/estim.db", *(s.port for s in sims)],
+            [
+                sys.executable,
+                "-c",
+                SERVICE,
+                str(port),
+                f"{tmp}/estim.db",
+                f"{tmp}/gc.json",
+                *(s.port for s in sims),
+            ],
             env={**os.environ, "ESTIM_HOME": tmp},
         )
         try:
@@ -295,6 +331,8 @@ def main() -> int:
                 service.kill()
             for sim in sims:
                 sim.close()
+        collector = gc_pauses(Path(tmp) / "gc.json")
+    print(f"  the service's garbage collector, both phases: {collector}")
     worst = max(load["worst_gap_ms"])
     met = (
         worst < HEARTBEAT_GOAL_MS
@@ -311,6 +349,7 @@ def main() -> int:
         "met": met,
         "quiet": quiet,
         "load": load,
+        "service_gc_pauses_ms": collector,
     }
     (HERE / "serve_load.json").write_text(json.dumps(result, indent=2) + "\n")
     print(

@@ -12,6 +12,7 @@ from it); when it ends, every live session is stopped and recorded, every unit c
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -182,11 +183,35 @@ def serve_forever(service: Service) -> None:
     # server's loop (Python's default is 5 ms).
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     service.open()
+    server.config.load()  # the web server's own modules and the app, before the freeze
+    freeze_heap()
     try:
         server.run()
     finally:
         why = f" ({signal.Signals(received[0]).name})" if received else ""
         service.close(f"the clinic service was stopped{why}")
+
+
+def freeze_heap() -> None:
+    """Keep the cyclic garbage collector's passes short and rare in ``estim serve``:
+    a pass holds the interpreter lock, so no unit's I/O thread can send a heartbeat
+    while one runs.
+
+    - ``gc.freeze``: what start-up built (modules, the app, the rooms) lives as long
+      as the process, so a full pass that walks it frees nothing; frozen, a full pass
+      walks only what was made since.
+    - a young generation of 10,000 objects rather than 700: the web server makes and
+      drops many small objects per request; fewer, larger young passes, and so far
+      fewer full ones.
+
+    Measured with ``bench/serve_load.py`` (3 units, 200 event streams and 16 flooding
+    clients for 50 s; the collector's pauses in the service, both phases): as it was,
+    124 full passes of 20-57 ms and a worst heartbeat gap of 156 ms; frozen, 126 full
+    passes of at most 27 ms and 128 ms; frozen with the larger young generation, 6
+    full passes of at most 24 ms (2.6 s in all passes against 9.6 s) and 119 ms."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 @contextlib.contextmanager
