@@ -521,3 +521,71 @@ def test_estim_push_watch_keeps_delivering_until_ctrl_c(
             watching.communicate()
     assert watching.returncode == 0, err
     assert out.startswith(f"{sid}  sent      Procedure/")
+
+
+def test_a_guess_of_interrupted_on_the_server_is_replaced_by_the_facts(
+    server: FhirServer, tmp_path: Path
+) -> None:
+    """A session another program guessed interrupted (its writer's lock was gone) is
+    filed on the server as such; its real end then arrives in its sidecar. The next
+    delivery replaces the server's Procedure and Observations in place: one of each,
+    at the same address, saying what the journal says."""
+    path = tmp_path / "estim.db"
+    unit = {
+        "model": "estim-sim",
+        "serial_number": "AMEND-1",
+        "firmware": "sim-1",
+        "simulated": True,
+    }
+    plan = {
+        "dwell": 60,
+        "ramp": 5,
+        "patient_ref": "P-0042",
+        "channels": [
+            {"channel": 1, "frequency_hz": 2, "pulse_width_us": 250, "amplitude_ma": 5},
+            {"channel": 2, "frequency_hz": 100, "pulse_width_us": 150, "amplitude_ma": 8},
+        ],
+    }
+    writer = Journal(path)
+    sid = writer.begin(0xA3E, plan=plan, unit=unit, port="sim://", planned_ms=60000)
+    writer.append(sid, "output_started", {"dwell_ms": 60000, "channel_mask": 3}, unit_ms=0)
+    os.close(writer._locks.pop(sid))  # as a journal of an older estim did on close()
+    with Journal(path) as guessing:
+        assert guessing.interrupted == [sid]
+        guess = guessing.get(sid)
+        (first,) = Sender(guessing, settings(server.base_url)).send([sid])
+    assert first.verdict == "sent"
+    assert first.location is not None
+    (filed,) = held(server, guess)["Procedure"]
+    assert filed["status"] != "completed"
+    writer.write_sidecar(
+        sid,
+        [],
+        {
+            "outcome": "completed",
+            "stop_reason": "the dwell is complete",
+            "ended_by": "unit",
+            "delivered_ms": 60000,
+            "started_utc": None,
+            "ended_utc": None,
+        },
+    )
+    writer._db.close()
+    with Journal(path) as journal:  # the sidecar is imported: the facts replace the guess
+        facts = journal.get(sid)
+        assert facts.outcome == "completed"
+        due = Sender(journal, settings(server.base_url)).send_due()
+        delivery = Outbox(journal).get(sid)
+    assert [a.verdict for a in due] == ["sent"]
+    assert delivery is not None
+    assert (delivery.state, delivery.revision) == ("sent", 1)
+    files = held(server, facts)
+    (procedure,) = files["Procedure"]
+    assert procedure["status"] == "completed"
+    assert procedure["id"] == filed["id"]  # replaced in place, not filed beside the guess
+    assert procedure["identifier"] == [session_identifier(facts)]
+    assert len(files["Observation"]) == 1 + len(facts.plan.channels)
+    dose = [o for o in files["Observation"] if o["identifier"][0]["value"].endswith("/dose")]
+    assert dose[0]["valueQuantity"]["value"] == 60
+    for observation in files["Observation"]:
+        assert observation["partOf"] == [{"reference": f"Procedure/{filed['id']}"}]

@@ -419,3 +419,114 @@ def test_a_redirect_is_not_followed_and_the_token_goes_nowhere_else() -> None:
     assert (verdict.kind, verdict.status) == ("retry", 302)
     assert "the server redirects: check [fhir] base_url" in verdict.detail
     assert heard == []
+
+
+def test_a_guess_of_interrupted_already_sent_is_sent_again_when_the_facts_arrive(
+    tmp_path: Path,
+) -> None:
+    """Another program marked a session interrupted (its writer's lock was gone) and that
+    guess reached the clinic's server; then the session's real end arrives in its
+    sidecar. The facts replace the guess in the journal, and the delivery is pending
+    again, one revision on, so the server's copy is replaced too; the answer to a try
+    of the old revision, arriving late, can no longer mark the new one sent."""
+    path = tmp_path / "estim.db"
+    clock = WallClock()
+    writer = Journal(path)
+    sid = writer.begin(0xABD, plan=_plan(), unit=UNIT, port="sim://", planned_ms=60000)
+    writer.append(sid, "output_started", {"dwell_ms": 60000, "channel_mask": 1}, unit_ms=0)
+    os.close(writer._locks.pop(sid))  # as a journal of an older estim did on close()
+    with Journal(path) as other:
+        assert other.interrupted == [sid]
+        outbox = Outbox(other)
+        clock.now += 5  # (the recovery stamped "due" with the real clock)
+        assert outbox.claim(sid, clock(), 60.0, by_hand=False)
+        assert outbox.sent(sid, clock(), server="https://fhir", location="Procedure/1", status=200)
+        assert outbox.claim(sid, clock(), 60.0, by_hand=True)  # a second try, by hand
+        before = outbox.get(sid)
+    assert before is not None
+    assert (before.state, before.revision) == ("sent", 0)
+    writer.write_sidecar(
+        sid,
+        [],
+        {
+            "outcome": "completed",
+            "stop_reason": "the dwell is complete",
+            "ended_by": "unit",
+            "delivered_ms": 60000,
+            "started_utc": None,
+            "ended_utc": None,
+        },
+    )
+    writer._db.close()
+    with Journal(path) as journal:  # imports the sidecar: the facts replace the guess
+        assert journal.get(sid).outcome == "completed"
+        outbox = Outbox(journal)
+        amended = outbox.get(sid)
+        assert amended is not None
+        assert (amended.state, amended.revision, amended.attempts) == ("pending", 1, 0)
+        # the by-hand try of the guess is answered now: it marks nothing sent or refused
+        assert not outbox.sent(
+            sid, clock(), server="https://fhir", location="Procedure/1", status=200
+        )
+        assert not outbox.refused(sid, clock(), error="late", status=400, server="https://fhir")
+        still = outbox.get(sid)
+        assert still is not None
+        assert (still.state, still.revision) == ("pending", 1)
+        clock.now += 5  # (the import stamped "due" with the real clock)
+        assert outbox.due(clock()) == [sid]  # due now, held by no sender
+        assert outbox.claim(sid, clock(), 60.0, by_hand=False)
+        assert outbox.sent(
+            sid, clock(), server="https://fhir", location="Procedure/1", status=200, revision=1
+        )
+        done = outbox.get(sid)
+    assert done is not None
+    assert (done.state, done.revision) == ("sent", 1)
+
+
+def test_a_version_3_journal_gains_revisions_and_keeps_its_deliveries(
+    tmp_path: Path, templates: list[SessionRecord]
+) -> None:
+    path = tmp_path / "estim.db"
+    with Journal(path) as journal:
+        sid = copy_session(
+            journal, templates[0], 1, serial="S1", created=datetime.now(timezone.utc)
+        )
+        Outbox(journal).sent(sid, WallClock()(), server="https://fhir", location=None, status=201)
+        journal._db.executescript(
+            "ALTER TABLE outbox DROP COLUMN revision; PRAGMA user_version = 3;"
+        )
+    with Journal(path) as journal:
+        assert journal._db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        delivery = Outbox(journal).get(sid)
+    assert delivery is not None
+    assert (delivery.state, delivery.revision) == ("sent", 0)
+
+
+def test_a_guess_of_interrupted_is_replaced_when_its_writer_finishes_it(tmp_path: Path) -> None:
+    """The writer finishes the session in the journal itself after another program had
+    guessed it interrupted: the record is the writer's, with no "interrupted" event,
+    and its delivery is queued again one revision on."""
+    path = tmp_path / "estim.db"
+    writer = Journal(path)
+    sid = writer.begin(0xABE, plan=_plan(), unit=UNIT, port="sim://", planned_ms=60000)
+    writer.append(sid, "output_started", {"dwell_ms": 60000, "channel_mask": 1}, unit_ms=0)
+    os.close(writer._locks.pop(sid))  # as a journal of an older estim did on close()
+    with Journal(path) as other:
+        assert other.interrupted == [sid]
+        Outbox(other).sent(sid, WallClock()(), server="https://fhir", location=None, status=201)
+    writer.finish(
+        sid,
+        outcome="completed",
+        stop_reason="the dwell is complete",
+        ended_by="unit",
+        delivered_ms=60000,
+        started_utc=None,
+        ended_utc=None,
+    )
+    record = writer.get(sid)
+    delivery = Outbox(writer).get(sid)
+    writer.close()
+    assert record.outcome == "completed"
+    assert "interrupted" not in [e.kind for e in record.events]
+    assert delivery is not None
+    assert (delivery.state, delivery.revision) == ("pending", 1)

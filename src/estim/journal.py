@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from estim.record import EventRecord
 
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: migrations[n] takes a database from version n to n + 1
 MIGRATIONS: list[str] = [
@@ -86,6 +86,7 @@ MIGRATIONS: list[str] = [
     """,
     outbox.MIGRATION,  # 2: the FHIR outbox (estim.outbox)
     actions.MIGRATION,  # 3: the clinic service's action log (estim.serve.actions)
+    outbox.REVISIONS,  # 4: a record changed after it was queued is sent again (estim.outbox)
 ]
 
 
@@ -429,9 +430,21 @@ class Journal(JournalQueries):
         ended_utc: str | None,
         wait: bool = True,
     ) -> None:
-        """The session's outcome; its liveness lock is released once this is durable."""
+        """The session's outcome; its liveness lock is released once this is durable.
+
+        If another program has meanwhile guessed the session interrupted (it found no
+        live writer), the facts replace the guess, as a sidecar's do, and the delivery
+        is queued again (``outbox.amend``): the guess may have reached the server."""
         try:
             with self._transaction(wait=wait):
+                guessed = outcome != "interrupted" and self._db.execute(
+                    "SELECT 1 FROM sessions WHERE id=? AND outcome='interrupted'", (session_id,)
+                ).fetchone()
+                if guessed:
+                    self._db.execute(
+                        "DELETE FROM events WHERE session_id=? AND kind='interrupted'",
+                        (session_id,),
+                    )
                 self._db.execute(
                     "UPDATE sessions SET state=?, outcome=?, stop_reason=?, ended_by=?, delivered_ms=?, "
                     "started_utc=?, ended_utc=? WHERE id=?",
@@ -446,7 +459,10 @@ class Journal(JournalQueries):
                         session_id,
                     ),
                 )
-                outbox.enqueue(self._db, session_id, utc_now())  # queued as it is finished
+                if guessed:
+                    outbox.amend(self._db, session_id, utc_now())
+                else:
+                    outbox.enqueue(self._db, session_id, utc_now())  # queued as it is finished
         except sqlite3.Error as err:
             raise JournalError(f"cannot write the journal {self.path}: {err}") from None
         self._release_lock(session_id)

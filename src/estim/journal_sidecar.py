@@ -149,7 +149,10 @@ def _import_sidecar(journal: Store, path: Path) -> str | None:
                         sid,
                     ),
                 )
-                outbox.enqueue(journal._db, sid, utc_now())  # queued as it is finished
+                if guessed:  # the guess may have reached the clinic's server already
+                    outbox.amend(journal._db, sid, utc_now())
+                else:
+                    outbox.enqueue(journal._db, sid, utc_now())  # queued as it is finished
     except FileNotFoundError:
         return None  # imported by another process meanwhile
     except (OSError, ValueError, KeyError, TypeError, sqlite3.Error, JournalError):

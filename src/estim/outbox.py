@@ -52,6 +52,11 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_due ON outbox (state, next_attempt_utc);
 """
 
+#: the journal's migration to schema version 4: a session's record can change after it
+#: was queued (a sidecar's facts replace a guess of "interrupted"); each change counts
+#: one revision, and a revision above 0 goes to the server as an update (``amend``)
+REVISIONS = "ALTER TABLE outbox ADD COLUMN revision INTEGER NOT NULL DEFAULT 0"
+
 STATES = ("pending", "sent", "refused")
 
 
@@ -70,6 +75,20 @@ def enqueue(db: sqlite3.Connection, session_id: str, utc: str) -> None:
     )
 
 
+def amend(db: sqlite3.Connection, session_id: str, utc: str) -> None:
+    """Queue a session whose finished record has just changed, inside the caller's
+    transaction (the one that changes it): whatever its delivery stood at (sent,
+    refused, pending, or held by a sender this very moment), it is pending again, due
+    now, one revision on; the server is sent the new record as an update of what it
+    may hold, and a try of an older revision can no longer mark it sent."""
+    enqueue(db, session_id, utc)
+    db.execute(
+        "UPDATE outbox SET revision=revision+1, state='pending', next_attempt_utc=?, "
+        "attempts=0, last_error=NULL WHERE session_id=?",
+        (utc, session_id),
+    )
+
+
 @dataclass(frozen=True)
 class Delivery:
     """Where one session's record stands with the clinic's FHIR server."""
@@ -85,6 +104,8 @@ class Delivery:
     sent_utc: str | None
     server: str | None
     location: str | None
+    #: 0 as the session was first finished; one more for each change of its record since
+    revision: int = 0
 
     def words(self) -> str:
         """The state in a few words (local times), for ``estim show``."""
@@ -92,7 +113,17 @@ class Delivery:
 
         if self.state == "sent":
             where = f" as {self.location}" if self.location else ""
-            return f"sent {local_time(self.sent_utc)}{where} to {self.server}"
+            again = (
+                f" (revision {self.revision}: the record changed after it was queued)"
+                if self.revision
+                else ""
+            )
+            return f"sent {local_time(self.sent_utc)}{where} to {self.server}{again}"
+        if self.revision and self.attempts == 0:
+            return (
+                f"queued again (revision {self.revision}): the record changed after it was "
+                "queued, and the server's copy is to be replaced"
+            )
         if self.state == "refused":
             return (
                 f"REFUSED by the server ({self.status}) {local_time(self.last_attempt_utc)}: "
@@ -111,12 +142,22 @@ class Delivery:
 
 _COLUMNS = (
     "session_id, state, queued_utc, attempts, next_attempt_utc, last_attempt_utc, "
-    "last_error, status, sent_utc, server, location"
+    "last_error, status, sent_utc, server, location, revision"
 )
 
 
 def _delivery(row: Sequence[Any]) -> Delivery:
     return Delivery(*row)
+
+
+def _superseded(db: sqlite3.Connection, session_id: str, now_s: float, server: str) -> None:
+    """A try of a revision the record has moved past: counted, its hold released."""
+    now = utc_text(now_s)
+    db.execute(
+        "UPDATE outbox SET attempts=attempts+1, lease_until_utc=NULL, last_attempt_utc=?, "
+        "server=? WHERE session_id=?",
+        (now, server, session_id),
+    )
 
 
 class OpenJournal(Protocol):
@@ -229,15 +270,27 @@ class Outbox:
         return bool(changed)
 
     def sent(
-        self, session_id: str, now_s: float, *, server: str, location: str | None, status: int
-    ) -> None:
+        self,
+        session_id: str,
+        now_s: float,
+        *,
+        server: str,
+        location: str | None,
+        status: int,
+        revision: int = 0,
+    ) -> bool:
+        """The server took ``revision`` of the record. False if the record has changed
+        since (``amend``): the session then stays pending, due now, for the new one."""
         with self._write() as db:
-            db.execute(
+            changed = db.execute(
                 "UPDATE outbox SET state='sent', attempts=attempts+1, lease_until_utc=NULL, "
                 "last_attempt_utc=?, sent_utc=?, server=?, location=?, status=?, last_error=NULL "
-                "WHERE session_id=?",
-                (utc_text(now_s), utc_text(now_s), server, location, status, session_id),
-            )
+                "WHERE session_id=? AND revision=?",
+                (utc_text(now_s), utc_text(now_s), server, location, status, session_id, revision),
+            ).rowcount
+            if not changed:
+                _superseded(db, session_id, now_s, server)
+        return bool(changed)
 
     def failed(
         self,
@@ -259,13 +312,25 @@ class Outbox:
             )
 
     def refused(
-        self, session_id: str, now_s: float, *, error: str, status: int, server: str
-    ) -> None:
-        """The server refused the record itself: kept, with its reason, until a person
-        sends it again."""
+        self,
+        session_id: str,
+        now_s: float,
+        *,
+        error: str,
+        status: int,
+        server: str,
+        revision: int = 0,
+    ) -> bool:
+        """The server refused ``revision`` of the record itself: kept, with its reason,
+        until a person sends it again. False if the record has changed since: the new
+        one is pending, due now."""
         with self._write() as db:
-            db.execute(
+            changed = db.execute(
                 "UPDATE outbox SET state='refused', attempts=attempts+1, lease_until_utc=NULL, "
-                "last_attempt_utc=?, last_error=?, status=?, server=? WHERE session_id=?",
-                (utc_text(now_s), error, status, server, session_id),
-            )
+                "last_attempt_utc=?, last_error=?, status=?, server=? "
+                "WHERE session_id=? AND revision=?",
+                (utc_text(now_s), error, status, server, session_id, revision),
+            ).rowcount
+            if not changed:
+                _superseded(db, session_id, now_s, server)
+        return bool(changed)

@@ -137,9 +137,11 @@ class Sender:
         than ``MOST_ENTRIES``), each later one pointing at what the earlier ones filed."""
         from estim.export.as_fhir import point_at, session_transactions
 
+        row = self.outbox.get(session_id)
+        revision = row.revision if row is not None else 0
         record = self.journal.get(session_id)
         try:
-            parts = session_transactions(record, self.systems)
+            parts = session_transactions(record, self.systems, update=revision > 0)
         except Exception as err:  # a record estim cannot express: a bug, kept in view
             return self._retry(session_id, f"estim could not build the bundle: {err!r}", None, None)
         filed: dict[str, str] = {}
@@ -151,14 +153,26 @@ class Sender:
             filed.update(zip(urls, verdict.locations, strict=True))
         now = self.clock()
         server = self.settings.base_url
+        changed = "the record changed while it was being sent; its new version is due now"
         if verdict.kind == "sent":
             procedure = next((v for v in filed.values() if v.startswith("Procedure/")), None)
             status = verdict.status or 200
-            self.outbox.sent(session_id, now, server=server, location=procedure, status=status)
+            if not self.outbox.sent(
+                session_id, now, server=server, location=procedure, status=status, revision=revision
+            ):
+                return Attempt(session_id, "retry", changed, status, utc_text(now))
             return Attempt(session_id, "sent", verdict.detail, verdict.status, None, procedure)
         if verdict.kind == "refused":
             status = verdict.status or 400
-            self.outbox.refused(session_id, now, error=verdict.detail, status=status, server=server)
+            if not self.outbox.refused(
+                session_id,
+                now,
+                error=verdict.detail,
+                status=status,
+                server=server,
+                revision=revision,
+            ):
+                return Attempt(session_id, "retry", changed, status, utc_text(now))
             return Attempt(session_id, "refused", verdict.detail, status)
         return self._retry(session_id, verdict.detail, verdict.status, verdict.retry_after_s)
 

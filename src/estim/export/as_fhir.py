@@ -45,7 +45,9 @@ Identifiers a server can match (the same on every export of the same session):
 rewrites every string equal to a ``fullUrl`` into the id it assigns, identifiers
 included, and a resend would then match nothing). Every entry is a conditional create
 (``ifNoneExist`` on its identifier): sending a session's bundle twice creates nothing
-the second time.
+the second time. A record that changed after it was sent (``estim.outbox.amend``) goes
+again with the session's own entries as conditional updates (``PUT Kind?identifier=``),
+which replace the first version.
 
 Observations are coded in estim's own code system (``CODE_SYSTEM``, canonical URL
 https://estim.dev/fhir/CodeSystem/observation; its terms are ``OBSERVATION_CODES``,
@@ -181,16 +183,35 @@ MOST_ENTRIES = 8
 
 
 def session_transactions(
-    record: SessionRecord, systems: Systems | None = None, most: int = MOST_ENTRIES
+    record: SessionRecord,
+    systems: Systems | None = None,
+    most: int = MOST_ENTRIES,
+    *,
+    update: bool = False,
 ) -> list[dict[str, Any]]:
     """One session's bundle as transactions of at most ``most`` entries: the Device and
     the Procedure in the first. A later one refers to what an earlier one filed by its
-    fullUrl; ``point_at`` replaces those with where the server filed them."""
+    fullUrl; ``point_at`` replaces those with where the server filed them.
+
+    ``update``: the record changed after it may have reached the server (a guess of
+    "interrupted" replaced by the facts): the session's own resources go as
+    conditional updates on their identifiers, which replace what the server holds (or
+    create it); the Device, shared with other sessions, stays a conditional create."""
     entries = bundle_dict([record], systems)["entry"]
+    if update:
+        entries = [_as_update(e) for e in entries]
     return [
         {"resourceType": "Bundle", "type": "transaction", "entry": entries[i : i + most]}
         for i in range(0, len(entries), most)
     ]
+
+
+def _as_update(entry: dict[str, Any]) -> dict[str, Any]:
+    kind = entry["resource"]["resourceType"]
+    if kind == "Device":
+        return entry
+    query = entry["request"]["ifNoneExist"]
+    return {**entry, "request": {"method": "PUT", "url": f"{kind}?{query}"}}
 
 
 def point_at(value: Any, filed: dict[str, str]) -> Any:
