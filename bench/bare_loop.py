@@ -3,11 +3,12 @@
 One thread, no estim code at run time: CONFIGURE_CHANNEL and START (60 s, 500 ms
 watchdog) written raw, then a pre-encoded HEARTBEAT every 100 ms and a GET_STATUS
 every second, every answer read with ``select`` + ``os.read`` and not decoded.
-SIGINT/SIGTERM send a STOP and end it; so does the end of the dwell. What it costs
-is what waking up ten times a second, writing a frame and reading the answer costs
-a Python process on this machine: no driver can cost less.
+SIGINT/SIGTERM write a STOP from the signal handler itself and end it (the floor of
+figure 10, Ctrl-C); the end of the dwell sends one too. What it costs is what waking
+up ten times a second, writing a frame and reading the answer costs a Python process
+on this machine: no driver can cost less.
 
-    python bench/bare_loop.py --port /dev/pts/N
+    python bench/bare_loop.py --port /dev/pts/N [--session ID]
 """
 
 from __future__ import annotations
@@ -33,11 +34,15 @@ from estim.protocol import (
     encode,
 )
 
+STOP = encode(Stop(seq=3, reason=int(StopReason.OPERATOR)))
 stopping = False
+port_fd = -1
 
 
 def on_signal(signum: int, frame: object) -> None:
     global stopping
+    if not stopping:
+        os.write(port_fd, STOP)
     stopping = True
 
 
@@ -49,8 +54,9 @@ def ask(fd: int, frame: bytes) -> None:
     os.read(fd, 4096)
 
 
-def main(port: str, dwell_s: float) -> int:
-    fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
+def main(port: str, dwell_s: float, session: int) -> int:
+    global port_fd
+    fd = port_fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
     tty.setraw(fd)
     time.sleep(0.05)
     os.set_blocking(fd, False)
@@ -59,7 +65,7 @@ def main(port: str, dwell_s: float) -> int:
     except BlockingIOError:
         pass
     os.set_blocking(fd, True)
-    session = random.randrange(1, 1 << 32)
+    session = session or random.randrange(1, 1 << 32)
     ask(
         fd,
         encode(
@@ -109,7 +115,8 @@ def main(port: str, dwell_s: float) -> int:
                 os.write(fd, polls[(n // 10) % len(polls)])
             n += 1
             next_beat += 0.1
-    os.write(fd, encode(Stop(seq=3, reason=int(StopReason.OPERATOR))))
+    if not stopping:
+        os.write(fd, STOP)
     time.sleep(0.05)
     os.close(fd)
     return 3 if stopping else 0
@@ -119,5 +126,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", required=True)
     parser.add_argument("--dwell", type=float, default=60.0)
+    parser.add_argument("--session", type=int, default=0, help="(default: a random id)")
     args = parser.parse_args()
-    sys.exit(main(args.port, args.dwell))
+    sys.exit(main(args.port, args.dwell, args.session))

@@ -11,7 +11,8 @@ The table holds the figures marked ``headline`` in results.json (by default ever
 figure with a goal; a few diagnostics too; figure 6's smaller N and the watchdog's
 secondary figures not) and every figure that missed its goal, headline or not
 (issue 20: a missed sub-figure, such as one N of the scale run, must show); the rest
-are in results.json.
+are in results.json. A loaded run (``bench/run.py --load K``: ``results-loaded.json``)
+follows as a second table.
 """
 
 from __future__ import annotations
@@ -46,15 +47,19 @@ def number(x: float | None) -> str:
 
 def render(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
     load = machine.get("loadavg_at_start") or ["?"]
+    busy = machine.get("background_load") or 0
+    command = f"python bench/run.py --load {busy}" if busy else "python bench/run.py"
+    what = "results-loaded.json" if busy else "results.json"
     lines = [
-        f"Latest {machine.get('mode', '?')} run of `python bench/run.py` "
+        f"Latest {machine.get('mode', '?')} run of `{command}` "
         f"({machine.get('date_utc', '?')[:10]}, {machine.get('cpu', '?')}, "
         f"{machine.get('cores', '?')} cores, {machine.get('platform', '?')}, Python "
         f"{machine.get('python', '?')}; load average {load[0]} at the start, "
-        f"{machine.get('runtime_s', '?')} s). Every figure and its baseline are in "
-        "`bench/results.json` (this table is generated from it: `python bench/run.py "
-        "--readme`); `bench/README.md` says what each one measures, and "
-        "`bench/PROFILE.md` where the host spends its time.",
+        f"{machine.get('runtime_s', '?')} s"
+        + (f"; {busy} busy processes spinning for the whole run" if busy else "")
+        + f"). Every figure and its baseline are in `bench/{what}` (this table is "
+        "generated from it: `python bench/run.py --readme`); `bench/README.md` says what "
+        "each one measures, and `bench/PROFILE.md` where the host spends its time.",
         "",
         "| figure | value | baseline (same run) | goal | met |",
         "|---|---|---|---|---|",
@@ -87,6 +92,10 @@ def update(readme: Path = README) -> bool:
     results = json.loads((HERE / "results.json").read_text())
     machine = json.loads((HERE / "machine.json").read_text())
     table = render(results, machine)
+    if (HERE / "results-loaded.json").exists():  # the loaded run, under its own heading
+        loaded = json.loads((HERE / "results-loaded.json").read_text())
+        loaded_machine = json.loads((HERE / "machine-loaded.json").read_text())
+        table += "\n\nThe same figures on a loaded machine:\n\n" + render(loaded, loaded_machine)
     text = readme.read_text()
     if START not in text or END not in text:
         print(table)
