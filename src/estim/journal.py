@@ -437,9 +437,10 @@ class Journal(JournalQueries):
         is queued again (``outbox.amend``): the guess may have reached the server."""
         try:
             with self._transaction(wait=wait):
-                guessed = outcome != "interrupted" and self._db.execute(
-                    "SELECT 1 FROM sessions WHERE id=? AND outcome='interrupted'", (session_id,)
+                before = self._db.execute(
+                    "SELECT outcome FROM sessions WHERE id=?", (session_id,)
                 ).fetchone()
+                guessed = outcome != "interrupted" and before == ("interrupted",)
                 if guessed:
                     self._db.execute(
                         "DELETE FROM events WHERE session_id=? AND kind='interrupted'",
