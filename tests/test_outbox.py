@@ -19,7 +19,7 @@ from estim.config import FhirSettings
 from estim.errors import JournalError
 from estim.journal import SCHEMA_VERSION, Journal
 from estim.outbox import Outbox, utc_text
-from estim.record import SessionRecord
+from estim.record import EventRecord, SessionRecord
 from estim.sender import Backoff, Sender
 
 from .outbox_helpers import WallClock, copy_session
@@ -530,3 +530,40 @@ def test_a_guess_of_interrupted_is_replaced_when_its_writer_finishes_it(tmp_path
     assert "interrupted" not in [e.kind for e in record.events]
     assert delivery is not None
     assert (delivery.state, delivery.revision) == ("pending", 1)
+
+
+def test_events_a_sidecar_adds_to_a_queued_session_queue_it_again(tmp_path: Path) -> None:
+    """A guess of "interrupted" whose sidecar brings only events (the writer died
+    before it could finish): the guess stands, but the record now holds more (an
+    amplitude change, say), so the delivery goes again; a sidecar that adds nothing
+    queues nothing again."""
+    path = tmp_path / "estim.db"
+    writer = Journal(path)
+    sid = writer.begin(0xABF, plan=_plan(), unit=UNIT, port="sim://", planned_ms=60000)
+    writer.append(sid, "output_started", {"dwell_ms": 60000, "channel_mask": 1}, unit_ms=0)
+    os.close(writer._locks.pop(sid))
+    with Journal(path) as other:
+        assert other.interrupted == [sid]
+        Outbox(other).sent(sid, WallClock()(), server="https://fhir", location=None, status=201)
+        known = len(other.get(sid).events)
+    late = EventRecord(
+        n=known,
+        utc=utc_text(WallClock()()),
+        t=3.0,
+        kind="amplitude_set",
+        data={"channel": 1, "ma": 6.0},
+    )
+    writer.write_sidecar(sid, [(late, "running")], None)
+    with Journal(path) as journal:
+        record = journal.get(sid)
+        delivery = Outbox(journal).get(sid)
+    assert record.outcome == "interrupted"
+    assert "amplitude_set" in [e.kind for e in record.events]
+    assert delivery is not None
+    assert (delivery.state, delivery.revision) == ("pending", 1)
+    writer.write_sidecar(sid, [(late, "running")], None)  # the same again: nothing new
+    writer._db.close()
+    with Journal(path) as journal:
+        again = Outbox(journal).get(sid)
+    assert again is not None
+    assert again.revision == 1

@@ -94,6 +94,18 @@ def _import_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _queue(db: sqlite3.Connection, sid: str, *, finished: bool, changed: bool) -> None:
+    """Once a sidecar is in: a session it finished is queued; a session that was
+    queued already (a guess of "interrupted", or a record finished before its last
+    events came in) whose record the import changed is queued again one revision on
+    (``outbox.amend``): the older record may be on the clinic's server already."""
+    queued = db.execute("SELECT 1 FROM outbox WHERE session_id=?", (sid,)).fetchone()
+    if queued and changed:
+        outbox.amend(db, sid, utc_now())
+    elif finished:
+        outbox.enqueue(db, sid, utc_now())  # queued as it is finished
+
+
 def _import_sidecar(journal: Store, path: Path) -> str | None:
     try:
         body = json.loads(path.read_text(encoding="utf-8"))
@@ -114,8 +126,9 @@ def _import_sidecar(journal: Store, path: Path) -> str | None:
                     "UPDATE sessions SET outcome=NULL WHERE id=? AND outcome='interrupted'",
                     (sid,),
                 )
+            added = 0  # events the journal did not have
             for e in body["events"]:
-                journal._db.execute(
+                added += journal._db.execute(
                     "INSERT OR IGNORE INTO events (session_id, n, utc, t, unit_ms, kind, "
                     "data) VALUES (?,?,?,?,?,?,?)",
                     (
@@ -127,15 +140,16 @@ def _import_sidecar(journal: Store, path: Path) -> str | None:
                         e["kind"],
                         json.dumps(e["data"]),
                     ),
-                )
+                ).rowcount
             if body["events"]:
                 last = body["events"][-1]
                 journal._db.execute(
                     "UPDATE sessions SET last_event=?, state=? WHERE id=? AND outcome IS NULL",
                     (last["kind"], last["state"], sid),
                 )
+            finished = 0
             if finish is not None:
-                journal._db.execute(
+                finished = journal._db.execute(
                     "UPDATE sessions SET state=?, outcome=?, stop_reason=?, ended_by=?, "
                     "delivered_ms=?, started_utc=?, ended_utc=? WHERE id=? AND outcome IS NULL",
                     (
@@ -148,11 +162,8 @@ def _import_sidecar(journal: Store, path: Path) -> str | None:
                         finish["ended_utc"],
                         sid,
                     ),
-                )
-                if guessed:  # the guess may have reached the clinic's server already
-                    outbox.amend(journal._db, sid, utc_now())
-                else:
-                    outbox.enqueue(journal._db, sid, utc_now())  # queued as it is finished
+                ).rowcount
+            _queue(journal._db, sid, finished=bool(finished), changed=bool(added or finished))
     except FileNotFoundError:
         return None  # imported by another process meanwhile
     except (OSError, ValueError, KeyError, TypeError, sqlite3.Error, JournalError):
