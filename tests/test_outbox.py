@@ -535,8 +535,9 @@ def test_a_guess_of_interrupted_is_replaced_when_its_writer_finishes_it(tmp_path
 def test_events_a_sidecar_adds_to_a_queued_session_queue_it_again(tmp_path: Path) -> None:
     """A guess of "interrupted" whose sidecar brings only events (the writer died
     before it could finish): the guess stands, but the record now holds more (an
-    amplitude change, say), so the delivery goes again; a sidecar that adds nothing
-    queues nothing again."""
+    amplitude change, numbered by the writer as the guess's own event, which moves to
+    the end), so the delivery goes again; a sidecar that adds nothing queues nothing
+    again."""
     path = tmp_path / "estim.db"
     writer = Journal(path)
     sid = writer.begin(0xABF, plan=_plan(), unit=UNIT, port="sim://", planned_ms=60000)
@@ -545,9 +546,9 @@ def test_events_a_sidecar_adds_to_a_queued_session_queue_it_again(tmp_path: Path
     with Journal(path) as other:
         assert other.interrupted == [sid]
         Outbox(other).sent(sid, WallClock()(), server="https://fhir", location=None, status=201)
-        known = len(other.get(sid).events)
+        (guess,) = [e.n for e in other.get(sid).events if e.kind == "interrupted"]
     late = EventRecord(
-        n=known,
+        n=guess,  # the writer's own next number: the guess took it
         utc=utc_text(WallClock()()),
         t=3.0,
         kind="amplitude_set",
@@ -558,12 +559,62 @@ def test_events_a_sidecar_adds_to_a_queued_session_queue_it_again(tmp_path: Path
         record = journal.get(sid)
         delivery = Outbox(journal).get(sid)
     assert record.outcome == "interrupted"
-    assert "amplitude_set" in [e.kind for e in record.events]
+    assert [(e.n, e.kind) for e in record.events][-2:] == [
+        (guess, "amplitude_set"),
+        (guess + 1, "interrupted"),
+    ]
     assert delivery is not None
     assert (delivery.state, delivery.revision) == ("pending", 1)
     writer.write_sidecar(sid, [(late, "running")], None)  # the same again: nothing new
     writer._db.close()
     with Journal(path) as journal:
         again = Outbox(journal).get(sid)
+        assert len(journal.get(sid).events) == len(record.events)
     assert again is not None
     assert again.revision == 1
+
+
+def test_the_writers_events_after_a_guess_are_kept_and_the_guess_gives_way(
+    tmp_path: Path,
+) -> None:
+    """The writer still at work after another program guessed its session interrupted
+    numbers its next event as the guess's: the guess moves to the end each time (the
+    writer's event is kept, not ignored as a copy), the delivery is queued again, and
+    the writer's finish removes the guess."""
+    path = tmp_path / "estim.db"
+    clock = WallClock()
+    writer = Journal(path)
+    sid = writer.begin(0xAC0, plan=_plan(), unit=UNIT, port="sim://", planned_ms=60000)
+    on = EventRecord(n=1, utc=utc_text(clock()), t=1.0, kind="output_started", unit_ms=0)
+    writer.write_event(sid, on, "running")
+    os.close(writer._locks.pop(sid))
+    with Journal(path) as other:
+        assert other.interrupted == [sid]
+        Outbox(other).sent(sid, clock(), server="https://fhir", location=None, status=201)
+    for n, kind, data in (
+        (2, "amplitude_set", {"channel": 1, "ma": 6.0}),
+        (3, "unit_completed", {}),
+    ):
+        event = EventRecord(n=n, utc=utc_text(clock()), t=n, kind=kind, data=data)
+        writer.write_event(sid, event, "running")
+    during = Outbox(writer).get(sid)
+    writer.finish(
+        sid,
+        outcome="completed",
+        stop_reason="the dwell is complete",
+        ended_by="unit",
+        delivered_ms=60000,
+        started_utc=None,
+        ended_utc=None,
+    )
+    record = writer.get(sid)
+    writer.close()
+    assert during is not None
+    assert (during.state, during.revision) == ("pending", 2)
+    assert [(e.n, e.kind) for e in record.events] == [
+        (0, "start_requested"),
+        (1, "output_started"),
+        (2, "amplitude_set"),
+        (3, "unit_completed"),
+    ]
+    assert record.outcome == "completed"

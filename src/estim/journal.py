@@ -39,7 +39,7 @@ import estim.outbox as outbox
 import estim.serve.actions as actions
 from estim.errors import EstimError, JournalError
 from estim.journal_queries import JournalQueries
-from estim.journal_recovery import LivenessLocks, recover
+from estim.journal_recovery import LivenessLocks, make_room, recover
 from estim.journal_sidecar import import_sidecars, sidecar_path, write_sidecar
 
 if TYPE_CHECKING:
@@ -372,6 +372,8 @@ class Journal(JournalQueries):
                 n = self._counters.get(session_id)
                 if n is None:
                     n = self._next_n(session_id)
+                if make_room(self._db, session_id, n):
+                    outbox.amend(self._db, session_id, utc_now())
                 self._db.execute(
                     "INSERT INTO events (session_id, n, utc, t, unit_ms, kind, data) VALUES (?,?,?,?,?,?,?)",
                     (session_id, n, utc or utc_now(), t, unit_ms, kind, json.dumps(data or {})),
@@ -397,6 +399,8 @@ class Journal(JournalQueries):
         only) or ``JournalError``."""
         try:
             with self._transaction(wait=wait):
+                if make_room(self._db, session_id, event.n):
+                    outbox.amend(self._db, session_id, utc_now())
                 self._db.execute(
                     "INSERT OR IGNORE INTO events (session_id, n, utc, t, unit_ms, kind, data) "
                     "VALUES (?,?,?,?,?,?,?)",
@@ -445,6 +449,11 @@ class Journal(JournalQueries):
                     self._db.execute(
                         "DELETE FROM events WHERE session_id=? AND kind='interrupted'",
                         (session_id,),
+                    )
+                    self._db.execute(
+                        "UPDATE sessions SET last_event=(SELECT kind FROM events WHERE "
+                        "session_id=? ORDER BY n DESC LIMIT 1) WHERE id=?",
+                        (session_id, session_id),
                     )
                 self._db.execute(
                     "UPDATE sessions SET state=?, outcome=?, stop_reason=?, ended_by=?, delivered_ms=?, "

@@ -28,6 +28,21 @@ except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
 
+def make_room(db: sqlite3.Connection, session_id: str, n: int) -> bool:
+    """Before a writer's event ``n`` goes in: if a guess's "interrupted" event holds
+    that number (another program found no live writer and numbered its guess after the
+    last event it saw, while the writer was still at work), move the guess to the end,
+    so the writer's event is kept rather than ignored as a copy. True if one was moved:
+    the record of a session already queued has grown (``outbox.amend``)."""
+    return bool(
+        db.execute(
+            "UPDATE events SET n=(SELECT MAX(n) + 1 FROM events WHERE session_id=?) "
+            "WHERE session_id=? AND n=? AND kind='interrupted'",
+            (session_id, session_id, n),
+        ).rowcount
+    )
+
+
 def utc_now() -> str:
     from datetime import datetime, timezone
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import estim.outbox as outbox
 from estim.errors import JournalError
-from estim.journal_recovery import Store, utc_now
+from estim.journal_recovery import Store, make_room, utc_now
 
 if TYPE_CHECKING:
     from estim.record import EventRecord
@@ -128,6 +128,7 @@ def _import_sidecar(journal: Store, path: Path) -> str | None:
                 )
             added = 0  # events the journal did not have
             for e in body["events"]:
+                make_room(journal._db, sid, e["n"])
                 added += journal._db.execute(
                     "INSERT OR IGNORE INTO events (session_id, n, utc, t, unit_ms, kind, "
                     "data) VALUES (?,?,?,?,?,?,?)",

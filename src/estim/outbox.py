@@ -150,13 +150,16 @@ def _delivery(row: Sequence[Any]) -> Delivery:
     return Delivery(*row)
 
 
+SUPERSEDED = "the record changed while it was being sent; its new version is due now"
+
+
 def _superseded(db: sqlite3.Connection, session_id: str, now_s: float, server: str) -> None:
     """A try of a revision the record has moved past: counted, its hold released."""
     now = utc_text(now_s)
     db.execute(
         "UPDATE outbox SET attempts=attempts+1, lease_until_utc=NULL, last_attempt_utc=?, "
-        "server=? WHERE session_id=?",
-        (now, server, session_id),
+        "server=?, last_error=? WHERE session_id=?",
+        (now, server, SUPERSEDED, session_id),
     )
 
 

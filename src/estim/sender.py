@@ -34,7 +34,7 @@ from estim import fhir_client
 from estim.config import FhirSettings
 from estim.errors import JournalError
 from estim.journal import Journal
-from estim.outbox import Outbox, utc_text
+from estim.outbox import SUPERSEDED, Outbox, utc_text
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ class Sender:
             filed.update(zip(urls, verdict.locations, strict=True))
         now = self.clock()
         server = self.settings.base_url
-        changed = "the record changed while it was being sent; its new version is due now"
+        changed = SUPERSEDED
         if verdict.kind == "sent":
             procedure = next((v for v in filed.values() if v.startswith("Procedure/")), None)
             status = verdict.status or 200
