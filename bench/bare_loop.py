@@ -54,9 +54,10 @@ def ask(fd: int, frame: bytes) -> None:
     os.read(fd, 4096)
 
 
-def main(port: str, dwell_s: float, session: int) -> int:
-    global port_fd
-    fd = port_fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
+def open_and_start(port: str, session: int, dwell_s: float) -> int:
+    """The port, raw, with a session started on it by raw frames: CONFIGURE_CHANNEL
+    (channel 1, 2 Hz, 250 us, 5 mA) and START (5 s ramp, 500 ms watchdog)."""
+    fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
     tty.setraw(fd)
     time.sleep(0.05)
     os.set_blocking(fd, False)
@@ -65,36 +66,34 @@ def main(port: str, dwell_s: float, session: int) -> int:
     except BlockingIOError:
         pass
     os.set_blocking(fd, True)
+    configure = ConfigureChannel(
+        seq=1,
+        channel=1,
+        waveform=Waveform.BIPHASIC_SYMMETRIC,
+        mode=Mode.CONTINUOUS,
+        frequency_dhz=20,
+        pulse_width_us=250,
+        amplitude_ua=5000,
+        alt_frequency_dhz=0,
+        switch_ms=0,
+    )
+    ask(fd, encode(configure))
+    start = Start(
+        seq=2,
+        session_id=session,
+        dwell_ms=round(dwell_s * 1000),
+        ramp_ms=5000,
+        watchdog_ms=500,
+        channel_mask=1,
+    )
+    ask(fd, encode(start))
+    return fd
+
+
+def main(port: str, dwell_s: float, session: int) -> int:
+    global port_fd
     session = session or random.randrange(1, 1 << 32)
-    ask(
-        fd,
-        encode(
-            ConfigureChannel(
-                seq=1,
-                channel=1,
-                waveform=Waveform.BIPHASIC_SYMMETRIC,
-                mode=Mode.CONTINUOUS,
-                frequency_dhz=20,
-                pulse_width_us=250,
-                amplitude_ua=5000,
-                alt_frequency_dhz=0,
-                switch_ms=0,
-            )
-        ),
-    )
-    ask(
-        fd,
-        encode(
-            Start(
-                seq=2,
-                session_id=session,
-                dwell_ms=round(dwell_s * 1000),
-                ramp_ms=5000,
-                watchdog_ms=500,
-                channel_mask=1,
-            )
-        ),
-    )
+    fd = port_fd = open_and_start(port, session, dwell_s)
     beats = [encode(Heartbeat(seq=s, session_id=session)) for s in range(16, 4096)]
     polls = [encode(GetStatus(seq=s)) for s in range(4096, 8192)]
     signal.signal(signal.SIGINT, on_signal)

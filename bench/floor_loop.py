@@ -23,58 +23,17 @@ import select
 import sys
 import threading
 import time
-import tty
 
-from estim.protocol import (
-    ConfigureChannel,
-    Decoder,
-    GetStatus,
-    Heartbeat,
-    Mode,
-    Start,
-    Stop,
-    StopReason,
-    Waveform,
-    encode,
-)
+from bare_loop import open_and_start
+
+from estim.protocol import Decoder, GetStatus, Heartbeat, Stop, StopReason, encode
 from estim.protocol.host import HostConnection
 
 SECONDS = 25.0
 
 
-def ask(fd: int, frame: bytes) -> None:
-    os.write(fd, frame)
-    select.select([fd], [], [], 1.0)
-    time.sleep(0.01)
-    os.read(fd, 4096)
-
-
 def run(variant: str, port: str, session: int) -> None:
-    fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
-    tty.setraw(fd)
-    time.sleep(0.05)
-    os.set_blocking(fd, False)
-    try:
-        os.read(fd, 4096)  # BOOTED, sent before we listened
-    except BlockingIOError:
-        pass
-    os.set_blocking(fd, True)
-    configure = ConfigureChannel(
-        seq=1,
-        channel=1,
-        waveform=Waveform.BIPHASIC_SYMMETRIC,
-        mode=Mode.CONTINUOUS,
-        frequency_dhz=20,
-        pulse_width_us=250,
-        amplitude_ua=5000,
-        alt_frequency_dhz=0,
-        switch_ms=0,
-    )
-    ask(fd, encode(configure))
-    start = Start(
-        seq=2, session_id=session, dwell_ms=60000, ramp_ms=5000, watchdog_ms=500, channel_mask=1
-    )
-    ask(fd, encode(start))
+    fd = open_and_start(port, session, 60.0)
     beats = [encode(Heartbeat(seq=s, session_id=session)) for s in range(16, 4096)]
     polls = [encode(GetStatus(seq=s)) for s in range(4096, 8192)]
     decoder = Decoder()

@@ -5,8 +5,11 @@ the unit it is given."""
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
 
 from estim.journal import Journal
 from estim.record import SessionRecord
@@ -97,3 +100,27 @@ def many_sessions(
         )
         for i in range(count)
     ]
+
+
+#: a session's real end, as its writer or its sidecar gives it
+COMPLETED: dict[str, Any] = {
+    "outcome": "completed",
+    "stop_reason": "the dwell is complete",
+    "ended_by": "unit",
+    "delivered_ms": 60000,
+    "started_utc": None,
+    "ended_utc": None,
+}
+
+
+def guessable(
+    path: Path, session_id: int, plan: dict[str, Any], unit: dict[str, Any], mask: int = 1
+) -> tuple[Journal, str]:
+    """A session whose writer (the journal returned) is still at work, output on, but
+    whose liveness lock is gone, as a journal of an older estim let it go on close():
+    the next open of the journal guesses it interrupted."""
+    writer = Journal(path)
+    sid = writer.begin(session_id, plan=plan, unit=unit, port="sim://", planned_ms=60000)
+    writer.append(sid, "output_started", {"dwell_ms": 60000, "channel_mask": mask}, unit_ms=0)
+    os.close(writer._locks.pop(sid))
+    return writer, sid

@@ -50,7 +50,7 @@ from .fhir_parts import (
     engine_version,
     start_server,
 )
-from .outbox_helpers import WallClock, copy_session, many_sessions
+from .outbox_helpers import COMPLETED, WallClock, copy_session, guessable, many_sessions
 from .records_helpers import varied_journal
 
 FAULT_SESSIONS = int(os.environ.get("ESTIM_FHIR_FAULT_SESSIONS", "40"))
@@ -546,10 +546,7 @@ def test_a_guess_of_interrupted_on_the_server_is_replaced_by_the_facts(
             {"channel": 2, "frequency_hz": 100, "pulse_width_us": 150, "amplitude_ma": 8},
         ],
     }
-    writer = Journal(path)
-    sid = writer.begin(0xA3E, plan=plan, unit=unit, port="sim://", planned_ms=60000)
-    writer.append(sid, "output_started", {"dwell_ms": 60000, "channel_mask": 3}, unit_ms=0)
-    os.close(writer._locks.pop(sid))  # as a journal of an older estim did on close()
+    writer, sid = guessable(path, 0xA3E, plan, unit, mask=3)
     with Journal(path) as guessing:
         assert guessing.interrupted == [sid]
         guess = guessing.get(sid)
@@ -558,18 +555,7 @@ def test_a_guess_of_interrupted_on_the_server_is_replaced_by_the_facts(
     assert first.location is not None
     (filed,) = held(server, guess)["Procedure"]
     assert filed["status"] != "completed"
-    writer.write_sidecar(
-        sid,
-        [],
-        {
-            "outcome": "completed",
-            "stop_reason": "the dwell is complete",
-            "ended_by": "unit",
-            "delivered_ms": 60000,
-            "started_utc": None,
-            "ended_utc": None,
-        },
-    )
+    writer.write_sidecar(sid, [], COMPLETED)
     writer._db.close()
     with Journal(path) as journal:  # the sidecar is imported: the facts replace the guess
         facts = journal.get(sid)

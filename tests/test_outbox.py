@@ -22,7 +22,7 @@ from estim.outbox import Outbox, utc_text
 from estim.record import EventRecord, SessionRecord
 from estim.sender import Backoff, Sender
 
-from .outbox_helpers import WallClock, copy_session
+from .outbox_helpers import COMPLETED, WallClock, copy_session, guessable
 from .records_helpers import varied_journal
 from .test_imports import graph
 
@@ -431,10 +431,7 @@ def test_a_guess_of_interrupted_already_sent_is_sent_again_when_the_facts_arrive
     of the old revision, arriving late, can no longer mark the new one sent."""
     path = tmp_path / "estim.db"
     clock = WallClock()
-    writer = Journal(path)
-    sid = writer.begin(0xABD, plan=_plan(), unit=UNIT, port="sim://", planned_ms=60000)
-    writer.append(sid, "output_started", {"dwell_ms": 60000, "channel_mask": 1}, unit_ms=0)
-    os.close(writer._locks.pop(sid))  # as a journal of an older estim did on close()
+    writer, sid = guessable(path, 0xABD, _plan(), UNIT)
     with Journal(path) as other:
         assert other.interrupted == [sid]
         outbox = Outbox(other)
@@ -445,18 +442,7 @@ def test_a_guess_of_interrupted_already_sent_is_sent_again_when_the_facts_arrive
         before = outbox.get(sid)
     assert before is not None
     assert (before.state, before.revision) == ("sent", 0)
-    writer.write_sidecar(
-        sid,
-        [],
-        {
-            "outcome": "completed",
-            "stop_reason": "the dwell is complete",
-            "ended_by": "unit",
-            "delivered_ms": 60000,
-            "started_utc": None,
-            "ended_utc": None,
-        },
-    )
+    writer.write_sidecar(sid, [], COMPLETED)
     writer._db.close()
     with Journal(path) as journal:  # imports the sidecar: the facts replace the guess
         assert journal.get(sid).outcome == "completed"
@@ -507,22 +493,11 @@ def test_a_guess_of_interrupted_is_replaced_when_its_writer_finishes_it(tmp_path
     guessed it interrupted: the record is the writer's, with no "interrupted" event,
     and its delivery is queued again one revision on."""
     path = tmp_path / "estim.db"
-    writer = Journal(path)
-    sid = writer.begin(0xABE, plan=_plan(), unit=UNIT, port="sim://", planned_ms=60000)
-    writer.append(sid, "output_started", {"dwell_ms": 60000, "channel_mask": 1}, unit_ms=0)
-    os.close(writer._locks.pop(sid))  # as a journal of an older estim did on close()
+    writer, sid = guessable(path, 0xABE, _plan(), UNIT)
     with Journal(path) as other:
         assert other.interrupted == [sid]
         Outbox(other).sent(sid, WallClock()(), server="https://fhir", location=None, status=201)
-    writer.finish(
-        sid,
-        outcome="completed",
-        stop_reason="the dwell is complete",
-        ended_by="unit",
-        delivered_ms=60000,
-        started_utc=None,
-        ended_utc=None,
-    )
+    writer.finish(sid, **COMPLETED)
     record = writer.get(sid)
     delivery = Outbox(writer).get(sid)
     writer.close()
@@ -539,10 +514,7 @@ def test_events_a_sidecar_adds_to_a_queued_session_queue_it_again(tmp_path: Path
     the end), so the delivery goes again; a sidecar that adds nothing queues nothing
     again."""
     path = tmp_path / "estim.db"
-    writer = Journal(path)
-    sid = writer.begin(0xABF, plan=_plan(), unit=UNIT, port="sim://", planned_ms=60000)
-    writer.append(sid, "output_started", {"dwell_ms": 60000, "channel_mask": 1}, unit_ms=0)
-    os.close(writer._locks.pop(sid))
+    writer, sid = guessable(path, 0xABF, _plan(), UNIT)
     with Journal(path) as other:
         assert other.interrupted == [sid]
         Outbox(other).sent(sid, WallClock()(), server="https://fhir", location=None, status=201)
@@ -583,11 +555,7 @@ def test_the_writers_events_after_a_guess_are_kept_and_the_guess_gives_way(
     the writer's finish removes the guess."""
     path = tmp_path / "estim.db"
     clock = WallClock()
-    writer = Journal(path)
-    sid = writer.begin(0xAC0, plan=_plan(), unit=UNIT, port="sim://", planned_ms=60000)
-    on = EventRecord(n=1, utc=utc_text(clock()), t=1.0, kind="output_started", unit_ms=0)
-    writer.write_event(sid, on, "running")
-    os.close(writer._locks.pop(sid))
+    writer, sid = guessable(path, 0xAC0, _plan(), UNIT)
     with Journal(path) as other:
         assert other.interrupted == [sid]
         Outbox(other).sent(sid, clock(), server="https://fhir", location=None, status=201)
@@ -598,15 +566,7 @@ def test_the_writers_events_after_a_guess_are_kept_and_the_guess_gives_way(
         event = EventRecord(n=n, utc=utc_text(clock()), t=n, kind=kind, data=data)
         writer.write_event(sid, event, "running")
     during = Outbox(writer).get(sid)
-    writer.finish(
-        sid,
-        outcome="completed",
-        stop_reason="the dwell is complete",
-        ended_by="unit",
-        delivered_ms=60000,
-        started_utc=None,
-        ended_utc=None,
-    )
+    writer.finish(sid, **COMPLETED)
     record = writer.get(sid)
     writer.close()
     assert during is not None
