@@ -18,7 +18,7 @@ from estim import fhir_client
 from estim.config import FhirSettings
 from estim.errors import JournalError
 from estim.journal import SCHEMA_VERSION, Journal
-from estim.outbox import Outbox, utc_text
+from estim.outbox import SUPERSEDED, Outbox, utc_text
 from estim.record import EventRecord, SessionRecord
 from estim.sender import Backoff, Sender
 
@@ -455,9 +455,15 @@ def test_a_guess_of_interrupted_already_sent_is_sent_again_when_the_facts_arrive
             sid, clock(), server="https://fhir", location="Procedure/1", status=200
         )
         assert not outbox.refused(sid, clock(), error="late", status=400, server="https://fhir")
+        # nor does a timeout of it put the new revision off to a later try
+        assert not outbox.failed(
+            sid, clock(), error="timed out", status=None, retry_at_s=clock() + 600, server="x"
+        )
         still = outbox.get(sid)
         assert still is not None
         assert (still.state, still.revision) == ("pending", 1)
+        assert still.next_attempt_utc == amended.next_attempt_utc
+        assert still.last_error == SUPERSEDED
         clock.now += 5  # (the import stamped "due" with the real clock)
         assert outbox.due(clock()) == [sid]  # due now, held by no sender
         assert outbox.claim(sid, clock(), 60.0, by_hand=False)

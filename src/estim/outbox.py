@@ -304,15 +304,29 @@ class Outbox:
         status: int | None,
         retry_at_s: float,
         server: str,
-    ) -> None:
-        """A try that may succeed later: the session stays (or is again) pending."""
+        revision: int = 0,
+    ) -> bool:
+        """A try of ``revision`` that may succeed later: the session stays (or is again)
+        pending, next tried at ``retry_at_s``. False if the record has changed since:
+        the new one stays due now, not put off by the old one's failure."""
         with self._write() as db:
-            db.execute(
+            changed = db.execute(
                 "UPDATE outbox SET state='pending', attempts=attempts+1, lease_until_utc=NULL, "
                 "last_attempt_utc=?, last_error=?, status=?, next_attempt_utc=?, server=? "
-                "WHERE session_id=?",
-                (utc_text(now_s), error, status, utc_text(retry_at_s), server, session_id),
-            )
+                "WHERE session_id=? AND revision=?",
+                (
+                    utc_text(now_s),
+                    error,
+                    status,
+                    utc_text(retry_at_s),
+                    server,
+                    session_id,
+                    revision,
+                ),
+            ).rowcount
+            if not changed:
+                _superseded(db, session_id, now_s, server)
+        return bool(changed)
 
     def refused(
         self,

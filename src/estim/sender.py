@@ -143,7 +143,9 @@ class Sender:
         try:
             parts = session_transactions(record, self.systems, update=revision > 0)
         except Exception as err:  # a record estim cannot express: a bug, kept in view
-            return self._retry(session_id, f"estim could not build the bundle: {err!r}", None, None)
+            return self._retry(
+                session_id, revision, f"estim could not build the bundle: {err!r}", None, None
+            )
         filed: dict[str, str] = {}
         for part in parts:
             verdict = self._post(point_at(part, filed))
@@ -174,7 +176,9 @@ class Sender:
             ):
                 return Attempt(session_id, "retry", changed, status, utc_text(now))
             return Attempt(session_id, "refused", verdict.detail, status)
-        return self._retry(session_id, verdict.detail, verdict.status, verdict.retry_after_s)
+        return self._retry(
+            session_id, revision, verdict.detail, verdict.status, verdict.retry_after_s
+        )
 
     def _post(self, bundle: dict[str, Any]) -> fhir_client.Verdict:
         body = json.dumps(bundle, ensure_ascii=False).encode()
@@ -190,7 +194,12 @@ class Sender:
         return fhir_client.judge(answer, entries=len(bundle["entry"]))
 
     def _retry(
-        self, session_id: str, error: str, status: int | None, retry_after_s: float | None
+        self,
+        session_id: str,
+        revision: int,
+        error: str,
+        status: int | None,
+        retry_after_s: float | None,
     ) -> Attempt:
         now = self.clock()
         row = self.outbox.get(session_id)
@@ -198,14 +207,16 @@ class Sender:
         wait = self.backoff.delay(failed, self.rng)
         if retry_after_s is not None:
             wait = max(wait, retry_after_s)
-        self.outbox.failed(
+        if not self.outbox.failed(
             session_id,
             now,
             error=error,
             status=status,
             retry_at_s=now + wait,
             server=self.settings.base_url,
-        )
+            revision=revision,
+        ):
+            return Attempt(session_id, "retry", SUPERSEDED, status, utc_text(now))
         return Attempt(session_id, "retry", error, status, utc_text(now + wait))
 
 
