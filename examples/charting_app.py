@@ -57,6 +57,12 @@ def print_event(event: estim.EventRecord) -> None:
     print(json.dumps({"t": event.t, "kind": event.kind, **event.data}, default=str), flush=True)
 
 
+def refuse(words: str) -> int:
+    """A request that cannot be carried out: one line, exit 2."""
+    print(f"charting_app: {words}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("plan", help="the plan as JSON: a file, or - for stdin")
@@ -64,19 +70,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real-time", action="store_true", help="sim:// on the real clock")
     args = parser.parse_args(argv)
 
-    text = sys.stdin.read() if args.plan == "-" else Path(args.plan).read_text(encoding="utf-8")
+    try:
+        text = sys.stdin.read() if args.plan == "-" else Path(args.plan).read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        return refuse(f"cannot read the plan: {err}")
     try:
         plan = estim.SessionPlan.model_validate_json(text)
     except ValueError as err:
-        print(f"charting_app: the plan is not valid: {err}", file=sys.stderr)
-        return 2
+        return refuse(f"the plan is not valid: {err}")
     args.outdir.mkdir(parents=True, exist_ok=True)
-    with (
-        estim.Journal(args.outdir / "estim.db") as journal,
-        simulated_unit(args.real_time) as (url, clock),
-    ):
-        session_id = estim.aio.run(run_plan(url, plan, journal), clock=clock)
-        record = journal.get(session_id)  # the journal's record: what the chart files
+    try:
+        with (
+            estim.Journal(args.outdir / "estim.db") as journal,
+            simulated_unit(args.real_time) as (url, clock),
+        ):
+            session_id = estim.aio.run(run_plan(url, plan, journal), clock=clock)
+            record = journal.get(session_id)  # the journal's record: what the chart files
+    except estim.PlanError as err:  # the unit's own limits refused it: nothing started
+        return refuse(str(err))
+    except estim.EstimError as err:  # the unit or the journal failed: output is off
+        print(f"charting_app: {err}", file=sys.stderr)
+        return 1
     for name, suffix in (("fhir", "fhir.json"), ("html", "html")):
         (args.outdir / f"{record.id}.{suffix}").write_bytes(FORMATS[name].render([record]))
     print(

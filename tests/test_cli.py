@@ -157,11 +157,22 @@ def test_link_lost_exits_5(
 def test_a_journal_that_cannot_be_opened_exits_6_and_starts_nothing(
     runner: CliRunner, estim_url: str, estim_unit: SimulatedUnit, tmp_path: Path
 ) -> None:
+    import sqlite3
+
+    newer = tmp_path / "estim.db"  # a journal this estim cannot write: a newer schema
+    db = sqlite3.connect(newer)
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    result = invoke(runner, *run_args(estim_url, "--yes", "--db", str(newer)))
+    assert result.exit_code == 6
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "newer than this estim" in result.stderr
+    assert estim_unit.requests_seen[MessageType.START] == 0
+    # (a --db under a file, where no directory can be, is bad usage: exit 2)
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     result = invoke(runner, *run_args(estim_url, "--yes", "--db", str(blocker / "estim.db")))
-    assert result.exit_code == 6
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.exit_code == 2
     assert estim_unit.requests_seen[MessageType.START] == 0
 
 

@@ -484,13 +484,48 @@ def test_a_fault_in_estim_itself_is_one_line_exit_7_and_output_stopped(
     assert estim_unit.events("output_off")[-1].data["reason"] == "stop"
 
 
-def test_a_journal_that_is_not_a_journal_says_so(runner: CliRunner, tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [["history"], ["run", "--dwell", "1m", *GOOD, "--yes"]])
+def test_a_journal_that_is_not_a_journal_says_so(
+    runner: CliRunner,
+    tmp_path: Path,
+    estim_url: str,
+    estim_unit: SimulatedUnit,
+    command: list[str],
+) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_text("shopping list\n" * 100)
-    result = runner.invoke(cli, ["history", "--db", str(notes)])
+    port = ["--port", estim_url] if command[0] == "run" else []
+    result = runner.invoke(cli, [*command, *port, "--db", str(notes)])
     assert result.exit_code == 2  # a wrong --db is bad usage (issue 18: it was 6, "not written")
     assert_one_line(result.stderr, f"{notes} is not an estim journal (or it is damaged)")
     assert notes.read_text() == "shopping list\n" * 100
+    # nothing made beside it either (it left an empty notes.txt.locks/)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    assert estim_unit.requests_seen[MessageType.START] == 0
+
+
+def test_a_journal_in_a_directory_that_does_not_exist_is_refused(
+    runner: CliRunner, tmp_path: Path, estim_url: str, estim_unit: SimulatedUnit
+) -> None:
+    """A mistyped --db made the missing directories and ran the session into a journal
+    nobody would look in."""
+    db = tmp_path / "clinc" / "records" / "estim.db"
+    result = runner.invoke(
+        cli, ["run", "--port", estim_url, "--dwell", "1m", *GOOD, "--yes", "--db", str(db)]
+    )
+    assert result.exit_code == 2
+    assert_one_line(
+        result.stderr,
+        f"estim: no directory {db.parent} for the journal {db}; create it first, or check --db",
+    )
+    assert not (tmp_path / "clinc").exists()
+    assert estim_unit.requests_seen[MessageType.START] == 0
+
+
+def test_a_directory_as_the_port_is_not_a_serial_port(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(cli, ["info", "--port", str(tmp_path)])
+    assert result.exit_code == 2  # it was 5, "cannot open", errno 21 said twice
+    assert_one_line(result.stderr, f"estim: {tmp_path} is not a serial port; serial ports here:")
 
 
 def test_a_journal_on_a_full_disk_says_what_to_check() -> None:

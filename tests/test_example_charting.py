@@ -63,3 +63,32 @@ def test_the_example_reads_the_plan_from_stdin_and_refuses_a_bad_one(tmp_path: P
     assert done.returncode == 2
     assert "outside 60-600 s" in done.stderr
     assert not (tmp_path / "chart").exists()
+
+
+def run_app(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(APP), *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_a_plan_the_unit_refuses_is_one_line(
+    tmp_path: Path,
+) -> None:
+    plan = tmp_path / "plan.json"
+    over = dict(PLAN, channels=[dict(PLAN["channels"][0], amplitude_ma=900)])  # type: ignore[call-overload]
+    plan.write_text(json.dumps(over))
+    done = run_app(str(plan), str(tmp_path / "chart"))
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "charting_app: channel 1: amplitude 900 mA is above the unit's maximum 50 mA"
+    ]
+    assert done.stdout == ""
+
+
+def test_a_plan_file_that_is_not_there_is_one_line(tmp_path: Path) -> None:
+    done = run_app(str(tmp_path / "missing.json"), str(tmp_path / "chart"))
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert line.startswith("charting_app: cannot read the plan: ")
+    assert "missing.json" in line
+    assert not (tmp_path / "chart").exists()

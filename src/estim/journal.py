@@ -165,6 +165,7 @@ class Journal(JournalQueries):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
+            self._liveness.create()  # (not beside a file that turned out not to be a journal)
             self._migrate()
             #: sessions whose final records came back from a sidecar file
             self.imported = import_sidecars(self)
@@ -173,6 +174,9 @@ class Journal(JournalQueries):
             self._db.close()
             kind = NotAJournal if "not a database" in str(err) else JournalError
             raise kind(_open_problem(self.path, err)) from None
+        except OSError as err:
+            self._db.close()
+            raise JournalError(f"cannot open the journal {self.path}: {err}") from None
         except BaseException:
             self._db.close()
             raise
@@ -186,7 +190,6 @@ class Journal(JournalQueries):
         if not self.path.exists():
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
             os.close(fd)
-        self._liveness.create()
 
     def _migrate(self) -> None:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()

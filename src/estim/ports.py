@@ -64,7 +64,7 @@ def _open_error(url: str, err: BaseException) -> LinkError:
     text = str(err).removeprefix(f"{url}: ")  # (said once, in front)
     if "sim option" in text:
         return BadPortURL(f"{url}: {text}")
-    if code == errno.ENOTTY or "Inappropriate ioctl" in text:
+    if code in (errno.ENOTTY, errno.EISDIR) or "Inappropriate ioctl" in text:
         return BadPortURL(f"{url} is not a serial port; {ports_hint()}")
     if code in (errno.EBUSY, errno.EAGAIN) or "exclusively lock" in text or "busy" in text.lower():
         return PortBusy(f"port {url} is busy: another program has it open; close it and try again")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -45,6 +46,17 @@ def error_line(message: str) -> None:
         click.echo(f"estim: {' '.join(str(message).split())}", err=True)
     except (OSError, ValueError):
         pass
+
+
+def need_journal_directory(db: str | None) -> None:
+    """A named journal (``--db``, ``$ESTIM_DB``) goes in a directory that exists: a
+    mistyped path would otherwise make its directories and record the session where
+    nobody looks. (The default journal's directory is estim's own: made when needed.)"""
+    if db is None:
+        return
+    path = Path(db).expanduser()
+    if not path.parent.is_dir():
+        fail(f"no directory {path.parent} for the journal {path}; create it first, or check --db")
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -20,6 +20,7 @@ from estim.cli.common import (
     echo_json,
     error_line,
     fail,
+    need_journal_directory,
     need_port,
     port_option,
 )
@@ -336,6 +337,7 @@ def run(
                 fail(f"{outside}; besides, {also}")
         raise
     url = need_port(port)
+    need_journal_directory(db)
     from estim.device import connect
     from estim.errors import LinkError, PortNotFound, RemoteProtocolError
     from estim.signals import SignalLatch, stop_on_signals
@@ -376,13 +378,13 @@ def _start_and_follow(
     device: Device, plan: SessionPlan, latch: SignalLatch, *, db: str | None, as_json: bool
 ) -> SessionRecord:
     from estim.errors import DeviceError, JournalError, LinkError, PlanError
-    from estim.journal import Journal
+    from estim.journal import Journal, NotAJournal
     from estim.protocol import ErrorCode
 
     try:
         journal = Journal(db) if db else Journal()
-    except JournalError as err:
-        fail(str(err), JOURNAL)
+    except JournalError as err:  # a wrong --db is bad usage; a journal that fails, exit 6
+        fail(str(err), USAGE if isinstance(err, NotAJournal) else JOURNAL)
     with journal:
         if latch.pending is not None:
             fail(f"not started: {latch.pending[1]}", STOPPED)

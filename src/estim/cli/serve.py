@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
-from estim.cli.common import UNREACHABLE, USAGE, error_line, fail
+from estim.cli.common import JOURNAL, UNREACHABLE, USAGE, error_line, fail, need_journal_directory
 
 
 @click.command()
@@ -61,10 +63,14 @@ def serve(
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as err:
-        fail(f"estim serve needs the serve extra: pip install 'estim[serve]' ({err})")
+        fail(
+            "estim serve needs the serve extra (FastAPI, uvicorn); from estim's clone: "
+            f"python3 -m pip --python {sys.executable} install '.[serve]' ({err})"
+        )
     from estim.cli.run import load_clinic_config
     from estim.config import ConfigError
     from estim.errors import JournalError
+    from estim.journal import NotAJournal
     from estim.serve import settings as serve_settings
     from estim.serve.service import Service, serve_forever
 
@@ -79,10 +85,11 @@ def serve(
     problems = settings.problems()
     if problems:
         fail(problems[0], USAGE)
+    need_journal_directory(db)
     try:
         service = Service(settings, journal_path=db, presets=config.presets, fhir=config.fhir)
-    except JournalError as err:
-        fail(str(err), 6)
+    except JournalError as err:  # a wrong --db is bad usage; a journal that fails, exit 6
+        fail(str(err), USAGE if isinstance(err, NotAJournal) else JOURNAL)
     where = f"http://{settings.host}:{settings.port}/"
     click.echo(f"estim serve: {len(settings.rooms)} room(s) at {where}  (Ctrl-C stops)")
     for room in settings.rooms:
