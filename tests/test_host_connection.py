@@ -21,6 +21,7 @@ from estim.protocol import (
     Nack,
     OutputStarted,
     RampDone,
+    Start,
     State,
     Status,
     Stop,
@@ -29,6 +30,8 @@ from estim.protocol import (
 )
 
 from .strategies import any_message
+
+START = Start(session_id=9, dwell_ms=60_000, ramp_ms=0, watchdog_ms=500, channel_mask=1)
 
 
 def ack(seq: int, kind: MessageType = MessageType.HEARTBEAT) -> bytes:
@@ -88,6 +91,30 @@ def test_retries_per_request_and_forever_until_cancelled() -> None:
         assert conn.poll(t) == ([stop_wire], [])
     conn.cancel(stop.seq)
     assert conn.poll(10.0) == ([], [])
+
+
+def test_a_start_is_never_resent_once_a_stop_has_gone_out() -> None:
+    """PROTOCOL.md 9: a START lost on the line and resent after a STOP would start
+    output after the unit acknowledged the stop. It is still matched to its answer
+    until it would have been resent, then expires; other requests are resent as ever."""
+    conn = HostConnection(first_seq=1, response_timeout=0.1, retries=2)
+    start, _ = conn.send(START, 0.0)
+    _, poll_wire = conn.send(GetStatus(), 0.0)
+    assert conn.poll(0.1)[0] != []  # (before the STOP, START is resent as usual)
+    conn.send(Stop(reason=1), 0.15, retries="forever")
+    wires, expired = conn.poll(0.2)
+    assert Expired(start, 2) in expired
+    assert all(decode(w).TYPE != MessageType.START for w in wires)
+    assert poll_wire in wires
+
+
+def test_a_start_answered_after_a_stop_went_out_is_still_matched() -> None:
+    conn = HostConnection(first_seq=1, response_timeout=0.1, retries=2)
+    start, _ = conn.send(START, 0.0)
+    conn.send(Stop(reason=1), 0.01, retries="forever")
+    [answer] = conn.receive(ack(start.seq, MessageType.START), 0.02)
+    assert isinstance(answer, Answer)
+    assert answer.request == start
 
 
 def test_events_the_first_is_the_start_then_gaps_are_reported() -> None:

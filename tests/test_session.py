@@ -730,3 +730,64 @@ def test_a_heartbeat_slower_than_a_quarter_of_the_watchdog_is_refused(
     from estim.protocol import MessageType
 
     assert estim_unit.requests_seen[MessageType.START] == 0
+
+
+@pytest.mark.parametrize("how", ["estim stop", "device.stop"])
+def test_a_start_lost_on_the_line_is_not_resent_after_a_stop(
+    device: Device,
+    journal: Journal,
+    estim_unit: SimulatedUnit,
+    estim_clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    """The first START is lost on the line; the operator stops; the unit, idle, ACKs the
+    STOP. The host then resent the START it still had pending, and the unit turned
+    output on after the stop was acknowledged (until its watchdog tripped)."""
+    import threading
+
+    from estim.protocol import Start
+
+    lost = threading.Event()
+    receive = estim_unit._request
+
+    def line(message: Any, now: int) -> None:
+        if isinstance(message, Start) and not lost.is_set():
+            lost.set()  # its CRC failed on the way: no answer
+            return
+        receive(message, now)
+
+    monkeypatch.setattr(estim_unit, "_request", line)
+    outcome: list[Any] = []
+
+    def start() -> None:
+        try:
+            outcome.append(device.start(plan(), journal=journal))
+        except EstimError as err:
+            outcome.append(err)
+
+    # a participant of the clock: while it waits for START's answer, time stands still
+    # until this thread moves it
+    starter = estim_clock.start_thread(start, "starter")
+    assert lost.wait(10.0)
+    if how == "estim stop":
+        device._stop_for_estim_stop()
+    else:
+        device.stop()
+    assert estim_unit.requests_seen[MessageType.STOP] >= 1
+    for _ in range(30):  # 3 s: past every resend and the watchdog
+        estim_clock.advance(0.1)
+    starter.join(10.0)
+    assert not starter.is_alive()
+    assert estim_unit.events("output_on") == []
+    assert estim_unit.requests_seen[MessageType.START] == 1
+    [record] = journal.query()
+    assert "output_started" not in [e.kind for e in record.events]
+    [error] = outcome  # start() did not hand over a session that never ran
+    assert isinstance(error, EstimError)
+    if how == "estim stop":  # the session's own stop: its record says so
+        assert (record.outcome, record.stop_reason) == ("stopped", "stopped with estim stop")
+    else:  # a STOP to the unit behind the session's back: START went unanswered
+        assert record.outcome == "link_lost"
+        assert record.stop_reason is not None
+        assert "never started this session" in record.stop_reason

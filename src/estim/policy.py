@@ -131,6 +131,8 @@ class SessionPolicy(StartSequence, LiveLoop, UnitReports):
             self._configuring.discard(request.seq)
             again = ConfigureAsked(tag.channel, tag.attempt + 1)
             self._configuring.add(self._send(request, now, again))  # a new seq
+        elif isinstance(tag, StartAsked) and self._stop is not None:
+            pass  # not sent again once the STOP went out (PROTOCOL.md 9): the STOP ends it
         elif isinstance(tag, ConfigureAsked | StartAsked):
             self._link_trouble(now, f"the unit did not answer {request.TYPE.name}")
         elif isinstance(tag, AmplitudeAsked):

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from .constants import INTER_BYTE_GAP_S, Kind
+from .constants import INTER_BYTE_GAP_S, Kind, MessageType
 from .frame import Decoder, encode_payload, encode_with_payload
 from .messages import Event, Message
 
@@ -140,6 +140,8 @@ class HostConnection:
         wire = encode_with_payload(request.KIND, request.seq, request.TYPE, payload)
         wait = self.response_timeout if timeout is None else timeout
         tries = None if retries == "forever" else 1 + (self.retries if retries is None else retries)
+        if request.TYPE == MessageType.STOP:
+            self._no_more_starts()
         self._pending[request.seq] = _Pending(request, wire, wait, tries, now + wait)
         self.stats.requests += 1
         return request, wire
@@ -147,6 +149,15 @@ class HostConnection:
     def cancel(self, seq: int) -> None:
         """Forget a pending request: it is not resent, and its answer is ignored."""
         self._pending.pop(seq, None)
+
+    def _no_more_starts(self) -> None:
+        """A STOP is going out: no START still pending is sent again (PROTOCOL.md 9).
+        One lost on the line and resent after the STOP would start output after the
+        unit acknowledged the stop. Each is still matched to its answer until it would
+        have been resent, then expires."""
+        for p in self._pending.values():
+            if p.request.TYPE == MessageType.START:
+                p.tries = p.attempts
 
     def poll(self, now: float) -> tuple[list[bytes], list[Expired]]:
         """What time alone does: the bytes of every retransmission due, and the

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
-from estim.errors import EstimError, LinkError
+from estim.errors import EstimError, LinkError, UnitBusy
 from estim.journal import Journal
 from estim.limits import ClinicLimits
 from estim.plan import SessionPlan
@@ -211,13 +211,15 @@ class Room:
 
     def start(self, plan: SessionPlan) -> Any:
         """Start ``plan``; returns the session once the unit accepted START. Raises
-        what ``Device.start`` raises (``PlanError`` before anything is sent,
+        ``UnitBusy`` while another start is under way in the room (a stop held for
+        that one stays held), what ``Device.start`` raises (``PlanError`` before anything is sent,
         ``UnitBusy``, ``DeviceError``, ``LinkError``, ``JournalError``) or
         ``RoomUnavailable``."""
         device = self.device()
         with self._lock:
+            if self._starting:  # one start at a time: a stop held for it must not be lost
+                raise UnitBusy(f"room {self.id}: a session is starting; wait for it, or stop it")
             self._starting = True
-            self._pending_stop = None
         session = None
         try:
             session = device.start(plan, journal=self.journal, on_event=self._on_event)
