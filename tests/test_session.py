@@ -791,3 +791,49 @@ def test_a_start_lost_on_the_line_is_not_resent_after_a_stop(
         assert record.outcome == "link_lost"
         assert record.stop_reason is not None
         assert "never started this session" in record.stop_reason
+
+
+def test_a_bug_in_the_session_policy_stops_output_and_says_so_instead_of_killing_the_runner(
+    device: Device,
+    journal: Journal,
+    estim_unit: SimulatedUnit,
+    estim_clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stray COMPLETED (session 0) before START's ACK raised IllegalTransition in the
+    I/O thread, which died: no more heartbeats, ``start()`` never returned, the record
+    never ended; only the unit's watchdog stopped output. Whatever the policy raises,
+    the session is stopped as a fault in estim and the runner goes on."""
+    from estim.protocol import Completed, Start
+
+    start = estim_unit._start
+
+    def stray_then_start(message: Start, now: int) -> Any:
+        estim_unit._emit(Completed, now, session_id=0, delivered_ms=0)
+        estim_unit._flush_events()  # out before the START's ACK
+        return start(message, now)
+
+    monkeypatch.setattr(estim_unit, "_start", stray_then_start)
+    import threading
+
+    outcome: list[Any] = []
+
+    def start_and_wait() -> None:
+        try:
+            outcome.append(device.start(plan(), journal=journal).wait(timeout=5))
+        except EstimError as err:
+            outcome.append(err)
+
+    starter = threading.Thread(target=start_and_wait, daemon=True)
+    starter.start()
+    starter.join(20.0)  # (real seconds: it hung for ever)
+    assert outcome, "start() never returned"
+    estim_clock.advance(2)
+    assert not estim_unit.output_on
+    assert estim_unit.faults == set()  # stopped by the host, not by the unit's watchdog
+    [record] = journal.query()
+    assert record.outcome == "aborted"
+    assert record.stop_reason is not None
+    assert record.stop_reason.startswith("internal error in estim: IllegalTransition")
+    monkeypatch.undo()
+    assert device.status().state.name == "IDLE"  # the runner still answers

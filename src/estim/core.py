@@ -10,7 +10,10 @@ this, so whatever both need lives here, once.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from estim.errors import (
     EstimError,
@@ -231,13 +234,41 @@ class HostCore:
             if isinstance(item, Answer):
                 owner = self._owners.pop(item.request.seq, None)
                 if isinstance(owner, SessionPolicy):
-                    owner.on_answer(item.request, item.response, now)
+                    self._safely(owner, now, owner.on_answer, item.request, item.response, now)
                 elif owner is not None:
                     self._out.resolved.append((owner.token, item.response))
             else:
                 for policy in list(self.sessions):
-                    policy.on_event(item, now)
+                    self._safely(policy, now, policy.on_event, item, now)
         self._collect()
+
+    def _safely(
+        self, policy: SessionPolicy, now: float, act: Callable[..., None], *args: Any
+    ) -> None:
+        """One call into a session's policy from the I/O side. An exception there is a
+        bug in estim (or a unit that lies in a way no rule foresaw): the session is
+        stopped as a host error, with the exception in its record, and the runner goes
+        on. (It killed the I/O thread: no heartbeats, no end, a caller waiting for ever;
+        only the unit's watchdog stopped output.)"""
+        try:
+            act(*args)
+        except Exception as err:
+            self._policy_failed(policy, err, now)
+
+    def _policy_failed(self, policy: SessionPolicy, err: Exception, now: float) -> None:
+        why = f"internal error in estim: {err!r}; output was stopped (please report it)"
+        try:
+            policy.stop(StopReason.HOST_ERROR, why, now, outcome="aborted")
+            return
+        except Exception:
+            pass
+        # the policy cannot even stop: a STOP straight to the unit, and the session ends
+        # as if its link were lost, saying why
+        _, wire = self.conn.send(Stop(reason=int(StopReason.HOST_ERROR)), now, retries="forever")
+        if self.lost is None:
+            self._out.writes.append(wire)
+        with contextlib.suppress(Exception):
+            policy.on_link_down(LinkLost(why), now)
 
     def tick(self, now: float) -> None:
         """Retransmissions, expiries, STOPs given up, and each session's timers."""
@@ -247,7 +278,7 @@ class HostCore:
         for gone in expired:
             owner = self._owners.pop(gone.request.seq, None)
             if isinstance(owner, SessionPolicy):
-                owner.on_expired(gone.request, now)
+                self._safely(owner, now, owner.on_expired, gone.request, now)
             elif owner is not None:
                 self._out.resolved.append(
                     (
@@ -262,7 +293,7 @@ class HostCore:
                 )
         self._give_up_stops(now)
         for policy in list(self.sessions):
-            policy.tick(now)
+            self._safely(policy, now, policy.tick, now)
         self._collect()
 
     def _give_up_stops(self, now: float) -> None:
