@@ -316,3 +316,21 @@ def test_estim_help_does_not_import_the_heavy_modules() -> None:
 
 def _events(result: Result) -> list[dict[str, Any]]:
     return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_the_exit_code_of_an_ending_says_who_ended_it(tmp_path: Path) -> None:
+    from estim.cli.run import exit_code
+
+    from .records_helpers import varied_journal
+
+    record = varied_journal(tmp_path / "estim.db")[0]
+
+    def code(**changes: Any) -> int:
+        return exit_code(record.model_copy(update={"journal_error": None, **changes}))
+
+    assert code(outcome="stopped", stop_reason="operator", ended_by=None) == 3
+    # a unit that ended its dwell early: a fault of the unit, not the operator's stop
+    assert code(outcome="stopped", stop_reason="the unit reported ...", ended_by="unit") == 4
+    # a bug in estim (the session was stopped as a host error): README's 7
+    assert code(outcome="aborted", stop_reason="internal error in estim: KeyError(1)") == 7
+    assert code(outcome="aborted", stop_reason="journal: disk full") == 6

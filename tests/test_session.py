@@ -800,10 +800,42 @@ def test_a_bug_in_the_session_policy_stops_output_and_says_so_instead_of_killing
     estim_clock: ManualClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A stray COMPLETED (session 0) before START's ACK raised IllegalTransition in the
-    I/O thread, which died: no more heartbeats, ``start()`` never returned, the record
-    never ended; only the unit's watchdog stopped output. Whatever the policy raises,
-    the session is stopped as a fault in estim and the runner goes on."""
+    """An exception in the policy (a stray COMPLETED for session 0 before START's ACK
+    raised IllegalTransition) killed the I/O thread: no more heartbeats, ``start()``
+    never returned, the record never ended; only the unit's watchdog stopped output.
+    Whatever the policy raises, the session is stopped as a fault in estim and the
+    runner goes on. (The bug here is put in on purpose: the first RAMP_DONE raises.)"""
+    from estim.unit_reports import UnitReports
+
+    handle = UnitReports._unit_event
+
+    def buggy(self: UnitReports, item: Any, now: float) -> None:
+        if type(item).__name__ == "RampDone":
+            raise KeyError("a bug")
+        handle(self, item, now)
+
+    monkeypatch.setattr(UnitReports, "_unit_event", buggy)
+    session = device.start(plan(), journal=journal)
+    estim_clock.advance(6)  # past the 5 s ramp
+    record = session.wait(timeout=5)
+    assert not estim_unit.output_on
+    assert estim_unit.faults == set()  # stopped by the host, not by the unit's watchdog
+    assert record.outcome == "aborted"
+    assert record.stop_reason is not None
+    assert record.stop_reason.startswith("internal error in estim: KeyError('a bug')")
+    monkeypatch.undo()
+    assert device.status().state.name == "IDLE"  # the runner still answers
+
+
+def test_a_stray_completed_before_start_is_answered_leaves_no_output_on(
+    device: Device,
+    journal: Journal,
+    estim_unit: SimulatedUnit,
+    estim_clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A COMPLETED naming session 0 arrives before START's ACK: the session ended on
+    it, the unit then took the START, and nothing stopped it or fed its watchdog."""
     from estim.protocol import Completed, Start
 
     start = estim_unit._start
@@ -814,26 +846,43 @@ def test_a_bug_in_the_session_policy_stops_output_and_says_so_instead_of_killing
         return start(message, now)
 
     monkeypatch.setattr(estim_unit, "_start", stray_then_start)
-    import threading
-
-    outcome: list[Any] = []
-
-    def start_and_wait() -> None:
-        try:
-            outcome.append(device.start(plan(), journal=journal).wait(timeout=5))
-        except EstimError as err:
-            outcome.append(err)
-
-    starter = threading.Thread(target=start_and_wait, daemon=True)
-    starter.start()
-    starter.join(20.0)  # (real seconds: it hung for ever)
-    assert outcome, "start() never returned"
+    with pytest.raises(EstimError):
+        device.start(plan(), journal=journal)
     estim_clock.advance(2)
     assert not estim_unit.output_on
-    assert estim_unit.faults == set()  # stopped by the host, not by the unit's watchdog
+    assert estim_unit.faults == set()  # the host stopped it, not the unit's watchdog
     [record] = journal.query()
-    assert record.outcome == "aborted"
-    assert record.stop_reason is not None
-    assert record.stop_reason.startswith("internal error in estim: IllegalTransition")
+    assert record.outcome != "completed"
     monkeypatch.undo()
-    assert device.status().state.name == "IDLE"  # the runner still answers
+    assert device.status().state.name == "IDLE"
+
+
+def test_a_unit_that_ends_its_dwell_early_is_not_recorded_as_a_completed_dwell(
+    device: Device,
+    journal: Journal,
+    estim_unit: SimulatedUnit,
+    estim_clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A unit whose deadline is wrong sends COMPLETED 30 s into a 10 min dwell: the
+    record said "completed, the unit's own deadline ended it" with 30 s of 600."""
+    timed = estim_unit._timed
+
+    def early(*args: Any) -> Any:
+        due = timed(*args)
+        live = estim_unit._session
+        if live is None:
+            return due
+        at = live.start_us + 30_000_000
+        return (at, -1, estim_unit._complete) if due is None or at <= due[0] else due
+
+    monkeypatch.setattr(estim_unit, "_timed", early)
+    session = device.start(plan(), journal=journal)
+    estim_clock.advance(31)
+    record = session.wait(timeout=5)
+    assert record.delivered_s == pytest.approx(30.0, abs=0.1)
+    assert record.outcome == "stopped"
+    assert record.stop_reason == (
+        "the unit reported its dwell complete after 30 s of 600 s by its own clock: it "
+        "ended output early, so the dwell was not complete"
+    )

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from estim.errors import DeviceError, DeviceFault, EstimError
 from estim.info import UnitStatus
 from estim.limits import Limits
-from estim.pending import Pending, StopAsked
+from estim.pending import Pending, StartAsked, StopAsked
 from estim.plan import SessionPlan
 from estim.protocol import Fault, Heartbeat, Message, Stop, StopReason
 from estim.protocol.host import Retries
@@ -319,9 +319,14 @@ class PolicyBase:
         self.outcome = self.states.state.value
         self.stop_reason = reason
         self.ended_by = ended_by
+        start_unanswered = any(isinstance(tag, StartAsked) for tag in self._tags.values())
         for seq in list(self._tags):
             self.link.cancel(seq)
         self._tags.clear()
+        if start_unanswered and self._stop is None:
+            # ended before the unit answered START (on the unit's own word, say): it may
+            # yet take it, with no session left here to stop it or feed its watchdog
+            self.link.send(Stop(reason=int(StopReason.HOST_ERROR)), now, self)
         for token in self._stop_waiters:
             self._resolve(token, None)
         self._stop_waiters.clear()

@@ -63,7 +63,12 @@ class UnitReports(PolicyBase):
         elif isinstance(item, Completed):
             self.delivered_ms = self._believed_delivered(item.delivered_ms, now)
             self._record("unit_completed", {"delivered_ms": item.delivered_ms}, now=now, unit_ms=ms)
-            if not self.done:  # the dwell ran out first, whatever else was asked
+            if self.done:
+                return
+            short = self._unit_ended_early(item.delivered_ms)
+            if short is not None:
+                self._end("stopped", short, ended_by="unit", now=now)
+            else:  # the dwell ran out first, whatever else was asked
                 self._end("completed", "the unit's own deadline ended it", ended_by="unit", now=now)
         elif isinstance(item, FaultRaised):
             name = fault_name(item.fault)
@@ -201,6 +206,19 @@ class UnitReports(PolicyBase):
             "output can have been on; not believed, so the time delivered is unknown"
         )
         return None
+
+    def _unit_ended_early(self, delivered_ms: int) -> str | None:
+        """Why a COMPLETED from the unit is not a completed dwell, if it is not: the
+        time it reports falls short of the dwell by more than the clocks' tolerance
+        (a unit whose deadline is wrong)."""
+        planned = self._dwell_ms
+        if delivered_ms >= planned - planned * CLOCK_TOLERANCE - REPORT_TICK_MS:
+            return None
+        return (
+            f"the unit reported its dwell complete after {delivered_ms / 1000:g} s of "
+            f"{self.plan.dwell:g} s by its own clock: it ended output early, so the dwell "
+            "was not complete"
+        )
 
     def _short_of_dwell(self) -> str | None:
         """Why a session the host's dwell timer ended is not a completed dwell, if it

@@ -10,6 +10,7 @@ import click
 from estim.cli.common import (
     DECLINED,
     EXIT_CODES_HELP,
+    INTERNAL,
     JOURNAL,
     OK,
     STOPPED,
@@ -217,10 +218,15 @@ def summary(plan: SessionPlan, device: Device) -> list[str]:
 
 
 def exit_code(record: SessionRecord) -> int:
+    why = record.stop_reason or ""
     if record.journal_error:
         return JOURNAL
     if record.outcome == "aborted":
-        return JOURNAL if (record.stop_reason or "").startswith("journal") else STOPPED
+        if why.startswith("internal error in estim"):
+            return INTERNAL
+        return JOURNAL if why.startswith("journal") else STOPPED
+    if record.outcome == "stopped" and record.ended_by == "unit":
+        return UNIT_FAULT  # the unit ended output before its dwell: not the operator
     return OUTCOME_EXIT.get(record.outcome or "", UNREACHABLE)
 
 
