@@ -886,3 +886,38 @@ def test_a_unit_that_ends_its_dwell_early_is_not_recorded_as_a_completed_dwell(
         "the unit reported its dwell complete after 30 s of 600 s by its own clock: it "
         "ended output early, so the dwell was not complete"
     )
+
+
+def test_a_unit_that_acks_a_lower_amplitude_and_keeps_the_higher_one_is_stopped(
+    device: Device,
+    journal: Journal,
+    estim_unit: SimulatedUnit,
+    estim_clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The operator lowers 12 -> 5 mA; the unit ACKs and keeps 12 (a stuck DAC, a
+    firmware bug). Every amplitude ever judged passed the check, so 30 s of STATUS
+    polls saw nothing wrong and the record said 5 mA."""
+    from estim.protocol import Ack, SetAmplitude
+
+    set_amplitude = estim_unit._set_amplitude
+
+    def keeps_higher(message: SetAmplitude, now: int) -> Any:
+        live = estim_unit._session
+        channel = live.channels.get(message.channel) if live is not None else None
+        if channel is not None and message.amplitude_ua < channel.setpoint:
+            return Ack(request_type=int(message.TYPE), state=estim_unit._state)
+        return set_amplitude(message, now)
+
+    monkeypatch.setattr(estim_unit, "_set_amplitude", keeps_higher)
+    session = device.start(plan(), journal=journal)
+    advance_until_running(session, estim_clock)
+    session.set_amplitude(1, 5.0)
+    estim_clock.advance(3)  # a STATUS poll or two
+    record = session.wait(timeout=5)
+    assert not estim_unit.output_on
+    assert record.outcome == "faulted"
+    assert record.stop_reason is not None
+    assert record.stop_reason.startswith(
+        "the unit reports channel 1 set to 12 mA, but this session set 5 mA"
+    )

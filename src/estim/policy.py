@@ -215,6 +215,7 @@ class SessionPolicy(StartSequence, LiveLoop, UnitReports):
             return
         self._record("amplitude_set", {"channel": channel, "ma": ma}, now=now)
         self._judged_ua[channel].add(round(ma * 1000))
+        self._setpoints_ua[channel].add(round(ma * 1000))
         message = SetAmplitude(
             session_id=self.session_id, channel=channel, amplitude_ua=round(ma * 1000)
         )

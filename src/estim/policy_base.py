@@ -173,6 +173,11 @@ class PolicyBase:
         self._judged_ua: dict[int, set[int]] = {
             c.channel: {round(c.amplitude_ma * 1000)} for c in plan.channels
         }
+        #: what each channel's setpoint may be now (uA): the last amplitude the unit
+        #: acknowledged, and each one sent and not yet answered (or never answered)
+        self._setpoints_ua: dict[int, set[int]] = {
+            c.channel: {round(c.amplitude_ma * 1000)} for c in plan.channels
+        }
         #: what the record must add to its reason: numbers from the unit not believed
         self._notes: list[str] = []
         self._undurable: dict[int, float] = {}

@@ -168,8 +168,9 @@ class UnitReports(PolicyBase):
                     now,
                 )
             return
-        if setpoint_ua and setpoint_ua not in judged:
-            shown = ", ".join(f"{ua / 1000:g}" for ua in sorted(judged))
+        setpoints = self._setpoints_ua[channel]
+        if setpoint_ua and setpoint_ua not in setpoints:
+            shown = ", ".join(f"{ua / 1000:g}" for ua in sorted(setpoints))
             self._unit_misbehaves(
                 f"the unit reports channel {channel} set to {setpoint_ua / 1000:g} mA, but this "
                 f"session set {shown} mA",
