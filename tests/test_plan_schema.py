@@ -33,6 +33,7 @@ RULES = {
     "overlap": "overlap",
     "rms": "r.m.s.",
     "energy": "pulse energy",
+    "grid": "the unit's resolution",
 }
 
 

@@ -12,6 +12,7 @@ import math
 from typing import NamedTuple
 
 from estim.errors import OptionError
+from estim.safety import as_float, finite, given, shown
 
 
 class Range(NamedTuple):
@@ -35,10 +36,10 @@ def checked(name: str, value: object) -> float:
     """``value`` if it is a number within ``RANGES[name]``; else ``OptionError``."""
     low, high, unit, what = RANGES[name]
     number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
-    if number is None or not math.isfinite(number) or not low <= number <= high:
-        shown = f"{low:g}-{high:g}{' ' + unit if unit else ''}"
+    if number is None or not finite(number) or not low <= number <= high:
+        span = f"{low:g}-{high:g}{' ' + unit if unit else ''}"
         raise OptionError(
-            f"{name} {value!r} is outside {shown} ({what}); give a value in that range"
+            f"{name} {given(value)} is outside {span} ({what}); give a value in that range"
         )
     return float(number)
 
@@ -47,10 +48,12 @@ def wait_timeout(value: float | None) -> float | None:
     """A ``wait(timeout)``: None (no limit) or a number of seconds, 0 or more."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise OptionError(f"timeout {value!r} is not a number of seconds; give one, or None")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not finite(value):
+        raise OptionError(f"timeout {given(value)} is not a number of seconds; give one, or None")
+    if as_float(value) == math.inf:  # an int too large for a float (400 digits)
+        raise OptionError(f"timeout {shown(value)} s is too long; give fewer seconds, or None")
     if value < 0:
-        raise OptionError(f"timeout {value!r} is negative; give 0 or more seconds, or None")
+        raise OptionError(f"timeout {given(value)} is negative; give 0 or more seconds, or None")
     return float(value)
 
 
@@ -58,5 +61,5 @@ def whole(name: str, value: object) -> int:
     """``checked`` for a whole number."""
     number = checked(name, value)
     if number != int(number):
-        raise OptionError(f"{name} {value!r} must be a whole number")
+        raise OptionError(f"{name} {given(value)} must be a whole number")
     return int(number)

@@ -23,11 +23,10 @@ Every error names the file, the line and the key.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from estim.durations import parse_duration
 from estim.errors import EstimError
 from estim.limits import ClinicLimits
 from estim.paths import config_path
-from estim.safety import DWELL_MAX_S, DWELL_MIN_S, RMS_MAX_MA
+from estim.safety import DWELL_MAX_S, DWELL_MIN_S, RMS_MAX_MA, finite, given
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -306,19 +305,15 @@ def _read_limits(raw: Any, fail: Any) -> ClinicLimits:
             number = parse_duration(value, key) if kind == "duration" else value
         except ValueError as err:
             raise fail("limits", key, str(err)) from None
-        if (
-            isinstance(number, bool)
-            or not isinstance(number, int | float)
-            or not math.isfinite(number)
-        ):
-            raise fail("limits", key, f"{value!r} is not a number")
+        if isinstance(number, bool) or not isinstance(number, int | float) or not finite(number):
+            raise fail("limits", key, f"{given(value)} is not a number")
         if kind == "integer" and number != int(number):
-            raise fail("limits", key, f"{value!r} must be a whole number")
+            raise fail("limits", key, f"{given(value)} must be a whole number")
         if not low <= number <= high:
             raise fail(
                 "limits",
                 key,
-                f"{value!r} is outside {low:g}..{high:g}; a clinic can only narrow the limits",
+                f"{given(value)} is outside {low:g}..{high:g}; a clinic can only narrow the limits",
             )
         values[key] = int(number) if kind == "integer" else float(number)
     if (
@@ -354,9 +349,20 @@ def _read_preset(name: str, body: Any, fail: Any) -> Preset:
         )
         from estim.plan import ChannelPlan
 
-        ChannelPlan(channel=1, amplitude_ma=preset.amplitude_ma or 1.0, **preset.channel_fields())
+        judged = ChannelPlan(
+            channel=1, amplitude_ma=preset.amplitude_ma or 1.0, **preset.channel_fields()
+        )
     except (TypeError, ValueError) as err:
         first = str(err).splitlines()
         message = first[-2].strip() if len(first) > 2 else str(err)
         raise fail(section, "", message) from None
-    return preset
+    # the numbers as judged (2.1 for 2.0999999999999996): what a plan from it sends
+    return replace(
+        preset,
+        frequency_hz=judged.frequency_hz,
+        alt_frequency_hz=(
+            judged.alt_frequency_hz if preset.mode != "continuous" else preset.alt_frequency_hz
+        ),
+        switch_s=judged.switch_s if preset.mode != "continuous" else preset.switch_s,
+        amplitude_ma=None if preset.amplitude_ma is None else judged.amplitude_ma,
+    )

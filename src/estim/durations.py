@@ -8,6 +8,8 @@ import re
 from fractions import Fraction
 from typing import Any
 
+from estim.safety import finite, quoted, shown
+
 _UNITS = {"h": 3600.0, "m": 60.0, "min": 60.0, "s": 1.0, "sec": 1.0, "ms": 0.001}
 _PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|min|sec|h|m|s)")
 
@@ -21,7 +23,10 @@ def parse_duration(value: Any, what: str = "duration") -> float:
     if isinstance(value, bool):
         raise ValueError(f"{what} {value!r} is not a duration")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int of 400 digits: finite, and no duration at all
+            raise ValueError(f"{what} {shown(value)} s is too large a number of seconds") from None
     elif isinstance(value, str):
         seconds = _parse_text(value.strip().lower(), what)
     else:
@@ -39,7 +44,9 @@ def _parse_text(text: str, what: str) -> float:
     if re.fullmatch(r"\d+(:\d{1,2}){1,2}(\.\d+)?", text):
         parts = [float(p) for p in text.split(":")]
         if any(p >= 60 for p in parts[1:]):
-            raise ValueError(f"{what} {text!r}: minutes and seconds after ':' must be below 60")
+            raise ValueError(
+                f"{what} {quoted(text)}: minutes and seconds after ':' must be below 60"
+            )
         seconds = 0.0
         for part in parts:
             seconds = seconds * 60 + part
@@ -50,15 +57,15 @@ def _parse_text(text: str, what: str) -> float:
         if len(units) == len(set(units)):
             return sum(float(m.group(1)) * _UNITS[m.group(2)] for m in _PART.finditer(compact))
     raise ValueError(
-        f"{what} {text!r} is not a duration; give seconds or text like 8m, 90s, 1m30s, 8:00"
+        f"{what} {quoted(text)} is not a duration; give seconds or text like 8m, 90s, 1m30s, 8:00"
     )
 
 
 def format_duration(seconds: float) -> str:
     """A duration for people, one way everywhere: ``8 min``, ``1 min 30 s``,
     ``45 s``, ``2.6 s`` (a tenth of a second at most; records keep milliseconds)."""
-    if not math.isfinite(seconds):
-        return f"{seconds!r} s"
+    if not finite(seconds) or abs(seconds) >= 1e15:
+        return f"{shown(seconds)} s"
     tenths = round(seconds * 10)
     if tenths == 0 and seconds > 0:
         return f"{seconds * 1000:.0f} ms"
@@ -84,6 +91,9 @@ def format_duration(seconds: float) -> str:
 #
 # Units in either case; spaces around the text and between its parts. The bounds are
 # whole minutes (dwell 1-10 min, ramp 0-5 min), which is what keeps the pattern exact.
+# START carries milliseconds (PROTOCOL.md 2), so a plan takes whole milliseconds only,
+# and the pattern says so too: seconds with at most three decimals that are not zeros
+# (90.125, 90.1250), minutes with at most four, then one 0 or 5 (1.00005m is 60.003 s).
 
 _NUM = r"(?P<{0}>0|[1-9][0-9]*)(?:\.(?P<{0}_frac>[0-9]+))?"
 _SEC60 = r"(?P<{0}>[0-5]?[0-9])(?:\.(?P<{0}_frac>[0-9]+))?"  # seconds below 60
@@ -163,17 +173,19 @@ def _same_length(lo: str, hi: str) -> list[str]:
 
 def duration_pattern(low_min: int, high_min: int) -> str:
     """The JSON Schema ``pattern`` of the plan-grammar texts from ``low_min`` to
-    ``high_min`` whole minutes, bounds included (see the grammar above)."""
-    frac = r"(?:\.[0-9]+)?"
+    ``high_min`` whole minutes, bounds included, in whole milliseconds (see the grammar
+    above)."""
+    frac = r"(?:\.[0-9]{1,3}0*)?"  # seconds: whole milliseconds
+    min_frac = r"(?:\.[0-9]{1,4}(?:[05]0*)?)?"  # minutes: x 60000 is a whole number
     zeros = r"(?:\.0+)?"
     low_s, high_s = low_min * 60, high_min * 60
 
-    def upto(low: int, high: int) -> str:  # low <= x <= high, x written as a decimal
+    def upto(low: int, high: int, frac: str) -> str:  # low <= x <= high, x as a decimal
         below = f"{int_range_pattern(low, high - 1)}{frac}" if low < high else None
         return "(?:" + "|".join(p for p in (below, f"{high}{zeros}") if p) + ")"
 
-    seconds = upto(low_s, high_s)
-    minutes = upto(low_min, high_min)
+    seconds = upto(low_s, high_s, frac)
+    minutes = upto(low_min, high_min, min_frac)
     sec60 = rf"[0-5]?[0-9]{frac}"
     whole = int_range_pattern(low_min, high_min - 1) if low_min < high_min else None
     forms = [

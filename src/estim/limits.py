@@ -17,12 +17,23 @@ from typing import TYPE_CHECKING
 from estim.durations import format_duration
 from estim.errors import DwellLimitError, OutputLimitError
 from estim.safety import (
+    DHZ_PER_HZ,
+    MS_PER_S,
+    SWITCH_MAX_S,
+    UA_PER_MA,
     WATCHDOG_MAX_S,
     WATCHDOG_MIN_S,
+    as_float,
     dwell_problem,
+    exact,
+    finite,
+    off_wire,
     on_step,
     plausible_max_ma,
     pulse_problems,
+    quoted,
+    shown,
+    wire_count,
 )
 
 if TYPE_CHECKING:
@@ -68,15 +79,17 @@ class ClinicLimits:
                     continue
                 if self.frequency_min_hz is not None and hz < self.frequency_min_hz:
                     out.append(
-                        f"{name}: {hz:g} Hz is below the clinic's minimum {self.frequency_min_hz:g} Hz"
+                        f"{name}: {shown(hz)} Hz is below the clinic's minimum "
+                        f"{self.frequency_min_hz:g} Hz"
                     )
                 if self.frequency_max_hz is not None and hz > self.frequency_max_hz:
                     out.append(
-                        f"{name}: {hz:g} Hz is above the clinic's maximum {self.frequency_max_hz:g} Hz"
+                        f"{name}: {shown(hz)} Hz is above the clinic's maximum "
+                        f"{self.frequency_max_hz:g} Hz"
                     )
             if self.pulse_width_max_us is not None and ch.pulse_width_us > self.pulse_width_max_us:
                 out.append(
-                    f"{name}: {ch.pulse_width_us} us is above the clinic's maximum "
+                    f"{name}: {exact(ch.pulse_width_us)} us is above the clinic's maximum "
                     f"{self.pulse_width_max_us} us"
                 )
         return out
@@ -84,7 +97,7 @@ class ClinicLimits:
     def amplitude_problem(self, channel: int, ma: float) -> str | None:
         if self.amplitude_max_ma is not None and ma > self.amplitude_max_ma:
             return (
-                f"channel {channel}: amplitude {ma:g} mA is above the clinic's maximum "
+                f"channel {channel}: amplitude {shown(ma)} mA is above the clinic's maximum "
                 f"{self.amplitude_max_ma:g} mA"
             )
         return None
@@ -106,22 +119,29 @@ class Limits:
         a plan can be built without validation (``model_construct``)."""
         unit = self.unit
         dwell = [p for p in (dwell_problem(plan.dwell),) if p]
+        if not dwell and wire_count(plan.dwell, MS_PER_S) is None:
+            dwell.append(off_wire("dwell", plan.dwell, MS_PER_S, "s"))
         if not dwell and not unit.dwell_min_s <= plan.dwell <= unit.dwell_max_s:
             dwell.append(
                 f"dwell {format_duration(plan.dwell)} is outside the unit's range, "
                 f"{format_duration(unit.dwell_min_s)} to {format_duration(unit.dwell_max_s)}"
             )
         out: list[str] = []
-        if not (math.isfinite(plan.ramp) and plan.ramp >= 0 and 2 * plan.ramp <= plan.dwell):
-            out.append(f"ramp {plan.ramp!r} s must be 0 to half the dwell")
+        if not (finite(plan.ramp) and plan.ramp >= 0 and 2 * plan.ramp <= plan.dwell):
+            out.append(f"ramp {exact(plan.ramp)} s must be 0 to half the dwell")
+        elif wire_count(plan.ramp, MS_PER_S) is None:
+            out.append(off_wire("ramp", plan.ramp, MS_PER_S, "s"))
         elif plan.ramp > unit.ramp_max_s:
             out.append(
                 f"ramp {format_duration(plan.ramp)} is longer than the unit's {unit.ramp_max_s:g} s"
             )
         if not WATCHDOG_MIN_S <= plan.watchdog <= WATCHDOG_MAX_S:
             out.append(
-                f"watchdog {plan.watchdog!r} s is outside {WATCHDOG_MIN_S:g}-{WATCHDOG_MAX_S:g} s"
+                f"watchdog {exact(plan.watchdog)} s is outside "
+                f"{WATCHDOG_MIN_S:g}-{WATCHDOG_MAX_S:g} s"
             )
+        elif wire_count(plan.watchdog, MS_PER_S) is None:
+            out.append(off_wire("watchdog", plan.watchdog, MS_PER_S, "s"))
         elif not unit.watchdog_min_s <= plan.watchdog <= unit.watchdog_max_s:
             out.append(
                 f"watchdog {plan.watchdog:g} s is outside the unit's "
@@ -132,11 +152,11 @@ class Limits:
             out.append(f"channels {numbers} must be one or more different channels")
         for channel in plan.channels:
             out += self.channel_problems(channel)
-            if channel.amplitude_ma > 0 and unit.slew_max_ma_per_s > 0:
+            if 0 < channel.amplitude_ma <= unit.amplitude_max_ma and unit.slew_max_ma_per_s > 0:
                 slowest_ramp = channel.amplitude_ma / unit.slew_max_ma_per_s
-                if plan.ramp + 1e-9 < slowest_ramp:
+                if as_float(plan.ramp) + 1e-9 < slowest_ramp:
                     out.append(
-                        f"channel {channel.channel}: a ramp of {plan.ramp:g} s to "
+                        f"channel {channel.channel}: a ramp of {shown(plan.ramp)} s to "
                         f"{channel.amplitude_ma:g} mA is faster than the unit's "
                         f"{unit.slew_max_ma_per_s:g} mA/s; use a ramp of at least "
                         f"{math.ceil(slowest_ramp * 10) / 10:g} s"
@@ -168,16 +188,31 @@ class Limits:
             ("frequency", channel.frequency_hz),
             ("alt frequency", channel.alt_frequency_hz),
         ):
-            if value is not None and not unit.frequency_min_hz <= value <= unit.frequency_max_hz:
+            if value is None:
+                continue
+            if not unit.frequency_min_hz <= value <= unit.frequency_max_hz:
                 out.append(
-                    f"{ch}: {label} {value:g} Hz is outside the unit's "
+                    f"{ch}: {label} {shown(value)} Hz is outside the unit's "
                     f"{unit.frequency_min_hz:g}-{unit.frequency_max_hz:g} Hz"
                 )
-        if not unit.pulse_width_min_us <= channel.pulse_width_us <= unit.pulse_width_max_us:
+            elif wire_count(value, DHZ_PER_HZ) is None:
+                out.append(f"{ch}: " + off_wire(label, value, DHZ_PER_HZ, "Hz"))
+        width = channel.pulse_width_us
+        if not unit.pulse_width_min_us <= width <= unit.pulse_width_max_us:
             out.append(
-                f"{ch}: pulse width {channel.pulse_width_us} us is outside the unit's "
+                f"{ch}: pulse width {exact(width)} us is outside the unit's "
                 f"{unit.pulse_width_min_us}-{unit.pulse_width_max_us} us"
             )
+        elif width != int(width):
+            out.append(f"{ch}: pulse width {exact(width)} us is not a whole number of us")
+        switch = channel.switch_s
+        if switch is not None and not 0 < switch <= SWITCH_MAX_S:
+            out.append(
+                f"{ch}: switch {shown(switch)} s is outside 0.001-{SWITCH_MAX_S:g} s, what "
+                "switch_ms carries (PROTOCOL.md 5.1)"
+            )
+        elif switch is not None and wire_count(switch, MS_PER_S) is None:
+            out.append(f"{ch}: " + off_wire("switch", switch, MS_PER_S, "s"))
         problem = self.amplitude_problem(channel, channel.amplitude_ma, live=False)
         if problem:
             out.append(problem)
@@ -187,16 +222,28 @@ class Limits:
         self, channel: ChannelPlan, ma: float, *, live: bool = True
     ) -> str | None:
         """Why ``ma`` must not be set on ``channel`` (its frequency and pulse width
-        as planned), or None. A live change may go to 0; a plan may not."""
+        as planned), or None. A live change may go to 0; a plan may not.
+
+        What is judged is the whole number of microamps that would be sent
+        (``sent_ma``): a value off that grid is refused, float noise is not."""
         unit = self.unit
         ch = f"channel {channel.channel}"
-        if isinstance(ma, bool) or not isinstance(ma, int | float) or not math.isfinite(ma):
-            return f"{ch}: amplitude {ma!r} is not a number of milliamps"
+        if isinstance(ma, bool) or not isinstance(ma, int | float) or not finite(ma):
+            given = quoted(ma) if isinstance(ma, str) else repr(ma)
+            return f"{ch}: amplitude {given} is not a number of milliamps"
         if ma < 0 or (ma == 0 and not live):
-            return f"{ch}: amplitude {ma:g} mA must be {'0 or more' if live else 'above 0'}"
+            return f"{ch}: amplitude {shown(ma)} mA must be {'0 or more' if live else 'above 0'}"
         if ma > unit.amplitude_max_ma:
-            return f"{ch}: amplitude {ma:g} mA is above the unit's maximum {unit.amplitude_max_ma:g} mA"
-        if not on_step(ma, unit.amplitude_step_ma):
+            return (
+                f"{ch}: amplitude {shown(ma)} mA is above the unit's maximum "
+                f"{unit.amplitude_max_ma:g} mA"
+            )
+        ua = wire_count(ma, UA_PER_MA)
+        if ua is None:
+            return f"{ch}: " + off_wire("amplitude", ma, UA_PER_MA, "mA")
+        ma = ua / UA_PER_MA
+        step_ua = wire_count(unit.amplitude_step_ma, UA_PER_MA)
+        if not (ua % step_ua == 0 if step_ua else on_step(ma, unit.amplitude_step_ma)):
             return (
                 f"{ch}: amplitude {ma:g} mA is not a multiple of the unit's step "
                 f"{unit.amplitude_step_ma:g} mA"
@@ -213,6 +260,15 @@ class Limits:
             waveform=channel.waveform,
         )
         return problems[0] if problems else None
+
+    @staticmethod
+    def sent_ma(ma: float) -> float:
+        """The amplitude that goes to the unit for ``ma`` (one ``amplitude_problem``
+        took): its whole number of microamps, the number to send and to record."""
+        ua = wire_count(ma, UA_PER_MA)
+        if ua is None:
+            raise OutputLimitError(off_wire("amplitude", ma, UA_PER_MA, "mA"))
+        return ua / UA_PER_MA
 
     def check_amplitude(self, channel: ChannelPlan, ma: float) -> None:
         problem = self.amplitude_problem(channel, ma)

@@ -11,8 +11,14 @@ models and accepts exactly what they accept, field by field. Each number's bound
 written once (``_number``) and give both the check and the schema; durations take
 the grammar of ``estim.durations.PLAN_DURATION_GRAMMAR``, whose in-range strings are
 one regular expression. What no JSON Schema can judge (a product or a comparison of
-two fields: the ramp against the dwell, and SAFETY.md 3's envelope) is said in the
-schema's description and shown by the corpus in ``schemas/session-plan.corpus.json``.
+two fields: the ramp against the dwell, and SAFETY.md 3's envelope; a number off the
+wire's grid, PROTOCOL.md 2) is said in the schema's description and shown by the
+corpus in ``schemas/session-plan.corpus.json``.
+
+What is judged is what is sent and recorded: every number the wire carries as a whole
+number of units (tenths of a hertz, microamps, microseconds, milliseconds) must be one,
+and is kept as that exact value; float noise (2.0999999999999996) is taken as the grid
+value, anything else off the grid (4.26 Hz) is refused, naming the channel and field.
 
 A refused plan raises estim's own errors, one line each: ``DwellLimitError`` for the
 dwell, ``OutputLimitError`` for what reaches the patient (amplitude, rate, pulse
@@ -25,7 +31,9 @@ raised while validating into one), so an HTTP API answers 422, not 500.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -49,14 +57,24 @@ from estim.durations import (
 )
 from estim.errors import DwellLimitError, OutputLimitError, PlanError
 from estim.safety import (
+    DHZ_PER_HZ,
     DWELL_MAX_S,
     DWELL_MIN_S,
     LOAD_OHM,
+    MS_PER_S,
     PEAK_VOLTAGE_MAX_V,
+    UA_PER_MA,
     WATCHDOG_DEFAULT_S,
     WATCHDOG_MAX_S,
     WATCHDOG_MIN_S,
+    as_float,
+    exact,
+    finite,
+    off_wire,
+    on_wire,
     pulse_problems,
+    quoted,
+    shown,
 )
 
 Waveform = Literal["biphasic_symmetric", "biphasic_asymmetric", "monophasic"]
@@ -75,35 +93,69 @@ RAMP_MAX_S = DWELL_MAX_S / 2
 
 
 def _duration(
-    value: Any, what: str, low: float, high: float, error: type[PlanError], advice: str
+    value: Any,
+    what: str,
+    low: float,
+    high: float,
+    error: type[PlanError],
+    advice: str,
 ) -> float:
-    """Seconds from a number or from text in the plan grammar, within low..high."""
-    shown = f"{value!r}" if isinstance(value, str) else None
+    """Seconds from a number or from text in the plan grammar, within low..high and
+    a whole number of milliseconds (START carries milliseconds, PROTOCOL.md 2)."""
     if isinstance(value, str):
-        exact = plan_duration_seconds(value)
-        if exact is None:
+        shown_value = quoted(value)
+        exact_s = plan_duration_seconds(value)
+        if exact_s is None:
             try:
                 seconds = parse_duration(value, what)
             except ValueError as err:
                 raise error(str(err)) from None
             if low <= seconds <= high:
                 raise error(
-                    f"{what} {value!r} is not written as a plan takes it; write "
+                    f"{what} {shown_value} is not written as a plan takes it; write "
                     "seconds (480) or text like 8m, 90s, 1m30s, 8:00"
                 )
-        else:
-            seconds = float(exact)
-            if low <= exact <= high:  # exact: a float bound compares as its exact value
-                return seconds
+        elif low <= exact_s <= high:  # exact: a float bound compares as its exact value
+            if (exact_s * MS_PER_S).denominator != 1 and not _RECORDED.get():
+                raise error(
+                    f"{what} {shown_value} is not a multiple of {1 / MS_PER_S:g} s, "
+                    "the unit's resolution"
+                )
+            try:
+                return float(exact_s)
+            except OverflowError:
+                raise error(f"{what} {shown_value} is longer than any session") from None
     else:
+        if isinstance(value, int) and not isinstance(value, bool) and not low <= value <= high:
+            raise error(f"{what} {shown(value)} s {advice}")  # before float(): any size
         try:
             seconds = parse_duration(value, what)
         except ValueError as err:
             raise error(str(err)) from None
-        shown = f"{seconds:g} s"
+        shown_value = f"{shown(seconds)} s"
         if low <= seconds <= high:
-            return seconds
-    raise error(f"{what} {shown} {advice}")
+            grid = on_wire(seconds, MS_PER_S)
+            if grid is not None:
+                return grid
+            if _RECORDED.get():
+                return seconds
+            raise error(off_wire(what, value, MS_PER_S, "s"))
+    raise error(f"{what} {shown_value} {advice}")
+
+
+_RECORDED: ContextVar[bool] = ContextVar("estim_plan_as_recorded", default=False)
+
+
+@contextmanager
+def as_recorded() -> Iterator[None]:
+    """Validate, inside this block, plans a journal already holds: a number an older
+    estim took off the wire's grid is read as it was stored (a record is not rewritten,
+    and an old journal stays readable). Never for a plan that is to be sent."""
+    token = _RECORDED.set(True)
+    try:
+        yield
+    finally:
+        _RECORDED.reset(token)
 
 
 def _dwell(value: Any) -> float:
@@ -159,10 +211,14 @@ def _number(
     below: float | None = None,
     maximum: float | None = None,
     unit: str = "",
+    per: int | None = None,
     error: type[PlanError] = OutputLimitError,
-) -> tuple[Callable[[Any], Any], WithJsonSchema]:
+) -> tuple[Callable[[Any, ValidationInfo], Any], WithJsonSchema]:
     """A JSON number (never text, never a boolean), finite, within its bounds; the same
-    bounds as the schema's ``minimum``/``exclusiveMinimum``/... for that field."""
+    bounds as the schema's ``minimum``/``exclusiveMinimum``/... for that field. With
+    ``per``, a whole number of 1/per units, as the wire carries it (PROTOCOL.md 2):
+    the number kept is that exact grid value (2.1 for 2.0999999999999996), so what is
+    judged is what is sent and recorded; a number off the grid is refused."""
     schema: dict[str, Any] = {"type": "integer" if integer else "number"}
     for key, bound in (
         ("exclusiveMinimum", above),
@@ -174,45 +230,67 @@ def _number(
             schema[key] = bound
     suffix = f" {unit}" if unit else ""
 
-    def check(value: Any) -> Any:
+    def check(value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             kind = "a whole number" if integer else "a number"
+            given = quoted(value) if isinstance(value, str) else repr(value)
             raise error(
-                f"{what} {value!r} is not {kind}; give {kind}" + (f" ({unit})" if unit else "")
+                f"{what} {given} is not {kind}; give {kind}" + (f" ({unit})" if unit else "")
             )
-        if not math.isfinite(value):
+        if not finite(value):
             raise error(f"{what} {value!r} is not a finite number")
-        if integer and value != int(value):
+        if integer and isinstance(value, float) and value != int(value):
             raise error(f"{what} {value!r} must be a whole number")
         if above is not None and value <= above:
             if above == 0:
-                raise error(f"{what} {value!r} must be a positive number")
-            raise error(f"{what} {value:g}{suffix} must be above {above:g}{suffix}")
+                raise error(f"{what} {exact(value)} must be a positive number")
+            raise error(f"{what} {shown(value)}{suffix} must be above {above:g}{suffix}")
         if minimum is not None and value < minimum:
-            raise error(f"{what} {value:g}{suffix} is below {minimum:g}{suffix}, the least allowed")
+            raise error(
+                f"{what} {shown(value)}{suffix} is below {minimum:g}{suffix}, the least allowed"
+            )
         if below is not None and value >= below:
-            raise error(f"{what} {value:g}{suffix} must be below {below:g}{suffix}")
+            raise error(f"{what} {shown(value)}{suffix} must be below {below:g}{suffix}")
         if maximum is not None and value > maximum:
-            raise error(f"{what} {value:g}{suffix} is above {maximum:g}{suffix}, the most allowed")
-        return int(value) if integer else float(value)
+            raise error(
+                f"{what} {shown(value)}{suffix} is above {maximum:g}{suffix}, the most allowed"
+            )
+        if integer:
+            return int(value)
+        if not math.isfinite(as_float(value)):  # no bound above it, and no float holds it
+            raise error(f"{what} {shown(value)}{suffix} is too large a number")
+        grid = None if per is None else on_wire(value, per)
+        if grid is not None:
+            return grid
+        if per is None or _RECORDED.get():
+            return float(value)
+        data = getattr(info, "data", None)
+        channel = data.get("channel") if isinstance(data, dict) else None
+        where = f"channel {channel}: " if channel is not None else ""
+        raise error(where + off_wire(what, value, per, unit))
 
     return check, WithJsonSchema(schema)
 
 
 _CHANNEL = _number("channel", integer=True, minimum=1, maximum=CHANNELS_MAX, error=PlanError)
 ChannelNumber = Annotated[int, BeforeValidator(_CHANNEL[0]), _CHANNEL[1]]
-_FREQ = _number("frequency_hz", above=0, below=RATE_BELOW_HZ, unit="Hz")
+_FREQ = _number("frequency_hz", above=0, below=RATE_BELOW_HZ, unit="Hz", per=DHZ_PER_HZ)
 Frequency = Annotated[float, BeforeValidator(_FREQ[0]), _FREQ[1]]
-_ALT = _number("alt_frequency_hz", above=0, below=RATE_BELOW_HZ, unit="Hz")
+_ALT = _number("alt_frequency_hz", above=0, below=RATE_BELOW_HZ, unit="Hz", per=DHZ_PER_HZ)
 AltFrequency = Annotated[float, BeforeValidator(_ALT[0]), _ALT[1]]
 _PW = _number("pulse_width_us", integer=True, minimum=1, maximum=PULSE_WIDTH_MAX_US, unit="us")
 PulseWidth = Annotated[int, BeforeValidator(_PW[0]), _PW[1]]
-_AMP = _number("amplitude_ma", above=0, maximum=AMPLITUDE_MAX_MA, unit="mA")
+_AMP = _number("amplitude_ma", above=0, maximum=AMPLITUDE_MAX_MA, unit="mA", per=UA_PER_MA)
 Amplitude = Annotated[float, BeforeValidator(_AMP[0]), _AMP[1]]
-_SWITCH = _number("switch_s", above=0, unit="s", error=PlanError)
+_SWITCH = _number("switch_s", above=0, unit="s", per=MS_PER_S, error=PlanError)
 SwitchTime = Annotated[float, BeforeValidator(_SWITCH[0]), _SWITCH[1]]
 _WATCHDOG = _number(
-    "watchdog", minimum=WATCHDOG_MIN_S, maximum=WATCHDOG_MAX_S, unit="s", error=PlanError
+    "watchdog",
+    minimum=WATCHDOG_MIN_S,
+    maximum=WATCHDOG_MAX_S,
+    unit="s",
+    per=MS_PER_S,
+    error=PlanError,
 )
 Watchdog = Annotated[float, BeforeValidator(_WATCHDOG[0]), _WATCHDOG[1]]
 
@@ -323,19 +401,23 @@ class ChannelPlan(_Refusing):
 
     channel: ChannelNumber = Field(description="channel number on the unit, 1 to 8")
     frequency_hz: Frequency = Field(
-        description="pulse rate in Hz, above 0 and below 500000; dense-disperse: the first rate"
+        description="pulse rate in Hz, above 0 and below 500000, a multiple of 0.1 Hz (the "
+        "unit's resolution); dense-disperse: the first rate"
     )
     pulse_width_us: PulseWidth = Field(description="width of one phase, whole microseconds")
     amplitude_ma: Amplitude = Field(
-        description="target peak amplitude in mA, above 0; at most 1000 (500 V into 500 ohm)"
+        description="target peak amplitude in mA, above 0; at most 1000 (500 V into 500 ohm); "
+        "a multiple of 0.001 mA (1 uA, the unit's resolution)"
     )
     waveform: Waveform = "biphasic_symmetric"
     mode: Mode = "continuous"
     alt_frequency_hz: AltFrequency | None = Field(
-        default=None, description="dense-disperse: the second rate; burst: the burst rate"
+        default=None,
+        description="dense-disperse: the second rate; burst: the burst rate; a multiple of 0.1 Hz",
     )
     switch_s: SwitchTime | None = Field(
-        default=None, description="dense-disperse: time on each rate; burst: burst length"
+        default=None,
+        description="dense-disperse: time on each rate; burst: burst length; whole milliseconds",
     )
 
     @model_validator(mode="after")
@@ -381,18 +463,23 @@ def _plan_schema(schema: dict[str, Any]) -> None:
 class SessionPlan(_Refusing):
     """A whole session: how long, how fast to ramp, which channels, and for whom.
 
-    This schema accepts exactly the plans estim accepts, except two kinds of plan it
-    cannot judge, which estim refuses: a ramp longer than half the dwell, and a channel
+    This schema accepts exactly the plans estim accepts, except three kinds of plan it
+    cannot judge, which estim refuses: a ramp longer than half the dwell; a channel
     outside SAFETY.md 3's envelope into 500 ohm (two phases that overlap: 2 x
     pulse_width_us x rate >= 1e6; more than 50 mA r.m.s.: amplitude_ma x sqrt(phases
     x pulse_width_us x 1e-6 x rate) > 50, where rate is the higher of the two rates
-    and phases 1 for monophasic, else 2; more than 300 mJ a pulse). See
+    and phases 1 for monophasic, else 2; more than 300 mJ a pulse); and a number off
+    the unit's resolution (the wire carries whole numbers: a rate in tenths of a hertz,
+    an amplitude in microamps, a time in milliseconds; a multipleOf of 0.1 would judge
+    in binary floating point, where 4.3 is not a multiple of 0.1; a number within
+    float noise of the grid is taken as the grid value). See
     schemas/session-plan.corpus.json."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_plan_schema)
 
     dwell: Dwell = Field(
-        description="stimulation time, 60 to 600 s inclusive: seconds as a number, or text: "
+        description="stimulation time, 60 to 600 s inclusive, whole milliseconds: seconds as a "
+        "number, or text: "
         "480, 90s, 8m, 1.5m, 1m30s, 1 min 30 sec, 8:00 (units s, sec, m, min in any case)"
     )
     ramp: Ramp = Field(
@@ -403,7 +490,8 @@ class SessionPlan(_Refusing):
     channels: tuple[ChannelPlan, ...] = Field(min_length=1, max_length=CHANNELS_MAX)
     watchdog: Watchdog = Field(
         default=WATCHDOG_DEFAULT_S,
-        description="seconds of host silence after which the unit turns output off, 0.2 to 2",
+        description="seconds of host silence after which the unit turns output off, 0.2 to 2, "
+        "whole milliseconds",
     )
     patient_ref: Text200 = Field(default=None, description="opaque reference, never a name")
     clinician: Text200 = Field(default=None)

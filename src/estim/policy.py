@@ -213,12 +213,12 @@ class SessionPolicy(StartSequence, LiveLoop, UnitReports):
             )
             self._resolve(token, OutputLimitError(problem))
             return
+        ma = self.limits.sent_ma(ma)  # the whole microamps judged: what is sent and recorded
+        ua = round(ma * 1000)  # exact: ma is a whole number of microamps
         self._record("amplitude_set", {"channel": channel, "ma": ma}, now=now)
-        self._judged_ua[channel].add(round(ma * 1000))
-        self._setpoints_ua[channel].add(round(ma * 1000))
-        message = SetAmplitude(
-            session_id=self.session_id, channel=channel, amplitude_ua=round(ma * 1000)
-        )
+        self._judged_ua[channel].add(ua)
+        self._setpoints_ua[channel].add(ua)
+        message = SetAmplitude(session_id=self.session_id, channel=channel, amplitude_ua=ua)
         self._send(message, now, AmplitudeAsked(token, channel, ma))
 
     def journal_durable(self, n: int) -> None:

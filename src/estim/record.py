@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from estim.plan import SessionPlan
+from estim.plan import SessionPlan, as_recorded
 from estim.protocol import Fault
 
 
@@ -199,6 +199,8 @@ class SessionRecord(BaseModel):
             simulated=bool(row["unit_simulated"]),
             port=row["port"],
         )
+        with as_recorded():  # an older estim may have taken a number off the wire's grid
+            plan = SessionPlan.model_validate(json.loads(row["plan"]))
         events = [
             EventRecord(
                 n=e["n"],
@@ -213,7 +215,7 @@ class SessionRecord(BaseModel):
         return cls.build(
             session_id=row["id"],
             unit=unit,
-            plan=SessionPlan.model_validate(json.loads(row["plan"])),
+            plan=plan,
             created_utc=row["created_utc"],
             events=events,
             outcome=row["outcome"],

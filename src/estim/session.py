@@ -16,7 +16,6 @@ heartbeat, and an exception in a callback still stops output.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -34,6 +33,7 @@ from estim.plan import SessionPlan
 from estim.policy import HEARTBEAT_S, SessionPolicy
 from estim.protocol import StopReason
 from estim.record import EventRecord, SessionRecord, UnitRecord
+from estim.safety import exact, finite
 from estim.session_state import SessionState
 from estim.steps import Steps
 
@@ -76,12 +76,11 @@ def heartbeat_period(plan: SessionPlan, asked: float | None) -> float:
     if asked is None:
         return min(HEARTBEAT_S, quarter)
     if not (
-        isinstance(asked, int | float)
-        and math.isfinite(asked)
-        and HEARTBEAT_MIN_S <= asked <= quarter
+        isinstance(asked, int | float) and finite(asked) and HEARTBEAT_MIN_S <= asked <= quarter
     ):
+        given = exact(asked) if isinstance(asked, int | float) and finite(asked) else repr(asked)
         raise OutputLimitError(
-            f"heartbeat {asked!r} s must be at least {HEARTBEAT_MIN_S:g} s and at most a quarter "
+            f"heartbeat {given} s must be at least {HEARTBEAT_MIN_S:g} s and at most a quarter "
             f"of the {plan.watchdog:g} s watchdog ({quarter:g} s; PROTOCOL.md 9)"
         )
     return float(asked)

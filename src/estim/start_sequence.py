@@ -64,6 +64,9 @@ class StartSequence(PolicyBase):
 
 
 def _configure(plan: ChannelPlan) -> ConfigureChannel:
+    """The channel's numbers in the wire's units. Each is already a whole number of
+    them (the plan model and ``Limits`` refuse any other): round() only undoes the
+    float's last bit, so the unit runs exactly what was judged and is recorded."""
     return ConfigureChannel(
         channel=plan.channel,
         waveform=WAVEFORMS[plan.waveform],

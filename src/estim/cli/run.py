@@ -57,52 +57,70 @@ def load_clinic_config() -> ClinicConfig:
         fail(str(err))
 
 
+def _short(text: str) -> str:
+    """A piece of the command line as typed, cut short if long (one short line)."""
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
+
+
 def _number(text: str, what: str, spec: str) -> float:
+    """A number as typed: a whole number exactly, whatever its size (the plan judges
+    it: 400 digits are out of range, not an overflow), else a float."""
     import math
 
+    from estim.safety import quoted
+
+    try:
+        return int(text)
+    except ValueError:
+        pass
     try:
         value = float(text)
     except ValueError:
-        fail(f"-c {spec}: {what} {text!r} is not a number")
+        fail(f"-c {spec}: {what} {quoted(text)} is not a number")
     if not math.isfinite(value):
-        fail(f"-c {spec}: {what} {text!r} is not a finite number")
+        fail(f"-c {spec}: {what} {quoted(text)} is not a finite number")
     return value
 
 
 def parse_channel(spec: str, preset: Preset | None, waveform: str | None) -> dict[str, Any]:
     """``CH:FREQ_HZ:PW_US:MA`` or, with a preset, ``CH:MA``."""
+    from estim.safety import quoted
+
     parts = spec.split(":")
+    said = _short(spec)
     if len(parts) == 4:
         if preset is not None:  # refused, not merged: which one would the clinician mean?
             fail(
-                f"-c {spec} sets its own frequency and pulse width, and --preset {preset.name} "
+                f"-c {said} sets its own frequency and pulse width, and --preset {preset.name} "
                 f"sets them too; give -c CH:MA with the preset, or drop --preset"
             )
         ch, freq, pw, ma = parts
         fields: dict[str, Any] = {}
-        fields["frequency_hz"] = _number(freq, "frequency", spec)
+        fields["frequency_hz"] = _number(freq, "frequency", said)
         if fields["frequency_hz"] <= 0:
-            fail(f"-c {spec}: frequency {freq} Hz must be above 0")
-        pw_value = _number(pw, "pulse width", spec)
+            fail(f"-c {said}: frequency {_short(freq)} Hz must be above 0")
+        pw_value = _number(pw, "pulse width", said)
         if pw_value != int(pw_value):
-            fail(f"-c {spec}: pulse width {pw!r} must be whole microseconds")
+            fail(f"-c {said}: pulse width {quoted(pw)} must be whole microseconds")
         fields["pulse_width_us"] = int(pw_value)
         if fields["pulse_width_us"] <= 0:
-            fail(f"-c {spec}: pulse width {pw} us must be above 0")
+            fail(f"-c {said}: pulse width {_short(pw)} us must be above 0")
     elif len(parts) == 2:
         if preset is None:
-            fail(f"-c {spec}: CH:MA needs --preset; or give CH:FREQ_HZ:PW_US:MA (e.g. 1:2:250:12)")
+            fail(f"-c {said}: CH:MA needs --preset; or give CH:FREQ_HZ:PW_US:MA (e.g. 1:2:250:12)")
         ch, ma = parts
         fields = dict(preset.channel_fields())
     else:
-        fail(f"-c {spec!r} is not CH:FREQ_HZ:PW_US:MA (e.g. 1:2:250:12) or CH:MA with --preset")
-    channel = _number(ch, "channel", spec)
+        fail(
+            f"-c {quoted(spec)} is not CH:FREQ_HZ:PW_US:MA (e.g. 1:2:250:12) or CH:MA with --preset"
+        )
+    channel = _number(ch, "channel", said)
     if channel != int(channel) or not 1 <= channel <= 8:
-        fail(f"-c {spec}: channel {ch!r} must be a whole number 1-8")
+        fail(f"-c {said}: channel {quoted(ch)} must be a whole number 1-8")
     fields["channel"] = int(channel)
-    fields["amplitude_ma"] = _number(ma, "amplitude", spec)
+    fields["amplitude_ma"] = _number(ma, "amplitude", said)
     if fields["amplitude_ma"] <= 0:
-        fail(f"-c {spec}: amplitude {ma} mA must be above 0 mA")
+        fail(f"-c {said}: amplitude {_short(ma)} mA must be above 0 mA")
     if waveform:
         fields["waveform"] = waveform
     return fields
