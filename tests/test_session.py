@@ -921,3 +921,26 @@ def test_a_unit_that_acks_a_lower_amplitude_and_keeps_the_higher_one_is_stopped(
     assert record.stop_reason.startswith(
         "the unit reports channel 1 set to 12 mA, but this session set 5 mA"
     )
+
+
+@pytest.mark.parametrize("value", ["Decimal", "Fraction"])
+def test_an_amplitude_of_another_number_type_is_refused_and_the_session_goes_on(
+    device: Device, journal: Journal, estim_clock: ManualClock, value: str
+) -> None:
+    """Refused, but its refusal was journaled as given: not JSON, so the journal
+    writer failed and the session ended "aborted" on a refused request."""
+    from decimal import Decimal
+    from fractions import Fraction
+
+    ma = Decimal("5") if value == "Decimal" else Fraction(5, 1)
+    session = device.start(plan(), journal=journal)
+    advance_until_running(session, estim_clock)
+    with pytest.raises(OutputLimitError):
+        session.set_amplitude(1, ma)  # type: ignore[arg-type]
+    estim_clock.advance(3)
+    assert session.state == SessionState.RUNNING
+    session.stop()
+    record = session.wait(timeout=5)
+    assert (record.outcome, record.stop_reason) == ("stopped", "operator")
+    [refused] = [e for e in record.events if e.kind == "amplitude_refused"]
+    assert refused.data["ma"] == repr(ma)

@@ -208,8 +208,9 @@ class SessionPolicy(StartSequence, LiveLoop, UnitReports):
             return
         problem = self.limits.amplitude_problem(planned, ma)
         if problem:
+            shown = ma if type(ma) in (int, float) else repr(ma)  # (the record is JSON)
             self._record(
-                "amplitude_refused", {"channel": channel, "ma": ma, "error": problem}, now=now
+                "amplitude_refused", {"channel": channel, "ma": shown, "error": problem}, now=now
             )
             self._resolve(token, OutputLimitError(problem))
             return
