@@ -97,9 +97,12 @@ def reached_trace(record: SessionRecord, channel: int) -> Trace:
         return points[-1][1]
 
     for e in record.events[record.events.index(on) + 1 :]:
-        t = (
-            e.output_s if e.output_s is not None else 0.0
-        )  # since output on (record.since_output_on)
+        if e.output_s is None:  # the unit restarted: its time line ended before this
+            if e.kind == "unit_restarted":
+                t = points[-1][0]
+                points += [(t, level_at(t)), (t, 0.0)]
+            break
+        t = e.output_s  # since output on (record.since_output_on)
         if e.kind == "amplitude_set" and e.data.get("channel") == channel:
             points.append((t, level_at(t)))
             target = float(e.data["ma"])

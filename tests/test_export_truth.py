@@ -1,0 +1,231 @@
+"""Every export tells only what the record shows (records review).
+
+- A unit whose OUTPUT_STARTED event was lost, but whose later reports (the ramp done,
+  a delivered time) show its output was on, is never recorded as having delivered
+  nothing: output on, its time not received.
+- A host killed after the unit accepted START, before its output-on reached the
+  journal: whether output went on is unknown, not "never".
+- "Highest reached" is only what the unit reported (or the protocol's linear slew
+  fixes between its reports); a level after an operator's change the unit did not
+  report reaching is an estimate, and said to be one.
+- A CSV cell of free text never starts a spreadsheet formula.
+- A unit that restarts mid-session ends the record's output time line: no 49.7-day
+  times from its restarted clock read across its 32-bit wrap.
+
+Sessions run on the simulator on a manual clock, as in records_helpers.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from estim.cli.records import describe
+from estim.clock import ManualClock
+from estim.device import connect
+from estim.export import FORMATS
+from estim.export.facts import highest_reached, reached_trace
+from estim.journal import Journal
+from estim.plan import ChannelPlan, SessionPlan
+from estim.protocol import OutputStarted
+from estim.record import EventRecord, SessionRecord, UnitRecord
+from estim.session import Session
+from estim.sim import SimulatedUnit, UnitConfig, serve
+
+PLAN = SessionPlan(
+    dwell=60,
+    ramp=5,
+    channels=[ChannelPlan(channel=1, frequency_hz=2, pulse_width_us=250, amplitude_ma=12)],
+)
+UNIT = UnitRecord(
+    model="estim-sim", serial_number="SIM-0001", firmware="sim-1.0", simulated=True, port="sim://"
+)
+
+
+class LosesOutputStarted(SimulatedUnit):
+    """A unit whose OUTPUT_STARTED frame is lost on the link: it is numbered (so the
+    host sees the gap, as it would) but never sent."""
+
+    def _emit(self, cls: type[Any], t: int, **fields: Any) -> None:
+        if cls is OutputStarted:
+            self._event_seq = (self._event_seq + 1) & 0xFFFF
+            return
+        super()._emit(cls, t, **fields)
+
+
+Steer = Callable[[Session, ManualClock, SimulatedUnit], None]
+
+
+def session_on(
+    path: Path, unit_class: type[SimulatedUnit], steer: Steer, plan: SessionPlan = PLAN
+) -> tuple[SessionRecord, SimulatedUnit]:
+    clock = ManualClock()
+    unit = unit_class(UnitConfig(channels=2), clock=clock)
+    with Journal(path) as journal, serve(unit) as url, connect(url) as device:
+        session = device.start(plan, journal=journal)
+        steer(session, clock, unit)
+        record = session.wait(timeout=700)
+        assert record == journal.get(record.id)
+    return record, unit
+
+
+def steps(*actions: tuple[float, Callable[[Session], Any]]) -> Steer:
+    def steer(session: Session, clock: ManualClock, unit: SimulatedUnit) -> None:
+        for seconds, act in actions:
+            clock.advance(seconds)
+            act(session)
+
+    return steer
+
+
+def csv_row(record: SessionRecord) -> dict[str, str]:
+    return next(csv.DictReader(io.StringIO(FORMATS["csv"].render([record]).decode())))
+
+
+def procedure(record: SessionRecord) -> dict[str, Any]:
+    bundle = json.loads(FORMATS["fhir"].render([record]))
+    return next(
+        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Procedure"
+    )
+
+
+def highest_component(record: SessionRecord) -> dict[str, Any] | None:
+    bundle = json.loads(FORMATS["fhir"].render([record]))
+    found = [
+        c
+        for e in bundle["entry"]
+        for c in e["resource"].get("component", [])
+        if c["code"]["coding"][0]["code"] == "highest-amplitude-reached"
+    ]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+def html_fact(record: SessionRecord, name: str) -> str:
+    page = FORMATS["html"].render([record]).decode()
+    match = re.search(rf"<th>{name}</th><td>(.*?)</td>", page)
+    assert match is not None
+    return match.group(1)
+
+
+def html_highest(record: SessionRecord) -> str:
+    page = FORMATS["html"].render([record]).decode()
+    rows = re.findall(
+        r'<tr><td class="num">1</td><td class="num">[^<]*</td><td class="num">(.*?)</td>', page
+    )
+    assert len(rows) == 1
+    return rows[0]
+
+
+def output_line(record: SessionRecord) -> str:
+    (line,) = [x for x in describe(record) if x.startswith("Output")]
+    return line
+
+
+DENIALS = ("never", "no current", "nothing was delivered", "not-done")
+
+
+def assert_never_denied(record: SessionRecord) -> None:
+    page = FORMATS["html"].render([record]).decode()
+    for words in DENIALS[:3]:
+        assert words not in html_fact(record, "Output on"), words
+        assert words not in output_line(record), words
+    assert "No output was delivered" not in page
+    assert procedure(record)["status"] != "not-done"
+    assert csv_row(record)["output_went_on"] != "no"
+
+
+def built(
+    events: list[tuple[str, dict[str, Any], int | None]],
+    times: list[float] | None = None,
+    **fields: Any,
+) -> SessionRecord:
+    """A record made of ``events`` (kind, data, unit_ms), at host ``times`` (default:
+    a second apart)."""
+    times = times or [float(n) for n in range(len(events))]
+    made = [
+        EventRecord(
+            n=n,
+            utc=f"2026-11-22T09:00:{times[n]:06.3f}Z",
+            t=times[n],
+            unit_ms=ms,
+            kind=k,
+            data=d,
+        )
+        for n, (k, d, ms) in enumerate(events)
+    ]
+    values: dict[str, Any] = {
+        "session_id": "0000abcd",
+        "unit": UNIT,
+        "plan": PLAN,
+        "created_utc": "2026-11-22T09:00:00.000Z",
+        "events": made,
+        "outcome": "link_lost",
+        "stop_reason": "the unit has been silent for 500 ms",
+        "ended_by": None,
+        "delivered_ms": None,
+    }
+    values.update(fields)
+    return SessionRecord.build(**values)
+
+
+START = [("start_requested", {}, None), ("start_accepted", {"dwell_s": 60.0, "ramp_s": 5.0}, None)]
+ENDED = ("ended", {"outcome": "link_lost", "reason": "silent", "delivered_ms": None}, None)
+
+
+# --- 4. a unit restart ends the output time line -----------------------------------------
+
+
+def test_a_unit_restart_ends_the_output_time_line(tmp_path: Path) -> None:
+    """reset_output_s.py: the unit resets 30 s into output; its clock restarts at 0."""
+
+    def reset(session: Session, clock: ManualClock, unit: SimulatedUnit) -> None:
+        clock.advance(30)
+        unit.reset()
+
+    clock = ManualClock()
+    unit = SimulatedUnit(UnitConfig(), clock=clock)
+    with Journal(tmp_path / "estim.db") as journal, serve(unit) as url, connect(url) as device:
+        clock.advance(1)  # the unit has been on for a second, as any unit has
+        session = device.start(PLAN, journal=journal)
+        reset(session, clock, unit)
+        record = session.wait(timeout=100)
+        assert record == journal.get(record.id)
+    restart = next(e for e in record.events if e.kind == "unit_restarted")
+    assert restart.output_s is None
+    assert record.events[-1].output_s is None  # nothing after it has an output time
+    times = [e.output_s for e in record.events if e.output_s is not None]
+    assert times == sorted(times)
+    assert max(times) <= 31
+    rows = list(csv.DictReader(io.StringIO(FORMATS["events-csv"].render([record]).decode())))
+    assert all(r["output_s"] == "" or float(r["output_s"]) <= 31 for r in rows)
+    page = FORMATS["html"].render([record]).decode()
+    ticks = [float(v) for v in re.findall(r'text-anchor="middle">([0-9.e+]+)</text>', page)]
+    assert ticks
+    assert max(ticks) <= 60
+    trace = reached_trace(record, 1)
+    assert trace[-1][1] == 0.0
+    assert trace[-1][0] <= 31
+    assert highest_reached(record, 1) == 12.0
+
+
+def test_a_unit_clock_that_jumps_ends_the_output_time_line() -> None:
+    """A unit event whose clock reads far later than the host's time since output on
+    (a restart whose BOOTED was lost) is not placed 49.7 days into the session."""
+    record = built(
+        [
+            *START,
+            ("output_started", {"dwell_ms": 60000, "channel_mask": 1}, 5000),
+            ("ramp_done", {}, 10000),
+            ("events_missed", {"expected": 3, "received": 5}, None),
+            ("fault", {"fault": 5, "name": "INTERNAL", "channel": 0}, 40),
+            ENDED,
+        ],
+        times=[0.0, 0.5, 0.55, 5.56, 30.0, 30.1, 31.0],
+    )
+    assert [e.output_s for e in record.events[2:]] == [0.0, 5.0, 29.45, None, None]
