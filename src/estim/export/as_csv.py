@@ -4,6 +4,10 @@ zone of the machine that exported them (``2026-11-22 10:00:05``, zone in its own
 
 Channel columns (``ch1_frequency_hz`` ...) run from channel 1 to the highest channel
 any of the exported sessions used.
+
+No cell starts a spreadsheet formula: a text cell that begins with ``=``, ``+``,
+``-``, ``@``, a tab or a carriage return gets a single quote in front (OWASP's CSV
+injection advice); numbers are written as numbers.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ CHANNEL_FIELDS = [
     "planned_ma",
     "peak_reached_ma",
 ]
+#: a text cell starting with one of these is a formula to a spreadsheet
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 #: event data keys spread into their own columns, in this order; any other key goes
 #: into ``other`` as ``key=value`` pairs (the plan and unit of ``start_requested`` are
@@ -113,6 +119,8 @@ def cell(value: Any) -> Any:
         return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:g}" if abs(value) < 1e15 else repr(value)
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
     return value
 
 
@@ -197,7 +205,7 @@ def events(records: Sequence[SessionRecord]) -> bytes:
                     e.n,
                     e.utc,
                     local(e.utc),
-                    f"{e.t:.6f}",
+                    f"{e.t:.6f}",  # (text, and never negative)
                     e.unit_ms,
                     e.kind,
                     *(data.get(k) for k in EVENT_KEYS),
