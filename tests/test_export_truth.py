@@ -20,17 +20,20 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from estim.cli.records import describe
 from estim.clock import ManualClock
 from estim.device import connect
 from estim.export import FORMATS
 from estim.export.as_csv import cell
-from estim.export.facts import highest_reached, reached_trace
+from estim.export.facts import highest_reached, output_went_on, reached_trace
 from estim.journal import Journal
 from estim.plan import ChannelPlan, SessionPlan
 from estim.protocol import OutputStarted
@@ -179,6 +182,100 @@ def built(
 
 START = [("start_requested", {}, None), ("start_accepted", {"dwell_s": 60.0, "ramp_s": 5.0}, None)]
 ENDED = ("ended", {"outcome": "link_lost", "reason": "silent", "delivered_ms": None}, None)
+
+
+# --- 1. output on, though its event was lost ------------------------------------------------
+
+
+def test_a_lost_output_started_still_records_output_on(tmp_path: Path) -> None:
+    record, unit = session_on(
+        tmp_path / "estim.db", LosesOutputStarted, steps((20, lambda s: s.stop()))
+    )
+    assert unit.events("output_on")  # the unit did deliver
+    assert "output_started" not in [e.kind for e in record.events]
+    assert record.delivered_s == pytest.approx(20.0, abs=0.01)
+    assert output_went_on(record) == "yes"
+    assert_never_denied(record)
+    assert "time not received" in html_fact(record, "Output on")
+    assert "time not received" in output_line(record)
+    assert procedure(record)["status"] == "stopped"
+    assert "start" not in procedure(record).get("performedPeriod", {})  # not invented
+    row = csv_row(record)
+    assert (row["output_went_on"], row["output_on_utc"]) == ("yes", "")
+    assert row["delivered_s"] == "20"
+
+
+EVIDENCE: dict[str, tuple[list[tuple[str, dict[str, Any], int | None]], int | None]] = {
+    "ramp done": ([("ramp_done", {}, 6000)], None),
+    "amplitude reached": ([("amplitude_reached", {"channel": 1, "ma": 10.0}, 4000)], None),
+    "ramp down": ([("ramp_down", {"remaining_ms": 5000}, 56000)], None),
+    "stopped after 0.5 s": (
+        [("unit_stopped", {"reason": "HOST_ERROR", "delivered_ms": 500}, 1500)],
+        500,
+    ),
+    "completed": ([("unit_completed", {"delivered_ms": 60000}, 61000)], 60000),
+    "a delivered time only": ([], 300),
+}
+
+
+@pytest.mark.parametrize("evidence", sorted(EVIDENCE))
+def test_any_report_of_output_means_output_went_on(evidence: str) -> None:
+    """The lossy-link sessions of the review (seeds 26 and 29): only a later report
+    shows output was on; every format says on, time not received."""
+    events, delivered = EVIDENCE[evidence]
+    record = built([*START, ("unit_silent", {}, None), *events, ENDED], delivered_ms=delivered)
+    assert output_went_on(record) == "yes"
+    assert_never_denied(record)
+    assert "time not received" in html_fact(record, "Output on")
+    assert "time not received" in output_line(record)
+    assert procedure(record)["status"] == "stopped"
+
+
+def test_a_start_accepted_and_nothing_more_is_unknown_not_never() -> None:
+    record = built([*START, ("unit_silent", {}, None), ENDED])
+    assert output_went_on(record) == "unknown"
+    assert_never_denied(record)
+    assert procedure(record)["status"] == "unknown"
+    assert "unknown" in html_fact(record, "Output on")
+    assert "unknown" in output_line(record)
+    assert csv_row(record)["output_went_on"] == "unknown"
+
+
+def test_a_host_killed_after_the_unit_accepted_start(tmp_path: Path) -> None:
+    """interrupted_before_on.py: START ACKed, the host dies before output-on is
+    journaled. Nobody knows whether output went on; no format says it never did."""
+    db = tmp_path / "estim.db"
+    crashed = Journal(db)
+    sid = crashed.begin(
+        0x42,
+        plan=PLAN.model_dump(mode="json"),
+        unit={"model": "m", "serial_number": "s", "firmware": "f", "simulated": False},
+        port="/dev/ttyUSB0",
+        planned_ms=60000,
+    )
+    crashed.append(sid, "start_accepted", {"dwell_s": 60.0, "ramp_s": 5.0}, t=0.01)
+    os.close(crashed._locks.pop(sid))  # kill -9: the OS drops the lock
+    crashed._db.close()
+    with Journal(db) as journal:
+        record = journal.get(sid)
+    assert record.outcome == "interrupted"
+    assert output_went_on(record) == "unknown"
+    assert_never_denied(record)
+    assert procedure(record)["status"] == "unknown"
+    assert "unknown" in html_fact(record, "Output on")
+    assert "unknown" in output_line(record)
+
+
+def test_a_refused_start_is_still_never() -> None:
+    record = built(
+        [("start_requested", {}, None), ("start_refused", {"error": "open electrode"}, None)],
+        outcome="refused",
+        stop_reason="open electrode",
+    )
+    assert output_went_on(record) == "no"
+    assert procedure(record)["status"] == "not-done"
+    assert html_fact(record, "Output on").startswith("never")
+    assert csv_row(record)["output_went_on"] == "no"
 
 
 # --- 3. CSV cells never start a formula ------------------------------------------------------

@@ -1,5 +1,10 @@
 """Facts several export formats derive from a record, computed once here so the
-CSV, the FHIR bundle and the HTML report can never disagree.
+CSV, the FHIR bundle, the HTML report and ``estim show`` can never disagree.
+
+Whether output went on (``output_went_on``) is read from every report of the unit,
+not from its output-on event alone: a link that lost OUTPUT_STARTED loses its time,
+not the fact. Nothing says "never" unless the record shows the unit never started;
+with no evidence either way (a start accepted, then silence) it is unknown.
 
 Output time is the unit's own: it starts when the unit reported output on and
 lasts the unit's delivered time (``delivered_s``, from its own clock), not the
@@ -8,21 +13,27 @@ host's idea of when it stopped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Literal
 
 from estim.record import EventRecord, SessionRecord
 from estim.words import parse_utc
 
 #: events after which the unit's output is off
 OFF_EVENTS = ("unit_completed", "unit_stopped")
+#: unit reports that only come while its output is on
+OUTPUT_REPORTS = ("output_started", "ramp_done", "amplitude_reached", "ramp_down", "unit_completed")
+
+WentOn = Literal["yes", "no", "unknown"]
 
 
 @dataclass(frozen=True)
 class OutputPeriod:
-    start_utc: str
+    start_utc: str | None  # None: output went on, but the unit's output-on was not received
     end_utc: str | None  # None: output went on, and when it went off is unknown
-    start_t: float  # host seconds since the start was requested (the record's ``t``)
+    start_t: float | None  # host seconds since the start was requested (the record's ``t``)
     end_t: float | None
 
 
@@ -30,11 +41,34 @@ def first(record: SessionRecord, *kinds: str) -> EventRecord | None:
     return next((e for e in record.events if e.kind in kinds), None)
 
 
+def output_went_on(record: SessionRecord) -> WentOn:
+    """Whether the unit's output went on: "yes" if any report of the unit says so (its
+    output-on, a ramp done, a level reached, the end ramp, a completion, a delivered
+    time above zero), "no" only if the record shows it never started (refused, or
+    ended before the unit accepted START with the link answering), else "unknown"."""
+    for e in record.events:
+        if e.kind in OUTPUT_REPORTS:
+            return "yes"
+        if e.kind in ("unit_stopped", "ended") and (e.data.get("delivered_ms") or 0) > 0:
+            return "yes"
+    if (record.delivered_s or 0) > 0:
+        return "yes"
+    if record.outcome == "refused":
+        return "no"
+    if first(record, "start_accepted") or record.outcome in (None, "interrupted", "link_lost"):
+        return "unknown"  # START accepted (output starts after its ACK), or maybe sent
+    return "no"
+
+
 def output_period(record: SessionRecord) -> OutputPeriod | None:
-    """When the unit's output was on; None if it never went on (as far as the record knows)."""
+    """When the unit's output was on; None unless it went on (``output_went_on``).
+    Its start is None if the unit's output-on was not received (never guessed)."""
+    if output_went_on(record) != "yes":
+        return None
     on = first(record, "output_started")
     if on is None:
-        return None
+        off = first(record, *OFF_EVENTS)
+        return OutputPeriod(None, off.utc if off else None, None, off.t if off else None)
     if record.delivered_s is not None:
         end = parse_utc(on.utc) + timedelta(seconds=record.delivered_s)
         return OutputPeriod(on.utc, utc_text(end), on.t, on.t + record.delivered_s)
@@ -42,6 +76,25 @@ def output_period(record: SessionRecord) -> OutputPeriod | None:
     if off is None:
         return OutputPeriod(on.utc, None, on.t, None)
     return OutputPeriod(on.utc, off.utc, on.t, off.t)
+
+
+def output_on_words(record: SessionRecord, local: Callable[[str], str]) -> tuple[str, str]:
+    """The report's "Output on" and "Output off" in words (``local``: a UTC text as
+    people read it)."""
+    went, period = output_went_on(record), output_period(record)
+    if period is not None:
+        on = (
+            local(period.start_utc)
+            if period.start_utc
+            else "yes, time not received (the unit's output-on event was lost; its later "
+            "reports show output was on)"
+        )
+        return on, local(period.end_utc) if period.end_utc else "unknown"
+    if went == "unknown":
+        if record.outcome is None:
+            return "not reported yet", "-"
+        return "unknown: the record does not show whether output went on", "unknown"
+    return "never: no current was delivered", "-"
 
 
 def utc_text(when: datetime) -> str:
