@@ -203,6 +203,9 @@ def test_a_lost_output_started_still_records_output_on(tmp_path: Path) -> None:
     row = csv_row(record)
     assert (row["output_went_on"], row["output_on_utc"]) == ("yes", "")
     assert row["delivered_s"] == "20"
+    # the ramp done is the unit's own report of the planned level
+    assert row["ch1_peak_reached_ma"] == "12"
+    assert highest_reached(record, 1) == 12.0
 
 
 EVIDENCE: dict[str, tuple[list[tuple[str, dict[str, Any], int | None]], int | None]] = {
@@ -276,6 +279,77 @@ def test_a_refused_start_is_still_never() -> None:
     assert procedure(record)["status"] == "not-done"
     assert html_fact(record, "Output on").startswith("never")
     assert csv_row(record)["output_went_on"] == "no"
+
+
+# --- 2. the highest amplitude reached is what the unit reported ------------------------------
+
+
+def test_a_raise_in_the_ramp_then_a_stop_is_not_reported_as_reached(tmp_path: Path) -> None:
+    """Raised to 20 mA 2 s into a 5 s ramp to 12 mA, stopped at 5.5 s: the unit's
+    slew (2.4 mA/s) reached about 13.2 mA, never 20, and it reported no level."""
+    record, unit = session_on(
+        tmp_path / "estim.db",
+        SimulatedUnit,
+        steps((2, lambda s: s.set_amplitude(1, 20)), (3.5, lambda s: s.stop())),
+    )
+    truth = max(e.data["ua"] for e in unit.log if e.kind == "level") / 1000
+    assert truth < 13.3
+    trace = reached_trace(record, 1)
+    assert max(ma for _, ma in trace) == pytest.approx(13.2, abs=0.01)  # the slew, not 20
+    assert trace[-2] == (pytest.approx(5.5, abs=0.01), pytest.approx(13.2, abs=0.01))
+    assert highest_reached(record, 1) is None  # not reported: no figure claimed
+    assert csv_row(record)["ch1_peak_reached_ma"] == ""
+    component = highest_component(record)
+    assert component is not None
+    assert "valueQuantity" not in component
+    assert "estimate" in component["dataAbsentReason"]["text"]
+    assert "20" not in html_highest(record)
+    assert "about 13.2 mA" in html_highest(record)
+    assert "estimate" in html_highest(record)
+
+
+def test_a_raise_in_the_hold_is_drawn_slewing_not_flat(tmp_path: Path) -> None:
+    record, _ = session_on(
+        tmp_path / "estim.db",
+        SimulatedUnit,
+        steps((20, lambda s: s.set_amplitude(1, 30)), (0.5, lambda s: s.stop())),
+    )
+    trace = reached_trace(record, 1)
+    assert trace[-2] == (pytest.approx(20.5, abs=0.01), pytest.approx(13.2, abs=0.01))
+    assert highest_reached(record, 1) is None  # 12 reported, more by an unreported slew
+    assert csv_row(record)["ch1_peak_reached_ma"] == ""
+    assert "about 13.2 mA" in html_highest(record)
+    assert "12 mA" in html_highest(record)  # what the unit did report
+
+
+def test_a_raise_before_the_end_ramp_is_reported_by_the_ramp_down(tmp_path: Path) -> None:
+    """Raised to 30 mA at 54 s: the end ramp caught the slew at 13.2 mA, and the
+    unit's RAMP_DOWN_STARTED (5.5 s left at 2.4 mA/s) says so."""
+    record, unit = session_on(
+        tmp_path / "estim.db", SimulatedUnit, steps((54, lambda s: s.set_amplitude(1, 30)))
+    )
+    assert record.outcome == "completed"
+    truth = max(e.data["ua"] for e in unit.log if e.kind == "level") / 1000
+    assert highest_reached(record, 1) == pytest.approx(truth, abs=0.001) == 13.2
+    assert csv_row(record)["ch1_peak_reached_ma"] == "13.2"
+    component = highest_component(record)
+    assert component is not None
+    assert component["valueQuantity"]["value"] == 13.2
+    assert html_highest(record) == "13.2 mA"
+    trace = reached_trace(record, 1)
+    assert max(ma for _, ma in trace) == pytest.approx(13.2, abs=0.001)
+    assert (54.0, 12.0) in [(round(t, 3), round(ma, 3)) for t, ma in trace]  # flat until the change
+
+
+def test_a_lowering_in_the_hold_slews_down(tmp_path: Path) -> None:
+    record, _ = session_on(
+        tmp_path / "estim.db",
+        SimulatedUnit,
+        steps((20, lambda s: s.set_amplitude(1, 2)), (0.2, lambda s: s.stop())),
+    )
+    trace = reached_trace(record, 1)
+    assert trace[-2] == (pytest.approx(20.2, abs=0.01), pytest.approx(11.52, abs=0.01))
+    assert highest_reached(record, 1) == 12.0  # reported by the ramp done; nothing higher
 
 
 # --- 3. CSV cells never start a formula ------------------------------------------------------

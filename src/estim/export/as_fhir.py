@@ -18,7 +18,9 @@ Per session:
   so in its note), shared by the sessions of one unit in the bundle;
 - one ``Observation`` per channel (``partOf`` the Procedure): the parameters as
   numbers a chart can plot (frequency in Hz, pulse width in us, planned and highest
-  reached amplitude in mA, UCUM units), waveform and mode as text; and one
+  reached amplitude in mA, UCUM units; a highest level the unit did not report, only
+  its slew suggests, is a ``dataAbsentReason`` that says so), waveform and mode as
+  text; and one
   ``Observation`` of the dose: the delivered seconds against the planned.
 
 The procedure code is SNOMED CT 91251008 |Physical therapy procedure (procedure)|.
@@ -71,7 +73,7 @@ from urllib.parse import quote
 
 from estim import words
 from estim.durations import format_duration
-from estim.export.facts import highest_reached, output_period, output_went_on
+from estim.export.facts import output_period, output_went_on, peak, peak_words
 from estim.record import SessionRecord
 
 SNOMED = "http://snomed.info/sct"
@@ -475,10 +477,22 @@ def _channel(
     if c.switch_s is not None:
         name = "time-on-each-rate" if c.mode == "dense_disperse" else "burst-length"
         components.append({"code": code(name), "valueQuantity": _quantity(c.switch_s, "s")})
-    reached = highest_reached(record, number)
-    if reached is not None:
+    reached = peak(record, number)
+    if reached.exact and reached.ma:
         components.append(
-            {"code": code("highest-amplitude-reached"), "valueQuantity": _quantity(reached, "mA")}
+            {
+                "code": code("highest-amplitude-reached"),
+                "valueQuantity": _quantity(reached.ma, "mA"),
+            }
+        )
+    elif reached.ma or reached.reported:  # the unit did not report its peak: say so
+        components.append(
+            {
+                "code": code("highest-amplitude-reached"),
+                "dataAbsentReason": {
+                    "text": f"the unit did not report its highest level: {peak_words(reached)}"
+                },
+            }
         )
     resource["component"] = components
     return _entry(resource)

@@ -12,10 +12,11 @@ from estim import __version__, words
 from estim.durations import format_duration
 from estim.export.facts import (
     fault_names,
-    highest_reached,
     output_on_words,
     output_period,
     output_went_on,
+    peak,
+    peak_words,
 )
 from estim.export.svg import channel_plot
 from estim.record import SessionRecord
@@ -107,7 +108,7 @@ def page(r: SessionRecord) -> str:
         "<tr>"
         f'<td class="num">{c.channel}</td>'
         f'<td class="num">{c.amplitude_ma:g} mA</td>'
-        f'<td class="num">{_ma(highest_reached(r, c.channel))}</td>'
+        f'<td class="num">{escape(peak_words(peak(r, c.channel)))}</td>'
         f"<td>{escape(words.rate(c))}</td>"
         f'<td class="num">{c.pulse_width_us} us</td>'
         f"<td>{escape(words.waveform(c.waveform))}</td>"
@@ -119,7 +120,8 @@ def page(r: SessionRecord) -> str:
             f"<figure>{channel_plot(r, c.channel)}<figcaption>Channel {c.channel}: "
             f'<span class="key planned"></span> planned &nbsp; <span class="key"></span> '
             "reported by the unit (output on to output off; between its reports the line "
-            "follows the unit's linear slew)</figcaption></figure>"
+            "follows the unit's linear slew; after a change it did not report reaching, "
+            "that slew from when the change was sent is an estimate)</figcaption></figure>"
             for c in plan.channels
         )
         if period and period.start_utc
@@ -177,10 +179,6 @@ clock for its events; the plots use the latter.</footer>
 </body>
 </html>
 """
-
-
-def _ma(value: float | None) -> str:
-    return "-" if value is None else f"{value:g} mA"
 
 
 def _when(utc: str) -> str:
