@@ -30,7 +30,8 @@ class EventRecord(BaseModel):
         default=None,
         description="seconds since the unit's output went on: by the unit's clock for its "
         "events (across its 32-bit wrap), by the host's for the host's; never decreasing; "
-        "None before output on. Derived when the record is built; exports and plots use it",
+        "None before output on, and from a unit restart on (its clock restarted, so the "
+        "output time line ended). Derived when the record is built; exports and plots use it",
     )
 
 
@@ -73,6 +74,11 @@ Outcome = Literal[
 
 #: the unit's clock is milliseconds in 32 bits (PROTOCOL.md 5.2): it wraps after 49.7 days
 UNIT_CLOCK_WRAP_MS = 2**32
+#: how far a unit event's time since output on may run ahead of the host's time since
+#: it heard output go on (that event's way over the link, and the clocks' drift); a
+#: unit clock further ahead restarted (it reads across its wrap from near zero)
+UNIT_AHEAD_S = 2.0
+UNIT_AHEAD_RATE = 0.01
 
 
 def since_output_on(events: list[EventRecord]) -> list[EventRecord]:
@@ -81,26 +87,34 @@ def since_output_on(events: list[EventRecord]) -> list[EventRecord]:
     clock from the moment the host heard output go on. Times never decrease: where
     the two clocks interleave within a few milliseconds, a later event is never
     placed earlier. Whatever the unit's clock read at output on (0, 100 s, a second
-    before its wrap), the story is the same."""
+    before its wrap), the story is the same. A unit that restarted (its
+    ``unit_restarted``, or a clock far ahead of the host's: restarted near zero and
+    read across its wrap) ended output: that event and every later one get None."""
     on = next((e for e in events if e.kind == "output_started"), None)
     if on is None:
-        return [
-            e.model_copy(update={"output_s": None}) if e.output_s is not None else e for e in events
-        ]
+        return [_no_output_s(e) for e in events]
     start = events.index(on)
-    out = [
-        e.model_copy(update={"output_s": None}) if e.output_s is not None else e
-        for e in events[:start]
-    ]
+    out = [_no_output_s(e) for e in events[:start]]
     last = 0.0
+    restarted = False
     for e in events[start:]:
+        host = e.t - on.t
         if e.unit_ms is not None and on.unit_ms is not None:
             seconds = ((e.unit_ms - on.unit_ms) % UNIT_CLOCK_WRAP_MS) / 1000
+            restarted = restarted or seconds > host * (1 + UNIT_AHEAD_RATE) + UNIT_AHEAD_S
         else:
-            seconds = e.t - on.t
+            seconds = host
+        restarted = restarted or e.kind == "unit_restarted"
+        if restarted:  # the unit's clock restarted: output was off, its time line ended
+            out.append(_no_output_s(e))
+            continue
         last = max(last, round(seconds, 3))
         out.append(e if e.output_s == last else e.model_copy(update={"output_s": last}))
     return out
+
+
+def _no_output_s(e: EventRecord) -> EventRecord:
+    return e.model_copy(update={"output_s": None}) if e.output_s is not None else e
 
 
 class SessionRecord(BaseModel):

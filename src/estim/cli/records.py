@@ -227,9 +227,9 @@ def describe(r: SessionRecord, delivery: Delivery | None = None) -> list[str]:
     """The record in words, one fact a line."""
     from estim import words
     from estim.durations import format_duration
-    from estim.export.facts import fault_names, output_period
+    from estim.export.facts import fault_names
 
-    plan, unit, period = r.plan, r.unit, output_period(r)
+    plan, unit = r.plan, r.unit
     delivered = "unknown" if r.delivered_s is None else f"{r.delivered_s:.3f} s by the unit's clock"
     lines = [
         f"Session   {r.id}",
@@ -240,13 +240,7 @@ def describe(r: SessionRecord, delivery: Delivery | None = None) -> list[str]:
         f"Unit      {unit.model} serial {unit.serial_number}, firmware {unit.firmware}, on {unit.port}"
         + (" (simulated)" if unit.simulated else ""),
         f"Requested {words.local_time(r.created_utc)}",
-        "Output    "
-        + (
-            f"on {words.local_time(period.start_utc)}, off "
-            + (words.local_time(period.end_utc) if period.end_utc else "at an unknown time")
-            if period
-            else "never on: nothing was delivered"
-        ),
+        "Output    " + _output_words(r),
     ]
     for label, value in (
         ("Patient", plan.patient_ref),
@@ -269,6 +263,21 @@ def describe(r: SessionRecord, delivery: Delivery | None = None) -> list[str]:
     for e in r.events:
         lines.append(f"  {e.t:9.3f} s  {words.event(e)}")
     return lines
+
+
+def _output_words(r: SessionRecord) -> str:
+    """When output was on, or that it never was, or that nobody knows."""
+    from estim import words
+    from estim.export.facts import output_period, output_went_on
+
+    period, went = output_period(r), output_went_on(r)
+    if period is not None:
+        on = words.local_time(period.start_utc) if period.start_utc else "(time not received)"
+        off = words.local_time(period.end_utc) if period.end_utc else "at an unknown time"
+        return f"on {on}, off {off}"
+    if went == "unknown":
+        return "not reported on yet" if r.outcome is None else "unknown whether output went on"
+    return "never on: nothing was delivered"
 
 
 def _formats() -> Any:

@@ -3,7 +3,13 @@ spreadsheet reads (no JSON in a cell); times in UTC (ISO 8601) and in the local 
 zone of the machine that exported them (``2026-11-22 10:00:05``, zone in its own column).
 
 Channel columns (``ch1_frequency_hz`` ...) run from channel 1 to the highest channel
-any of the exported sessions used.
+any of the exported sessions used; after them, ``output_went_on`` (yes, no, unknown:
+``estim.export.facts.output_went_on``; yes with an empty ``output_on_utc`` means the
+unit's output-on time was not received).
+
+No cell starts a spreadsheet formula: a text cell that begins with ``=``, ``+``,
+``-``, ``@``, a tab or a carriage return gets a single quote in front (OWASP's CSV
+injection advice); numbers are written as numbers.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import io
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from estim.export.facts import fault_names, highest_reached, output_period
+from estim.export.facts import fault_names, highest_reached, output_period, output_went_on
 from estim.record import SessionRecord
 from estim.words import parse_utc
 
@@ -56,6 +62,10 @@ CHANNEL_FIELDS = [
     "planned_ma",
     "peak_reached_ma",
 ]
+#: after the channel columns (so no column moves)
+LAST_COLUMNS = ["output_went_on"]
+#: a text cell starting with one of these is a formula to a spreadsheet
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 #: event data keys spread into their own columns, in this order; any other key goes
 #: into ``other`` as ``key=value`` pairs (the plan and unit of ``start_requested`` are
@@ -113,6 +123,8 @@ def cell(value: Any) -> Any:
         return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:g}" if abs(value) < 1e15 else repr(value)
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
     return value
 
 
@@ -127,7 +139,8 @@ def table(header: list[str], rows: Iterable[list[Any]]) -> bytes:
 
 def sessions(records: Sequence[SessionRecord]) -> bytes:
     width = max((c.channel for r in records for c in r.plan.channels), default=1)
-    header = SESSION_COLUMNS + [f"ch{n}_{f}" for n in range(1, width + 1) for f in CHANNEL_FIELDS]
+    channels = [f"ch{n}_{f}" for n in range(1, width + 1) for f in CHANNEL_FIELDS]
+    header = SESSION_COLUMNS + channels + LAST_COLUMNS
     return table(header, (_session_row(r, width) for r in records))
 
 
@@ -179,7 +192,7 @@ def _session_row(r: SessionRecord, width: int) -> list[Any]:
             c.amplitude_ma,
             highest_reached(r, n),
         ]
-    return row
+    return [*row, output_went_on(r)]
 
 
 def events(records: Sequence[SessionRecord]) -> bytes:
@@ -197,7 +210,7 @@ def events(records: Sequence[SessionRecord]) -> bytes:
                     e.n,
                     e.utc,
                     local(e.utc),
-                    f"{e.t:.6f}",
+                    f"{e.t:.6f}",  # (text, and never negative)
                     e.unit_ms,
                     e.kind,
                     *(data.get(k) for k in EVENT_KEYS),

@@ -3,11 +3,14 @@ dicts (no FHIR library at run time; the tests validate every bundle with one).
 
 Per session:
 
-- a ``Procedure``: ``status`` from the outcome (completed; stopped once output had
-  gone on; not-done if it never did; unknown for an interrupted session whose
-  output start was never recorded; in-progress while live), ``statusReason`` the
+- a ``Procedure``: ``status`` from the outcome and whether output went on
+  (``estim.export.facts.output_went_on``): completed; stopped once any report of
+  the unit shows output went on; not-done only if the record shows it never did;
+  unknown when that is not known (START accepted, then silence, or the host died);
+  in-progress while live. ``statusReason`` the
   stop reason, ``performedPeriod`` the unit's own output on/off (the output start it
-  reported plus the time it measured), ``bodySite`` the site as text, ``subject`` a
+  reported plus the time it measured; no start if its output-on event was lost),
+  ``bodySite`` the site as text, ``subject`` a
   Patient and ``performer`` a Practitioner as logical references (by identifier, see
   below: estim never knows a server's ids), ``usedReference`` the stimulator, ``note``
   the plan and dose in words;
@@ -15,7 +18,9 @@ Per session:
   so in its note), shared by the sessions of one unit in the bundle;
 - one ``Observation`` per channel (``partOf`` the Procedure): the parameters as
   numbers a chart can plot (frequency in Hz, pulse width in us, planned and highest
-  reached amplitude in mA, UCUM units), waveform and mode as text; and one
+  reached amplitude in mA, UCUM units; a highest level the unit did not report, only
+  its slew suggests, is a ``dataAbsentReason`` that says so), waveform and mode as
+  text; and one
   ``Observation`` of the dose: the delivered seconds against the planned.
 
 The procedure code is SNOMED CT 91251008 |Physical therapy procedure (procedure)|.
@@ -68,7 +73,7 @@ from urllib.parse import quote
 
 from estim import words
 from estim.durations import format_duration
-from estim.export.facts import highest_reached, output_period
+from estim.export.facts import output_period, output_went_on, peak, peak_words
 from estim.record import SessionRecord
 
 SNOMED = "http://snomed.info/sct"
@@ -287,9 +292,7 @@ def _status(record: SessionRecord) -> str:
         return "in-progress"
     if record.outcome == "completed":
         return "completed"
-    if output_period(record) is not None:
-        return "stopped"
-    return "unknown" if record.outcome == "interrupted" else "not-done"
+    return {"yes": "stopped", "no": "not-done", "unknown": "unknown"}[output_went_on(record)]
 
 
 def _session(record: SessionRecord, device_url: str, systems: Systems) -> list[dict[str, Any]]:
@@ -310,11 +313,9 @@ def _session(record: SessionRecord, device_url: str, systems: Systems) -> list[d
     }
     if record.outcome not in (None, "completed") and record.stop_reason:
         procedure["statusReason"] = {"text": record.stop_reason}
-    period = output_period(record)
-    if period is not None:
-        procedure["performedPeriod"] = {"start": period.start_utc}
-        if period.end_utc is not None:
-            procedure["performedPeriod"]["end"] = period.end_utc
+    performed = _period(record)
+    if performed:
+        procedure["performedPeriod"] = performed
     if plan.clinician:
         actor: dict[str, Any] = {"type": "Practitioner", "display": plan.clinician}
         if systems.practitioner:
@@ -391,12 +392,20 @@ def _observation(
         "subject": subject,
         "device": {"reference": device_url},
     }
-    period = output_period(record)
-    if period is not None:
-        resource["effectivePeriod"] = {"start": period.start_utc}
-        if period.end_utc is not None:
-            resource["effectivePeriod"]["end"] = period.end_utc
+    effective = _period(record)
+    if effective:
+        resource["effectivePeriod"] = effective
     return resource
+
+
+def _period(record: SessionRecord) -> dict[str, str]:
+    """The unit's output on and off as a FHIR Period: a start not received is left
+    out (a Period without a start: its start is not known)."""
+    period = output_period(record)
+    if period is None:
+        return {}
+    ends = {"start": period.start_utc, "end": period.end_utc}
+    return {k: v for k, v in ends.items() if v is not None}
 
 
 def _quantity(value: float, unit: str) -> dict[str, Any]:
@@ -468,10 +477,22 @@ def _channel(
     if c.switch_s is not None:
         name = "time-on-each-rate" if c.mode == "dense_disperse" else "burst-length"
         components.append({"code": code(name), "valueQuantity": _quantity(c.switch_s, "s")})
-    reached = highest_reached(record, number)
-    if reached is not None:
+    reached = peak(record, number)
+    if reached.exact and reached.ma:
         components.append(
-            {"code": code("highest-amplitude-reached"), "valueQuantity": _quantity(reached, "mA")}
+            {
+                "code": code("highest-amplitude-reached"),
+                "valueQuantity": _quantity(reached.ma, "mA"),
+            }
+        )
+    elif reached.ma or reached.reported:  # the unit did not report its peak: say so
+        components.append(
+            {
+                "code": code("highest-amplitude-reached"),
+                "dataAbsentReason": {
+                    "text": f"the unit did not report its highest level: {peak_words(reached)}"
+                },
+            }
         )
     resource["component"] = components
     return _entry(resource)

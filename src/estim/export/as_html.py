@@ -10,7 +10,14 @@ from html import escape
 
 from estim import __version__, words
 from estim.durations import format_duration
-from estim.export.facts import fault_names, highest_reached, output_period
+from estim.export.facts import (
+    fault_names,
+    output_on_words,
+    output_period,
+    output_went_on,
+    peak,
+    peak_words,
+)
 from estim.export.svg import channel_plot
 from estim.record import SessionRecord
 
@@ -58,6 +65,7 @@ def _facts(rows: list[tuple[str, str]]) -> str:
 
 def page(r: SessionRecord) -> str:
     plan, unit, period = r.plan, r.unit, output_period(r)
+    on_words, off_words = output_on_words(r, _when)
     bad = r.outcome not in ("completed", None)
     delivered = (
         "unknown (the unit's figure was not received)"
@@ -68,18 +76,8 @@ def page(r: SessionRecord) -> str:
     ended_by = words.ENDED_BY.get(r.ended_by or "", "")
     session_rows = [
         ("Requested", f"{words.local_time(r.created_utc)} ({r.created_utc})"),
-        (
-            "Output on",
-            f"{words.local_time(period.start_utc)} ({period.start_utc})"
-            if period
-            else "never: no current was delivered",
-        ),
-        (
-            "Output off",
-            f"{words.local_time(period.end_utc)} ({period.end_utc})"
-            if period and period.end_utc
-            else ("unknown" if period else "-"),
-        ),
+        ("Output on", on_words),
+        ("Output off", off_words),
         (
             "Planned",
             f"{format_duration(r.planned_s)}, ramp {format_duration(plan.ramp)} up and down",
@@ -110,7 +108,7 @@ def page(r: SessionRecord) -> str:
         "<tr>"
         f'<td class="num">{c.channel}</td>'
         f'<td class="num">{c.amplitude_ma:g} mA</td>'
-        f'<td class="num">{_ma(highest_reached(r, c.channel))}</td>'
+        f'<td class="num">{escape(peak_words(peak(r, c.channel)))}</td>'
         f"<td>{escape(words.rate(c))}</td>"
         f'<td class="num">{c.pulse_width_us} us</td>'
         f"<td>{escape(words.waveform(c.waveform))}</td>"
@@ -122,11 +120,12 @@ def page(r: SessionRecord) -> str:
             f"<figure>{channel_plot(r, c.channel)}<figcaption>Channel {c.channel}: "
             f'<span class="key planned"></span> planned &nbsp; <span class="key"></span> '
             "reported by the unit (output on to output off; between its reports the line "
-            "follows the unit's linear slew)</figcaption></figure>"
+            "follows the unit's linear slew; after a change it did not report reaching, "
+            "that slew from when the change was sent is an estimate)</figcaption></figure>"
             for c in plan.channels
         )
-        if period
-        else "<p>No output was delivered, so there is nothing to plot.</p>"
+        if period and period.start_utc
+        else f"<p>{_no_plot(r)}</p>"
     )
     events = "".join(
         f'<tr><td class="num">{e.t:.1f} s</td>'
@@ -182,5 +181,17 @@ clock for its events; the plots use the latter.</footer>
 """
 
 
-def _ma(value: float | None) -> str:
-    return "-" if value is None else f"{value:g} mA"
+def _when(utc: str) -> str:
+    return f"{words.local_time(utc)} ({utc})"
+
+
+def _no_plot(r: SessionRecord) -> str:
+    went = output_went_on(r)
+    if went == "yes":
+        return (
+            "Output went on, but the unit's output-on event was not received, so there is "
+            "no time line to plot."
+        )
+    if went == "unknown":
+        return "Whether output went on is not known, so there is nothing to plot."
+    return "No output was delivered, so there is nothing to plot."
