@@ -138,3 +138,40 @@ def test_opening_a_journal_with_a_pending_sidecar_from_many_processes_at_once(
     assert not list(tmp_path.glob("estim.db.pending-*.json"))
     with Journal(db) as reopened:
         assert reopened.get(record.id) == record.model_copy(update={"journal_error": None})
+
+
+def test_a_host_killed_after_its_end_was_journaled_keeps_that_end(tmp_path: Path) -> None:
+    """The host died after the session's "ended" event (the unit's COMPLETED with its
+    delivered time) was journaled, before the outcome was: the next open said
+    "interrupted, delivered unknown" though the journal held the facts."""
+    import os
+
+    from estim.outbox import Outbox
+
+    from .outbox_helpers import guessable
+
+    path = tmp_path / "estim.db"
+    plan = PLAN.model_dump(mode="json")
+    unit = {"model": "estim-sim", "serial_number": "S1", "firmware": "1", "simulated": True}
+    writer, sid = guessable(path, 0xC0FFEE, plan, unit)
+    writer.append(sid, "unit_completed", {"delivered_ms": 60000}, t=60.0, unit_ms=60000)
+    ended = {
+        "outcome": "completed",
+        "reason": "the unit's own deadline ended it",
+        "ended_by": "unit",
+        "delivered_ms": 60000,
+    }
+    writer.append(sid, "ended", ended, t=60.0, utc="2026-12-05T10:01:00.000Z")
+    writer._db.close()  # (killed: no finish)
+    with Journal(path) as journal:
+        assert journal.interrupted == []
+        record = journal.get(sid)
+        assert (record.outcome, record.stop_reason, record.ended_by, record.delivered_s) == (
+            "completed",
+            "the unit's own deadline ended it",
+            "unit",
+            60.0,
+        )
+        assert record.events[-1].kind == "ended"
+        assert Outbox(journal).pending() == [sid]
+    assert not os.path.exists(str(path) + ".locks/" + sid)

@@ -62,7 +62,7 @@ def test_finishing_and_queueing_are_one_transaction(
     tmp_path: Path, templates: list[SessionRecord]
 ) -> None:
     """If the outbox row cannot be written, the session is not finished either: the
-    next open marks it interrupted and queues it then."""
+    next open finishes it from its journaled "ended" event and queues it then."""
     path = tmp_path / "estim.db"
     journal = Journal(path)
     sid = copy_session(
@@ -85,7 +85,8 @@ def test_finishing_and_queueing_are_one_transaction(
     )  # the table back, as a repaired file would have it
     journal.close()  # (the process dies: its lock goes)
     with Journal(path) as again:
-        assert again.interrupted == [sid]
+        assert again.interrupted == []
+        assert again.get(sid).outcome == templates[0].outcome
     assert queued(path) == {sid: "pending"}
 
 

@@ -177,6 +177,29 @@ def test_a_login_sets_a_strict_cookie_that_a_page_elsewhere_cannot_use(locked: C
     assert ("login", "refused: unknown token") in [(a["action"], a["result"]) for a in actions]
 
 
+def test_a_room_named_on_the_command_line_keeps_the_config_files_limits_for_it(
+    tmp_path: Path,
+) -> None:
+    """``--room room-2=URL`` for a room the config narrows to 20 mA served it at the
+    clinic's 30 mA: a flag that moves a unit to another port silently widened a limit."""
+    path = tmp_path / "config.toml"
+    path.write_text(
+        "[limits]\namplitude_max_ma = 30\n\n"
+        '[rooms.room-2]\nname = "Room 2"\nport = "/dev/ttyUSB0"\namplitude_max_ma = 20\n'
+    )
+    settings = load(
+        path, load_config(path).limits, rooms=(("room-2", "sim://"), ("room-9", "sim://"))
+    )
+    two, nine = settings.rooms
+    assert (two.id, two.name, two.port, two.limits.amplitude_max_ma) == (
+        "room-2",
+        "Room 2",
+        "sim://",
+        20,
+    )
+    assert (nine.id, nine.name, nine.limits.amplitude_max_ma) == ("room-9", "room-9", 30)
+
+
 def test_the_config_file_names_rooms_whose_limits_only_narrow_the_clinics(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_text(

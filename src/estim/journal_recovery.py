@@ -117,10 +117,41 @@ class LivenessLocks:
         return False
 
 
+def _finish_from_end(db: sqlite3.Connection, session_id: str, utc: str, data: str) -> bool:
+    """A session whose "ended" event is journaled but whose outcome is not (its host
+    died between the two writes): finished from that event, as its writer would have,
+    and queued for delivery. False if the event does not say how it ended."""
+    end = json.loads(data or "{}")
+    if not isinstance(end, dict) or not end.get("outcome"):
+        return False
+    started = db.execute(
+        "SELECT utc FROM events WHERE session_id=? AND kind='output_started' ORDER BY n LIMIT 1",
+        (session_id,),
+    ).fetchone()
+    changed = db.execute(
+        "UPDATE sessions SET state=?, outcome=?, stop_reason=?, ended_by=?, delivered_ms=?, "
+        "started_utc=?, ended_utc=? WHERE id=? AND outcome IS NULL",
+        (
+            end["outcome"],
+            end["outcome"],
+            end.get("reason"),
+            end.get("ended_by"),
+            end.get("delivered_ms"),
+            started[0] if started else None,
+            utc,
+            session_id,
+        ),
+    ).rowcount
+    if changed:
+        outbox.enqueue(db, session_id, utc_now())
+    return True
+
+
 def recover(journal: Store) -> list[str]:
     """Mark unfinished sessions whose process is gone as interrupted, stamped with
     their last record: the last moment the host knew the state of output. A
-    session that another process finishes meanwhile is left as it is."""
+    session that another process finishes meanwhile is left as it is; one whose
+    "ended" event is journaled is finished from it (the facts, not a guess)."""
     rows = journal._db.execute("SELECT id FROM sessions WHERE outcome IS NULL").fetchall()
     interrupted = []
     for (session_id,) in rows:
@@ -128,36 +159,38 @@ def recover(journal: Store) -> list[str]:
             continue
         with journal._transaction():
             last = journal._db.execute(
-                "SELECT n, utc, t, kind FROM events WHERE session_id=? ORDER BY n DESC LIMIT 1",
+                "SELECT n, utc, t, kind, data FROM events WHERE session_id=? "
+                "ORDER BY n DESC LIMIT 1",
                 (session_id,),
             ).fetchone()
-            n, utc, t, kind = last if last else (-1, utc_now(), 0.0, "none")
-            reason = (
-                f"the host stopped unexpectedly; last known: {kind} at {utc}, its last "
-                "record; the unit's watchdog or its own deadline ended output after that"
-            )
-            changed = journal._db.execute(
-                "UPDATE sessions SET state='interrupted', outcome='interrupted', stop_reason=?, "
-                "last_event='interrupted' WHERE id=? AND outcome IS NULL",
-                (reason, session_id),
-            ).rowcount
-            if changed:  # (not finished since it was read)
-                journal._db.execute(
-                    "INSERT INTO events (session_id, n, utc, t, unit_ms, kind, data) "
-                    "VALUES (?,?,?,?,?,?,?)",
-                    (
-                        session_id,
-                        n + 1,
-                        utc,
-                        t,
-                        None,
-                        "interrupted",
-                        json.dumps({"reason": reason}),
-                    ),
-                )
-                outbox.enqueue(journal._db, session_id, utc_now())  # delivered: see outbox.py
-        if changed:
+            n, utc, t, kind, data = last if last else (-1, utc_now(), 0.0, "none", "{}")
+            ended = kind == "ended" and _finish_from_end(journal._db, session_id, utc, data)
+            changed = 0 if ended else _mark_interrupted(journal._db, session_id, n, utc, t, kind)
+        if ended or changed:
             with contextlib.suppress(OSError):
                 journal._liveness.forget(session_id)
+        if changed:
             interrupted.append(session_id)
     return interrupted
+
+
+def _mark_interrupted(
+    db: sqlite3.Connection, session_id: str, n: int, utc: str, t: float, kind: str
+) -> int:
+    reason = (
+        f"the host stopped unexpectedly; last known: {kind} at {utc}, its last "
+        "record; the unit's watchdog or its own deadline ended output after that"
+    )
+    changed: int = db.execute(
+        "UPDATE sessions SET state='interrupted', outcome='interrupted', stop_reason=?, "
+        "last_event='interrupted' WHERE id=? AND outcome IS NULL",
+        (reason, session_id),
+    ).rowcount
+    if changed:  # (not finished since it was read)
+        db.execute(
+            "INSERT INTO events (session_id, n, utc, t, unit_ms, kind, data) "
+            "VALUES (?,?,?,?,?,?,?)",
+            (session_id, n + 1, utc, t, None, "interrupted", json.dumps({"reason": reason})),
+        )
+        outbox.enqueue(db, session_id, utc_now())  # delivered: see outbox.py
+    return changed

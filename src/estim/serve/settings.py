@@ -271,7 +271,12 @@ def load(
             if room_id in seen:
                 raise ConfigError(f"--room {room_id} is given twice")
             seen.add(room_id)
-        room_list = tuple(RoomConfig(i, i, u, clinic) for i, u in rooms)
+        # a room the file describes keeps its name and its limits: only the port moves
+        described = {r.id: r for r in _rooms(data.get("rooms", {}), clinic, fail)}
+        room_list = tuple(
+            replace(described[i], port=u) if i in described else RoomConfig(i, i, u, clinic)
+            for i, u in rooms
+        )
     else:
         room_list = _rooms(data.get("rooms", {}), clinic, fail)
     return ServeSettings(
