@@ -944,3 +944,22 @@ def test_an_amplitude_of_another_number_type_is_refused_and_the_session_goes_on(
     assert (record.outcome, record.stop_reason) == ("stopped", "operator")
     [refused] = [e for e in record.events if e.kind == "amplitude_refused"]
     assert refused.data["ma"] == repr(ma)
+
+
+def test_an_amplitude_the_unit_refuses_is_not_recorded_as_set(
+    device: Device, journal: Journal, estim_unit: SimulatedUnit, estim_clock: ManualClock
+) -> None:
+    """During the unit's end ramp the host (still live) sends a change, the unit
+    refuses it BAD_STATE: the record's amplitude points listed it as set, and the
+    refusal said "the unit is busy with a session; stop it first"."""
+    session = device.start(plan(dwell=60), journal=journal)
+    estim_clock.advance(57)  # in the 5 s end ramp
+    assert estim_unit.state.name == "RAMPING_DOWN"
+    with pytest.raises(DeviceError, match="ramping down at the end of the dwell"):
+        session.set_amplitude(1, 10.0)
+    record = session.wait(timeout=10)
+    assert ("set", 10.0) not in [(p.kind, p.ma) for p in record.amplitude]
+    assert [e.kind for e in record.events if e.kind.startswith("amplitude")] == [
+        "amplitude_set",
+        "amplitude_refused",
+    ]

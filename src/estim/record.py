@@ -7,6 +7,7 @@ journal's rows, so what a charting app gets from ``Session.wait()`` and what
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -168,6 +169,7 @@ class SessionRecord(BaseModel):
             for c in plan.channels
         ]
         started = ended = None
+        refused = refused_sets(events)  # sets the unit refused: it never took them
         for e in events:
             if e.kind == "fault":
                 code = int(e.data["fault"])
@@ -175,7 +177,7 @@ class SessionRecord(BaseModel):
                 faults.append(
                     FaultRecord(code=code, name=name, channel=int(e.data.get("channel", 0)), t=e.t)
                 )
-            elif e.kind in ("amplitude_set", "amplitude_reached"):
+            elif e.kind in ("amplitude_set", "amplitude_reached") and e.n not in refused:
                 kind: Literal["set", "reached"] = "set" if e.kind == "amplitude_set" else "reached"
                 amplitude.append(
                     AmplitudePoint(t=e.t, channel=e.data["channel"], ma=e.data["ma"], kind=kind)
@@ -237,3 +239,22 @@ class SessionRecord(BaseModel):
             ended_by=row["ended_by"],
             delivered_ms=row["delivered_ms"],
         )
+
+
+def refused_sets(events: Sequence[EventRecord]) -> set[int]:
+    """The event numbers of amplitude_set events the unit refused (an
+    amplitude_refused for the same channel and mA after it): the unit never took them."""
+    void: set[int] = set()
+    for i, e in enumerate(events):
+        if e.kind != "amplitude_refused":
+            continue
+        for earlier in reversed(events[:i]):
+            if (
+                earlier.kind == "amplitude_set"
+                and earlier.n not in void
+                and earlier.data.get("channel") == e.data.get("channel")
+                and earlier.data.get("ma") == e.data.get("ma")
+            ):
+                void.add(earlier.n)
+                break
+    return void

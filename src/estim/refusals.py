@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from estim.errors import DeviceError
-from estim.protocol import ErrorCode, Field, Nack
+from estim.protocol import ErrorCode, Field, Nack, State
 
 _FIELD_TEXT = {
     Field.CHANNEL: "channel",
@@ -45,6 +45,10 @@ def describe_refusal(nack: Nack, what: str) -> str:
         ErrorCode.BAD_FLAGS: "the unit could not read the command (a software fault; please report it)",
         ErrorCode.INTERNAL: "the unit reported an internal error; do not use it",
     }
+    if code == ErrorCode.BAD_STATE and nack.state == State.RAMPING_DOWN:
+        texts[ErrorCode.BAD_STATE] = (
+            "the unit is ramping down at the end of the dwell; nothing can change now"
+        )
     text = texts.get(ErrorCode(code)) if code in ErrorCode._value2member_map_ else None
     return f"{what} refused: {text or f'the unit refused with unknown error code {code}'}"
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Literal
 
-from estim.record import EventRecord, SessionRecord
+from estim.record import EventRecord, SessionRecord, refused_sets
 from estim.words import parse_utc
 
 #: events after which the unit's output is off
@@ -135,25 +135,6 @@ def amplitude_sets(record: SessionRecord, channel: int) -> Trace:
     ]
 
 
-def _refused_sets(record: SessionRecord) -> set[int]:
-    """The event numbers of amplitude_set events the unit refused (an
-    amplitude_refused for the same channel and mA after it): the unit never took them."""
-    void: set[int] = set()
-    for i, e in enumerate(record.events):
-        if e.kind != "amplitude_refused":
-            continue
-        for earlier in reversed(record.events[:i]):
-            if (
-                earlier.kind == "amplitude_set"
-                and earlier.n not in void
-                and earlier.data.get("channel") == e.data.get("channel")
-                and earlier.data.get("ma") == e.data.get("ma")
-            ):
-                void.add(earlier.n)
-                break
-    return void
-
-
 @dataclass
 class _Slew:
     """One channel in the protocol's output model (PROTOCOL.md 7): its level moves
@@ -217,7 +198,7 @@ def _reached(record: SessionRecord, channel: int) -> list[_Point]:
     k = target / plan.ramp if plan.ramp > 0 else math.inf
     slew = _Slew(k, plan.dwell, 0.0, 0.0, target, True)
     points = [_Point(0.0, 0.0, True)]
-    void = _refused_sets(record)
+    void = refused_sets(record.events)
     latest = target  # the setpoint last sent
 
     def advance(t: float) -> None:
@@ -307,7 +288,7 @@ def peak(record: SessionRecord, channel: int) -> Peak:
     # no time line (the unit's output-on was not received): the levels it reported
     plan = record.plan
     target = next(c.amplitude_ma for c in plan.channels if c.channel == channel)
-    void = _refused_sets(record)
+    void = refused_sets(record.events)
     setpoints = [target]
     reported: list[float] = []
     for e in record.events:

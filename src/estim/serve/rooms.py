@@ -32,7 +32,7 @@ from estim.journal import Journal
 from estim.limits import ClinicLimits
 from estim.plan import SessionPlan
 from estim.protocol import Fault, StopReason
-from estim.record import EventRecord
+from estim.record import EventRecord, refused_sets
 from estim.serve.settings import RoomConfig
 from estim.session_state import SessionState
 
@@ -387,7 +387,13 @@ def _session(
     plan = session.plan
     live = not state.is_end
     reported = {c.channel: c for c in status.channels} if (live and status is not None) else {}
-    asked = {e.data["channel"]: e.data["ma"] for e in session.events if e.kind == "amplitude_set"}
+    events = session.events
+    refused = refused_sets(events)  # the unit refused these: they were never its setting
+    asked = {
+        e.data["channel"]: e.data["ma"]
+        for e in events
+        if e.kind == "amplitude_set" and e.n not in refused
+    }
     channels = []
     for ch in plan.channels:
         seen = reported.get(ch.channel)
