@@ -175,3 +175,63 @@ def test_a_host_killed_after_its_end_was_journaled_keeps_that_end(tmp_path: Path
         assert record.events[-1].kind == "ended"
         assert Outbox(journal).pending() == [sid]
     assert not os.path.exists(str(path) + ".locks/" + sid)
+
+
+def test_a_journal_opened_through_a_symlink_sees_the_live_sessions_of_its_file(
+    tmp_path: Path,
+) -> None:
+    """The liveness locks and sidecars were named from the path given: another program
+    opening the same file through a symlink found no lock, marked the live session
+    interrupted and queued that guess for the clinic's server."""
+    real, link = tmp_path / "estim.db", tmp_path / "clinic.db"
+    with Journal(real) as journal:
+        unit = {"model": "m", "serial_number": "s", "firmware": "f", "simulated": True}
+        sid = journal.begin(
+            0x1234, plan=PLAN.model_dump(mode="json"), unit=unit, port="sim://", planned_ms=60000
+        )
+        link.symlink_to(real)
+        other = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from estim.journal import Journal; "
+                "j = Journal(sys.argv[1]); print(j.interrupted); j.close()",
+                str(link),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert other.returncode == 0, other.stderr
+        assert other.stdout.strip() == "[]"
+        assert journal.get(sid).outcome is None  # still live
+
+
+def test_many_programs_opening_a_new_journal_at_once_all_open_it(tmp_path: Path) -> None:
+    """Each created the file and migrated it from version 0 at the same moment: all but
+    one failed ("table sessions already exists", "File exists", "database is locked")."""
+    for trial in range(5):
+        path = tmp_path / f"estim-{trial}.db"
+        go_r, go_w = os.pipe()
+        children = []
+        for _ in range(6):
+            pid = os.fork()
+            if pid == 0:  # a program: waits at the barrier, opens the journal
+                code = 1
+                try:
+                    os.close(go_w)
+                    os.read(go_r, 1)
+                    Journal(path).close()
+                    code = 0
+                except BaseException as err:
+                    os.write(2, f"{type(err).__name__}: {err}\n".encode())
+                finally:
+                    os._exit(code)
+            children.append(pid)
+        os.close(go_r)
+        os.write(go_w, b"x" * 6)  # all at once
+        os.close(go_w)
+        codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
+        assert codes == [0] * 6
+        with Journal(path) as journal:
+            assert journal.query() == []

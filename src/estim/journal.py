@@ -30,6 +30,7 @@ import os
 import random
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -145,7 +146,10 @@ class Journal(JournalQueries):
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path).expanduser() if path is not None else default_path()
         self._lock = threading.RLock()
-        self._liveness = LivenessLocks(self.path.with_name(self.path.name + ".locks"))
+        #: the file's own path: its liveness locks and sidecars are named from it, so a
+        #: program that opens the journal through a symlink sees the same ones
+        self._real = self.path.resolve()
+        self._liveness = LivenessLocks(self._real.with_name(self._real.name + ".locks"))
         #: sessions whose records a writer (``estim.background``) is still saving
         self.writing: set[str] = set()
         self._counters: dict[str, int] = {}
@@ -162,7 +166,7 @@ class Journal(JournalQueries):
             raise JournalError(f"cannot open the journal {self.path}: {err}") from None
         try:
             self._file_id = _file_id(self.path)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._wal()
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._liveness.create()  # (not beside a file that turned out not to be a journal)
@@ -188,8 +192,25 @@ class Journal(JournalQueries):
         if not directory.exists():
             directory.mkdir(mode=0o700, parents=True)
         if not self.path.exists():
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            except FileExistsError:
+                return  # another program made it this very moment
             os.close(fd)
+
+    def _wal(self) -> None:
+        """WAL mode, which a new file gets from whichever program opens it first. The
+        change does not wait on SQLite's busy handler: another program making the
+        same file at the same moment is waited for here, as long as any write waits."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as err:
+                if not _is_busy(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _migrate(self) -> None:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
@@ -208,6 +229,9 @@ class Journal(JournalQueries):
                 except sqlite3.Error:
                     if self._db.in_transaction:
                         self._db.execute("ROLLBACK")
+                    (now,) = self._db.execute("PRAGMA user_version").fetchone()
+                    if now > step:
+                        continue  # another program took this step while we waited
                     raise
 
     def check_file(self) -> None:
@@ -487,7 +511,7 @@ class Journal(JournalQueries):
     # -- a sidecar: what could not be written, imported at the next open ---------------------
 
     def sidecar_path(self, session_id: str) -> Path:
-        return sidecar_path(self.path, session_id)
+        return sidecar_path(self._real, session_id)
 
     def write_sidecar(
         self,
@@ -499,7 +523,7 @@ class Journal(JournalQueries):
     ) -> Path:
         """Save what the journal would not take, next to it (``estim.journal_sidecar``).
         Raises OSError."""
-        return write_sidecar(self.path, session_id, events, finish, begin=begin)
+        return write_sidecar(self._real, session_id, events, finish, begin=begin)
 
     @property
     def _locks(self) -> dict[str, int]:

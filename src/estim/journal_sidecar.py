@@ -73,7 +73,7 @@ def import_sidecars(journal: Store) -> list[str]:
     that open the journal meanwhile wait for the import lock, then find the files
     gone). A session a sidecar finishes that was marked interrupted meanwhile
     (by a host that could not know it was alive) gets its real end."""
-    db = journal.path
+    db = journal.path.resolve()  # (the file's own name: see Journal._real)
     pending = sorted(db.parent.glob(f"{db.name}.pending-*.json"))
     if not pending:
         return []
