@@ -16,7 +16,14 @@ import pytest
 
 from estim.clock import ManualClock
 from estim.device import Device
-from estim.errors import DeviceError, DwellLimitError, EstimError, JournalError, OutputLimitError
+from estim.errors import (
+    DeviceError,
+    DeviceFault,
+    DwellLimitError,
+    EstimError,
+    JournalError,
+    OutputLimitError,
+)
 from estim.journal import Journal
 from estim.plan import ChannelPlan, SessionPlan
 from estim.protocol import Fault, MessageType, StopReason
@@ -963,3 +970,29 @@ def test_an_amplitude_the_unit_refuses_is_not_recorded_as_set(
         "amplitude_set",
         "amplitude_refused",
     ]
+
+
+def test_a_unit_that_acks_stop_with_output_still_on_is_a_fault_not_a_stop(
+    device: Device,
+    journal: Journal,
+    estim_unit: SimulatedUnit,
+    estim_clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stuck output stage: the unit ACKs STOP, its ACK saying RUNNING, and keeps
+    output on. ``stop()`` returned as if output were off and the record said
+    "stopped, operator"; only the unit's watchdog ended output, and the record never
+    said so."""
+    monkeypatch.setattr(estim_unit, "_stop", lambda reason, now: None)
+    session = device.start(plan(), journal=journal)
+    advance_until_running(session, estim_clock)
+    with pytest.raises(DeviceFault, match="acknowledged STOP but its output is still on"):
+        session.stop()
+    record = session.wait(timeout=5)
+    assert record.outcome == "faulted"
+    assert record.stop_reason is not None
+    assert record.stop_reason.startswith(
+        "the unit acknowledged STOP but its output is still on (RUNNING)"
+    )
+    estim_clock.advance(1)
+    assert not estim_unit.output_on  # no heartbeats since: its watchdog ended output

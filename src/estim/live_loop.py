@@ -8,7 +8,7 @@ was itself frozen is not a silent unit.
 
 from __future__ import annotations
 
-from estim.errors import LinkLost
+from estim.errors import DeviceFault, LinkLost
 from estim.info import UnitStatus
 from estim.pending import (
     AmplitudeAsked,
@@ -205,6 +205,21 @@ class LiveLoop(PolicyBase):
     def _answer_stop(self, tag: StopAsked, request: Message, response: Message, now: float) -> None:
         stop = self._stop
         assert stop is not None
+        state = getattr(response, "state", State.IDLE)
+        if state in OUTPUT_STATES and stop.outcome != "fault":
+            # PROTOCOL.md 6.1: a STOP turns output off at once; this unit says it did not
+            # (a stuck output stage). No more heartbeats go out: its watchdog is the
+            # last word, and the record and the caller say so.
+            why = (
+                f"the unit acknowledged STOP but its output is still on ({State(state).name}); "
+                "no more heartbeats are sent, so its watchdog turns output off; do not use it"
+            )
+            self._record("unit_mismatch", {"detail": why}, now=now)
+            self._pending_fault = why
+            stop.outcome, stop.detail = "fault", why
+            for token in self._stop_waiters:
+                self._resolve(token, DeviceFault(why))
+            self._stop_waiters.clear()
         if stop.acked_at is None:
             stop.acked_at = now  # output is off; its STOPPED event follows
         for token in self._stop_waiters:

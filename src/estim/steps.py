@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from estim.core import HostCore, Result
-from estim.errors import EstimError, RemoteProtocolError
+from estim.errors import DeviceFault, EstimError, RemoteProtocolError
 from estim.info import UnitStatus
 from estim.policy import SessionPolicy
 from estim.protocol import Ack, ClearFault, GetStatus, Message, Nack, State, Status, StopReason
@@ -126,8 +126,12 @@ def set_amplitude(
 
 
 def stop_session(policy: SessionPolicy, reason: StopReason, detail: str) -> Steps[None]:
+    """Returns once the unit acknowledged the STOP (or the link was given up: its
+    watchdog ends output). Raises ``DeviceFault`` if its answer says output is on."""
     text = detail or reason.name.lower().replace("_", " ")
-    yield Ask(lambda core, now, token: core.stop_session(policy, reason, text, now, token))
+    result = yield Ask(lambda core, now, token: core.stop_session(policy, reason, text, now, token))
+    if isinstance(result, DeviceFault):
+        raise result
 
 
 def posted_stop(
