@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from estim.cli.events import EventQueue, describe
 from estim.durations import format_duration
-from estim.errors import EstimError
+from estim.errors import DeviceFault, EstimError
 from estim.protocol import StopReason
 
 if TYPE_CHECKING:
@@ -120,7 +120,11 @@ class LiveView:
     def _stop(self) -> None:
         self.message = "STOPPING"
         self._draw()
-        self.session.stop(StopReason.OPERATOR, "stopped at the keyboard")
+        try:
+            self.session.stop(StopReason.OPERATOR, "stopped at the keyboard")
+        except DeviceFault as err:  # it did not stop: the session ends as that fault
+            self.message = f"UNIT FAULT: {err}"
+            self._draw()
 
     def _select(self, channel: int) -> None:
         if channel in self.channels:
