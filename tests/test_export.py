@@ -136,6 +136,18 @@ def test_csv_is_one_flat_row_per_session(records: list[SessionRecord], in_new_yo
     assert refused["ch1_peak_reached_ma"] == ""
 
 
+def test_csv_local_zone_is_the_one_its_local_times_were_given_in(
+    records: list[SessionRecord], in_new_york: None
+) -> None:
+    """``local_zone`` was the exporting machine's zone *now*: a July session exported in
+    December said EST-0500 beside times given in EDT, an hour off for a reader."""
+    july = records[0].model_copy(update={"created_utc": "2026-07-01T14:00:00.000Z"})
+    december = records[0].model_copy(update={"created_utc": "2026-12-01T15:00:00.000Z"})
+    summer, winter = rows(export("csv", [july, december]))
+    assert (summer["local_zone"], summer["requested_local"]) == ("EDT-0400", "2026-07-01 10:00:00")
+    assert (winter["local_zone"], winter["requested_local"]) == ("EST-0500", "2026-12-01 10:00:00")
+
+
 def test_csv_channel_columns_run_to_the_highest_channel_used(records: list[SessionRecord]) -> None:
     one = rows(export("csv", records[1:2]))[0]
     assert "ch1_frequency_hz" in one

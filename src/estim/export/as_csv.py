@@ -1,6 +1,7 @@
 """``csv``: one row per session; ``events-csv``: one row per event. Flat columns a
 spreadsheet reads (no JSON in a cell); times in UTC (ISO 8601) and in the local time
-zone of the machine that exported them (``2026-11-22 10:00:05``, zone in its own column).
+zone of the machine that exported them (``2026-11-22 10:00:05``, the zone at the session's
+time in its own column).
 
 Channel columns (``ch1_frequency_hz`` ...) run from channel 1 to the highest channel
 any of the exported sessions used; after them, ``output_went_on`` (yes, no, unknown:
@@ -110,10 +111,10 @@ def local(utc: str | None) -> str:
     return "" if not utc else parse_utc(utc).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-def zone() -> str:
-    from datetime import datetime
-
-    return datetime.now().astimezone().strftime("%Z%z")
+def zone(utc: str) -> str:
+    """The local zone and offset at ``utc`` (the session's own time, so a July session
+    exported in December says EDT, as its local times are given in)."""
+    return parse_utc(utc).astimezone().strftime("%Z%z")
 
 
 def cell(value: Any) -> Any:
@@ -155,7 +156,7 @@ def _session_row(r: SessionRecord, width: int) -> list[Any]:
         plan.clinician,
         plan.site,
         plan.condition,
-        zone(),
+        zone(r.created_utc),
         local(r.created_utc),
         r.created_utc,
         local(on),
