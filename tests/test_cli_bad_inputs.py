@@ -17,6 +17,12 @@ GOOD = ["-c", "1:2:250:5"]
 
 # (id, arguments after "run --port URL", expected exit code, text the one line must contain)
 RUN_CASES: list[tuple[str, list[str], int, str]] = [
+    (
+        "an amplitude over the most allowed names its channel",
+        ["--dwell", "1m", "-c", "2:2:250:5000"],
+        2,
+        "channel 2: amplitude_ma 5000 mA is above 1000 mA, the most allowed",
+    ),
     ("dwell 0", ["--dwell", "0", *GOOD], 2, "dwell '0' is outside 60-600 s"),
     ("dwell 59s", ["--dwell", "59s", *GOOD], 2, "dwell '59s' is outside 60-600 s"),
     ("dwell 59", ["--dwell", "59", *GOOD], 2, "outside 60-600 s"),

@@ -151,7 +151,7 @@ def build_plan(
     context: dict[str, str | None],
     config: ClinicConfig,
 ) -> SessionPlan:
-    from estim.plan import SessionPlan
+    from estim.plan import ChannelPlan, SessionPlan
 
     preset = None
     if preset_name is not None:
@@ -165,6 +165,12 @@ def build_plan(
             "no channel given: add -c CH:FREQ_HZ:PW_US:MA (e.g. -c 1:2:250:12), or --preset NAME -c CH:MA"
         )
     fields = [parse_channel(spec, preset, waveform) for spec in channels]
+    for one in fields:  # each channel on its own first, so its refusal names it
+        try:
+            ChannelPlan.model_validate(one)
+        except ValueError as err:
+            said = plan_error(err)
+            fail(said if said.startswith("channel ") else f"channel {one['channel']}: {said}")
     raw: dict[str, Any] = {"dwell": dwell, "channels": fields, "watchdog": watchdog}
     if ramp is not None:
         raw["ramp"] = ramp
@@ -186,6 +192,7 @@ def _outside_the_unit(
     (asked only when a channel was already refused; HELLO and STATUS, never output)."""
     from estim.device import connect
     from estim.errors import EstimError
+    from estim.safety import shown
 
     try:
         fields = [parse_channel(spec, preset, waveform) for spec in specs]
@@ -197,12 +204,12 @@ def _outside_the_unit(
         ch, hz, us = f["channel"], f["frequency_hz"], f["pulse_width_us"]
         if not unit.frequency_min_hz <= hz <= unit.frequency_max_hz:
             return (
-                f"channel {ch}: {hz:g} Hz is outside the unit's "
+                f"channel {ch}: {shown(hz)} Hz is outside the unit's "
                 f"{unit.frequency_min_hz:g}-{unit.frequency_max_hz:g} Hz"
             )
         if not unit.pulse_width_min_us <= us <= unit.pulse_width_max_us:
             return (
-                f"channel {ch}: {us} us is outside the unit's "
+                f"channel {ch}: {shown(us)} us is outside the unit's "
                 f"{unit.pulse_width_min_us}-{unit.pulse_width_max_us} us"
             )
     return None
