@@ -174,8 +174,14 @@ def test_sigterm_stops_every_session_and_records_why(
             unit.wait_for(lambda e: e["kind"] == "output_on")
         service.proc.send_signal(signal.SIGTERM)
         assert service.proc.wait(timeout=15) == 0
+        assert service.proc.stdout is not None
+        said = service.proc.stdout.read().decode().splitlines()
     finally:
         service.close()
+    # the terminal says what it stopped (it said nothing)
+    assert said[-1] == "estim serve: stopped; sessions stopped and recorded: " + ", ".join(
+        f"{sid} in room-{i}" for i, sid in enumerate(ids, 1)
+    )
     for unit in units:
         assert unit.wait_for(lambda e: e["kind"] == "output_off")["reason"] == "stop"
     from estim.journal import Journal

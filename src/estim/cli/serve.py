@@ -104,4 +104,14 @@ def serve(
     except OSError as err:  # the address is in use, or not this machine's
         error_line(f"cannot listen on {settings.host}:{settings.port}: {err}")
         return UNREACHABLE
+    stopped = service.stopped_at_close
+    click.echo(
+        "estim serve: stopped; "
+        + (
+            "sessions stopped and recorded: "
+            + ", ".join(f"{sid} in {room}" for room, sid in stopped)
+            if stopped
+            else "no session was running"
+        )
+    )
     return 0

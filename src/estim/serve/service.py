@@ -62,6 +62,8 @@ class Service:
         self.presets = presets or dict(BUILTIN_PRESETS)
         self.journal = Journal(journal_path)  # marks what a killed service left: interrupted
         self.interrupted = list(self.journal.interrupted)
+        #: (room id, session id) of each session ``close`` stopped
+        self.stopped_at_close: list[tuple[str, str]] = []
         self.actions = ActionLog(self.journal.path)
         self.feed = Feed(self.journal.path, {r.port: r.id for r in settings.rooms}, self.snapshot)
         self.sender = None
@@ -123,7 +125,13 @@ class Service:
         return self
 
     def close(self, detail: str = "the clinic service was stopped") -> None:
-        """Stop every live session (recording ``detail``), close every unit."""
+        """Stop every live session (recording ``detail``), close every unit. The
+        sessions it stopped are in ``stopped_at_close`` (room id, session id)."""
+        self.stopped_at_close = [
+            (room.id, session.id)
+            for room in self.rooms.values()
+            if (session := room.session) is not None and not session.state.is_end
+        ]
         threads = [
             threading.Thread(target=room.close, args=(detail,), name=f"estim-close {room.id}")
             for room in self.rooms.values()
