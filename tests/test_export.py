@@ -148,6 +148,28 @@ def test_csv_local_zone_is_the_one_its_local_times_were_given_in(
     assert (winter["local_zone"], winter["requested_local"]) == ("EST-0500", "2026-12-01 10:00:00")
 
 
+def test_when_output_went_off_is_unknown_if_the_unit_never_said(
+    records: list[SessionRecord],
+) -> None:
+    """A cut link: the unit's watchdog ended output at 20.4 s, the host gave up at 23.4
+    s; with no word from the unit, "output off" (CSV, HTML, FHIR performedPeriod.end)
+    was the host's giving up, a guess shown as a fact."""
+    stopped = records[1]
+    cut = stopped.model_copy(
+        update={
+            "outcome": "link_lost",
+            "delivered_s": None,
+            "events": [e for e in stopped.events if e.kind != "unit_stopped"],
+        }
+    )
+    period = output_period(cut)
+    assert period is not None
+    assert period.start_utc is not None
+    assert (period.end_utc, period.end_t) == (None, None)
+    [row] = rows(export("csv", [cut]))
+    assert (row["output_off_utc"], row["output_off_local"]) == ("", "")
+
+
 def test_csv_channel_columns_run_to_the_highest_channel_used(records: list[SessionRecord]) -> None:
     one = rows(export("csv", records[1:2]))[0]
     assert "ch1_frequency_hz" in one

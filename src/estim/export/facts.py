@@ -79,7 +79,7 @@ def output_period(record: SessionRecord) -> OutputPeriod | None:
     if record.delivered_s is not None:
         end = parse_utc(on.utc) + timedelta(seconds=record.delivered_s)
         return OutputPeriod(on.utc, utc_text(end), on.t, on.t + record.delivered_s)
-    off = first(record, *OFF_EVENTS, "ended")
+    off = first(record, *OFF_EVENTS)  # the unit's word; the host's end would be a guess
     if off is None:
         return OutputPeriod(on.utc, None, on.t, None)
     return OutputPeriod(on.utc, off.utc, on.t, off.t)
