@@ -404,3 +404,38 @@ def test_a_stop_nobody_acknowledges_gives_up_after_a_watchdog_period() -> None:
     rig.run(0.6)
     assert "not acknowledged" in str(rig.results[token])
     assert rig.core.lost is not None
+
+
+def test_a_late_ack_of_an_older_amplitude_change_does_not_undo_a_newer_one() -> None:
+    """13 mA is carried out, its ACK lost; 11 mA is carried out and ACKed; the 13's
+    resend gets the unit's remembered ACK (PROTOCOL.md 10: not carried out again). The
+    old ACK made 13 the only setpoint allowed, and the unit's 11 stopped the session
+    as a unit fault."""
+    from estim.sim import FaultWindow, LinkFaults
+
+    rig = Rig()
+    policy = rig.start(plan())
+    rig.run(10)
+    rig.d2h.windows = (FaultWindow(rig.now, rig.now + 0.01, LinkFaults(drop=1.0)),)
+    rig.set_amplitude(policy, 1, 13.0)  # carried out; its ACK lost
+    rig.run(0.02)
+    rig.set_amplitude(policy, 1, 11.0)  # carried out, ACKed
+    rig.run(3)  # the 13's resend answered; STATUS polls
+    assert not policy.done, [r.data for r in rig.records if r.kind == "unit_mismatch"]
+    assert rig.unit.output_ua(1) == 11_000
+
+
+def test_a_refused_change_to_the_amplitude_already_set_leaves_it_allowed() -> None:
+    """In the unit's end ramp a change to the plan's own 12 mA is refused BAD_STATE:
+    the refusal removed 12 from the setpoints allowed, and the unit's (correct) 12
+    stopped a session that was completing as a unit fault."""
+    from estim.protocol import State
+
+    rig = Rig()
+    policy = rig.start(plan(dwell=60))
+    rig.run(50)
+    while rig.unit.state != State.RAMPING_DOWN:
+        rig.run(0.05)
+    rig.set_amplitude(policy, 1, 12.0)
+    rig.wait_end(policy)
+    assert policy.outcome == "completed", [r.data for r in rig.records if r.kind == "unit_mismatch"]

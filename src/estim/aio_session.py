@@ -103,11 +103,13 @@ class AsyncSession(SessionHandle):
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if not self.state.is_end:
-            await self.stop(
-                StopReason.HOST_SHUTDOWN, "the program left the session's async with block"
-            )
-        await self.wait()
+        try:
+            if not self.state.is_end:
+                await self.stop(
+                    StopReason.HOST_SHUTDOWN, "the program left the session's async with block"
+                )
+        finally:
+            await self.wait()  # (a unit that would not stop still ends its record: faulted)
 
     def _recorded(self, record: EventRecord, state: str) -> None:
         super()._recorded(record, state)

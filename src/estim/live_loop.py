@@ -230,18 +230,14 @@ class LiveLoop(PolicyBase):
         self, tag: AmplitudeAsked, request: Message, response: Message, now: float
     ) -> None:
         token, channel, ma = tag.token, tag.channel, tag.ma
-        asked = {
-            round(t.ma * 1000)
-            for t in self._tags.values()
-            if isinstance(t, AmplitudeAsked) and t.channel == channel
-        }
-        if isinstance(response, Nack):
+        ua = self._unconfirmed_ua[channel].pop(tag.order, round(ma * 1000))
+        if isinstance(response, Nack):  # not carried out: what was set stays set
             error = device_error(response, f"amplitude on channel {channel}")
             self._record(
                 "amplitude_refused", {"channel": channel, "ma": ma, "error": str(error)}, now=now
             )
-            self._setpoints_ua[channel] = (self._setpoints_ua[channel] - {round(ma * 1000)}) | asked
             self._resolve(token, error)
-        else:  # from now on the unit's setpoint is this one (or one still on its way)
-            self._setpoints_ua[channel] = {round(ma * 1000)} | asked
+        else:
+            if tag.order > self._acked_ua[channel][0]:  # (a late ACK of an older change: no)
+                self._acked_ua[channel] = (tag.order, ua)
             self._resolve(token, None)

@@ -42,11 +42,13 @@ class StopAsked:
 
 @dataclass(frozen=True)
 class AmplitudeAsked:
-    """SET_AMPLITUDE of ``ma`` on ``channel``; ``token`` is the caller waiting."""
+    """SET_AMPLITUDE of ``ma`` on ``channel``; ``token`` is the caller waiting;
+    ``order`` counts the session's changes in the order they were sent."""
 
     token: object
     channel: int
     ma: float
+    order: int = 0
 
 
 Pending = (

@@ -218,9 +218,10 @@ class SessionPolicy(StartSequence, LiveLoop, UnitReports):
         ua = round(ma * 1000)  # exact: ma is a whole number of microamps
         self._record("amplitude_set", {"channel": channel, "ma": ma}, now=now)
         self._judged_ua[channel].add(ua)
-        self._setpoints_ua[channel].add(ua)
+        self._changes_sent += 1
+        self._unconfirmed_ua[channel][self._changes_sent] = ua
         message = SetAmplitude(session_id=self.session_id, channel=channel, amplitude_ua=ua)
-        self._send(message, now, AmplitudeAsked(token, channel, ma))
+        self._send(message, now, AmplitudeAsked(token, channel, ma, self._changes_sent))
 
     def journal_durable(self, n: int) -> None:
         """Every record up to ``n`` is on disk."""

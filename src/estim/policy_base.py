@@ -173,11 +173,15 @@ class PolicyBase:
         self._judged_ua: dict[int, set[int]] = {
             c.channel: {round(c.amplitude_ma * 1000)} for c in plan.channels
         }
-        #: what each channel's setpoint may be now (uA): the last amplitude the unit
-        #: acknowledged, and each one sent and not yet answered (or never answered)
-        self._setpoints_ua: dict[int, set[int]] = {
-            c.channel: {round(c.amplitude_ma * 1000)} for c in plan.channels
+        #: each channel's amplitude change the unit acknowledged last in the order they
+        #: were sent: (order, uA); the plan's is order 0
+        self._acked_ua: dict[int, tuple[int, int]] = {
+            c.channel: (0, round(c.amplitude_ma * 1000)) for c in plan.channels
         }
+        #: changes sent and not acknowledged (on their way, or never answered): the unit
+        #: may have carried them out; by channel, order -> uA
+        self._unconfirmed_ua: dict[int, dict[int, int]] = {c.channel: {} for c in plan.channels}
+        self._changes_sent = 0
         #: what the record must add to its reason: numbers from the unit not believed
         self._notes: list[str] = []
         self._undurable: dict[int, float] = {}
@@ -346,6 +350,14 @@ class PolicyBase:
             },
             now=now,
         )
+
+    def _setpoints_allowed(self, channel: int) -> set[int]:
+        """What the unit's setpoint on ``channel`` may be now (uA): the change it
+        acknowledged last, and any sent after that one it has not acknowledged (the
+        unit carries requests out in order, so one sent before it cannot be current)."""
+        order, ua = self._acked_ua[channel]
+        later = self._unconfirmed_ua[channel]
+        return {ua} | {u for o, u in later.items() if o > order}
 
     # -- plumbing ---------------------------------------------------------------------------
 

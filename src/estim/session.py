@@ -359,9 +359,11 @@ class Session(SessionHandle):
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if not self.state.is_end:
-            self.stop(StopReason.HOST_SHUTDOWN, "the program left the session's with block")
-        self.wait()
+        try:
+            if not self.state.is_end:
+                self.stop(StopReason.HOST_SHUTDOWN, "the program left the session's with block")
+        finally:
+            self.wait()  # (a unit that would not stop still ends its record: faulted)
 
     def __repr__(self) -> str:
         return f"<Session {self.id} {self.state} on {self.device.url}>"

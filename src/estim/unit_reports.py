@@ -168,7 +168,7 @@ class UnitReports(PolicyBase):
                     now,
                 )
             return
-        setpoints = self._setpoints_ua[channel]
+        setpoints = self._setpoints_allowed(channel)
         if setpoint_ua and setpoint_ua not in setpoints:
             shown = ", ".join(f"{ua / 1000:g}" for ua in sorted(setpoints))
             self._unit_misbehaves(
