@@ -243,18 +243,14 @@ class SessionRecord(BaseModel):
 
 def refused_sets(events: Sequence[EventRecord]) -> set[int]:
     """The event numbers of amplitude_set events the unit refused (an
-    amplitude_refused for the same channel and mA after it): the unit never took them."""
+    amplitude_refused for the same channel and mA after it): the unit never took them.
+    One pass (the console asks on every snapshot, and a flood of refusals is long)."""
     void: set[int] = set()
-    for i, e in enumerate(events):
-        if e.kind != "amplitude_refused":
-            continue
-        for earlier in reversed(events[:i]):
-            if (
-                earlier.kind == "amplitude_set"
-                and earlier.n not in void
-                and earlier.data.get("channel") == e.data.get("channel")
-                and earlier.data.get("ma") == e.data.get("ma")
-            ):
-                void.add(earlier.n)
-                break
+    open_sets: dict[tuple[Any, Any], list[int]] = {}
+    for e in events:
+        key = (e.data.get("channel"), e.data.get("ma"))
+        if e.kind == "amplitude_set":
+            open_sets.setdefault(key, []).append(e.n)
+        elif e.kind == "amplitude_refused" and open_sets.get(key):
+            void.add(open_sets[key].pop())
     return void
